@@ -1,0 +1,133 @@
+"""One settings object for the whole product.
+
+Values come, highest priority first, from keyword arguments, environment variables
+(``CONFLICT_*``; the database URL also from ``DATABASE_URL``), and an optional YAML file
+named by ``CONFLICT_CONFIG``. Unknown keys in the file or in keyword arguments are errors.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_DATA_DIR = Path("data")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CONFLICT_",
+        extra="forbid",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    database_url: str = Field(
+        default=f"sqlite:///{DEFAULT_DATA_DIR / 'conflicts.db'}",
+        validation_alias=AliasChoices("DATABASE_URL", "CONFLICT_DATABASE_URL", "database_url"),
+        description="SQLAlchemy URL of the sync event store.",
+    )
+    data_dir: Path = Field(default=DEFAULT_DATA_DIR, description="Root of exported events, features and artifacts.")
+    ray_address: str | None = Field(default=None, description="Ray cluster address; None starts or joins a local instance.")
+    serve_config_path: Path = Field(default=Path("serve_config.yaml"))
+    serve_url: str = Field(default="http://127.0.0.1:8000", description="Base URL of the running prediction app.")
+
+    # Risk bands and the operating threshold of the classifier.
+    risk_medium_threshold: float = Field(default=0.2, gt=0, lt=1)
+    risk_high_threshold: float = Field(default=0.5, gt=0, lt=1)
+
+    # Training and the activation gate.
+    training_days_back: int = Field(default=90, gt=0)
+    min_training_samples: int = Field(default=100, gt=0)
+    min_training_positives: int = Field(default=20, gt=0)
+    gate_min_relative_improvement: float = Field(default=0.05, ge=0)
+    gate_quality_floor_roc_auc: float = Field(default=0.75, ge=0.5, le=1.0)
+    sweep_num_samples: int = Field(default=12, gt=0)
+
+    # Serving.
+    max_items_per_request: int = Field(default=500, gt=0)
+    max_request_bytes: int = Field(default=2_000_000, gt=0)
+
+    # Lifecycle.
+    outcome_min_age_hours: float = Field(default=24.0, ge=0)
+    outcome_max_age_hours: float = Field(default=30.0, gt=0)
+    accuracy_alert_threshold: float = Field(default=0.70, ge=0, le=1)
+    alert_min_labelled: int = Field(default=100, gt=0)
+    psi_alert_threshold: float = Field(default=0.2, gt=0)
+    alert_webhook_url: str | None = None
+    training_data_retention_days: int = Field(default=30, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError(f"expected a sqlite:// or postgresql:// URL, got {value!r}")
+        if value.startswith("postgresql://"):
+            # psycopg 3 is the installed driver; name it so SQLAlchemy does not look for psycopg2.
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered_thresholds(self) -> Settings:
+        if not self.risk_medium_threshold < self.risk_high_threshold:
+            raise ValueError(
+                "risk_medium_threshold must be below risk_high_threshold, got "
+                f"{self.risk_medium_threshold} >= {self.risk_high_threshold}"
+            )
+        if not self.outcome_min_age_hours < self.outcome_max_age_hours:
+            raise ValueError("outcome_min_age_hours must be below outcome_max_age_hours")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        import os
+
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("CONFLICT_CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"CONFLICT_CONFIG names {config_file!r}, which is not a file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    # Derived locations, all under data_dir so that one setting moves everything.
+    @property
+    def events_dir(self) -> Path:
+        return self.data_dir / "events"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.data_dir / "features"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def log_spool_dir(self) -> Path:
+        return self.data_dir / "prediction_log_spool"
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as plain values, for logs and job summaries."""
+        return self.model_dump(mode="json")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built once on first use (never at import time)."""
+    return Settings()
