@@ -1,0 +1,423 @@
+"""Point-in-time feature definitions, shared by the offline job and the online lookup.
+
+Every feature of a *target* sync (user ``u`` on entity ``x`` changing fields ``F`` at time
+``t``) is computed from a *history* of sync events using only facts known strictly before
+``t``. A conflict becomes known when its resolution was recorded (``resolved_at``), not when
+the conflicting sync happened, because outcomes arrive late.
+
+There is exactly one implementation, :func:`compute_features`, vectorized over any number of
+targets. The offline job passes the whole event table as both history and targets; the
+online lookup passes the recent history of the requesting users and entities and the
+request items as targets (:func:`features_for_request` for a single item). Both therefore
+produce identical values for the same instant.
+
+Each feature is a count over a time window, and every count is answered with sorted
+composite ``(group code, time)`` keys and ``numpy.searchsorted``; no Python loop runs per
+row. Times are compared at millisecond resolution.
+
+Features (the five seed features first):
+
+``concurrent_editors``
+    distinct other users who synced ``x`` in the 5 minutes before ``t``.
+``hours_since_last_sync``
+    hours since ``u``'s previous sync of anything, capped at 168 (168 for a first sync).
+``user_conflict_rate``
+    share of ``u``'s syncs in the 30 days before ``t`` that conflicted, counting a conflict
+    only once its resolution was recorded before ``t``; smoothed towards a prior rate so that
+    a user with little history is not scored 0 or 1.
+``entity_edit_frequency``
+    syncs of ``x`` per day over the 30 days before ``t``.
+``field_overlap_score``
+    share of ``F`` that other users changed on ``x`` in the 30 days before ``t``.
+``edits_since_own_last_sync``
+    syncs of ``x`` by others since ``u``'s previous sync of ``x`` (at most 30 days back):
+    how stale ``u``'s copy of ``x`` probably is.
+``overlap_since_own_last_sync``
+    share of ``F`` that other users changed on ``x`` since ``u``'s previous sync of ``x`` (at
+    most 30 days back): the stale, overlapping edits that make a conflict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from conflict_core.errors import ConflictPredictorError, ValidationError
+
+SEED_FEATURES: tuple[str, ...] = (
+    "concurrent_editors",
+    "hours_since_last_sync",
+    "user_conflict_rate",
+    "entity_edit_frequency",
+    "field_overlap_score",
+)
+EXTRA_FEATURES: tuple[str, ...] = ("edits_since_own_last_sync", "overlap_since_own_last_sync")
+ALL_FEATURES: tuple[str, ...] = SEED_FEATURES + EXTRA_FEATURES
+
+# Direction of each feature's effect on conflict risk where it is known, as scikit-learn's
+# monotonic_cst expects (+1 increasing, 0 unconstrained).
+MONOTONIC_DIRECTION: Mapping[str, int] = {
+    "concurrent_editors": 1,
+    "hours_since_last_sync": 0,
+    "user_conflict_rate": 1,
+    "entity_edit_frequency": 0,
+    "field_overlap_score": 1,
+    "edits_since_own_last_sync": 0,
+    "overlap_since_own_last_sync": 1,
+}
+
+HISTORY_COLUMNS: tuple[str, ...] = (
+    "user_id",
+    "entity_type",
+    "entity_id",
+    "changed_fields",
+    "synced_at",
+    "conflict",
+    "resolved_at",
+)
+TARGET_COLUMNS: tuple[str, ...] = ("user_id", "entity_type", "entity_id", "changed_fields", "synced_at")
+
+_MS_PER_HOUR = 3_600_000
+_MS_PER_DAY = 24 * _MS_PER_HOUR
+_NONE = np.int64(-1)  # "no such event"; below every window bound, which are all >= 1
+
+
+class FeatureComputationError(ConflictPredictorError):
+    """The inputs cannot be turned into features (missing columns, key space too large)."""
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """Windows and smoothing of the feature definitions."""
+
+    concurrent_window_minutes: float = 5.0
+    history_window_days: float = 30.0
+    hours_since_cap: float = 168.0
+    prior_conflict_rate: float = 0.05
+    prior_strength: float = 5.0
+
+    @property
+    def concurrent_window_ms(self) -> int:
+        return int(self.concurrent_window_minutes * 60_000)
+
+    @property
+    def history_window_ms(self) -> int:
+        return int(self.history_window_days * _MS_PER_DAY)
+
+    @property
+    def lookback(self) -> pd.Timedelta:
+        """How far back the history must reach for a target to be computed exactly."""
+        return pd.Timedelta(milliseconds=max(self.history_window_ms, self.concurrent_window_ms))
+
+
+# --------------------------------------------------------------------------------------
+# Small building blocks
+# --------------------------------------------------------------------------------------
+
+
+def to_epoch_ms(values: pd.Series | pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """UTC timestamps as int64 milliseconds since the epoch; missing values become ``-1``."""
+    series = values if isinstance(values, pd.Series) else pd.Series(values.to_pandas())
+    if not isinstance(series.dtype, pd.DatetimeTZDtype):
+        if isinstance(series.dtype, pd.ArrowDtype) or series.dtype == object:
+            series = pd.to_datetime(series, utc=True)
+        else:
+            raise FeatureComputationError(f"expected UTC timestamps, got dtype {series.dtype}")
+    naive = series.dt.tz_convert("UTC").dt.tz_localize(None)
+    out = naive.to_numpy(dtype="datetime64[ms]", na_value=np.datetime64("NaT")).astype(np.int64)
+    out[naive.isna().to_numpy()] = _NONE
+    return out
+
+
+def flatten_fields(values: Any) -> tuple[np.ndarray, pa.Array]:
+    """``(parent row index, field name)`` for every element of a list-of-strings column."""
+    if isinstance(values, pd.Series) and isinstance(values.dtype, pd.ArrowDtype):
+        values = values.array._pa_array  # the underlying ChunkedArray, no copy
+    if isinstance(values, pd.Series):
+        values = pa.array(values.to_list(), type=pa.list_(pa.string()))
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not isinstance(values, pa.ListArray | pa.LargeListArray):
+        raise FeatureComputationError(f"changed_fields must be a list of strings, got {type(values)}")
+    parents = pa.compute.list_parent_indices(values).to_numpy().astype(np.int64)
+    return parents, values.flatten()
+
+
+def _codes(*columns: Any) -> np.ndarray:
+    """Dense int64 codes for the combination of the given equal-length columns."""
+    code: np.ndarray | None = None
+    for column in columns:
+        if isinstance(column, pa.Array):
+            encoded = column.dictionary_encode()
+            part, n_unique = encoded.indices.to_numpy(zero_copy_only=False), len(encoded.dictionary)
+        else:
+            part, uniques = pd.factorize(column, use_na_sentinel=False)
+            n_unique = len(uniques)
+        part = np.asarray(part, dtype=np.int64)
+        if code is None:
+            code = part
+        else:
+            code, _ = pd.factorize(code * np.int64(n_unique) + part)
+            code = np.asarray(code, dtype=np.int64)
+    assert code is not None
+    return code
+
+
+class _Queries:
+    """Query codes with the order that sorts their keys.
+
+    ``searchsorted`` is several times faster on sorted needles, and a uniform time shift
+    (``t - 30 days``) keeps the order, so one argsort serves every window of a group.
+    """
+
+    def __init__(self, codes: np.ndarray, times: np.ndarray, stride: np.int64):
+        self.codes = codes
+        self.order = np.argsort(codes * stride + times, kind="stable")
+        self.sorted_codes = codes[self.order]
+
+
+class _KeyedTimes:
+    """Event times grouped by an integer code, sorted, answering window counts in bulk."""
+
+    def __init__(self, codes: np.ndarray, times: np.ndarray, stride: np.int64, n_codes: int):
+        self.stride = stride
+        keys = codes * stride + times
+        self.order = np.argsort(keys, kind="stable")
+        self.keys = keys[self.order]
+        self.codes = codes[self.order]
+        self.times = times[self.order]
+        self.group_start = np.searchsorted(self.keys, np.arange(n_codes, dtype=np.int64) * stride, "left")
+
+    def _positions(self, queries: _Queries, times: np.ndarray) -> np.ndarray:
+        """For each query, the sorted position of the first event of its code at or after ``time``."""
+        needles = queries.sorted_codes * self.stride + np.maximum(times[queries.order], 0)
+        found = np.empty(len(needles), dtype=np.int64)
+        found[queries.order] = np.searchsorted(self.keys, needles, "left")
+        return found
+
+    def count_before(self, queries: _Queries, times: np.ndarray) -> np.ndarray:
+        """How many events of each query's code happened strictly before each time."""
+        return self._positions(queries, times) - self.group_start[queries.codes]
+
+    def count_between(self, queries: _Queries, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """Events of each query's code with ``start <= time < end``."""
+        return np.maximum(self._positions(queries, end) - self._positions(queries, start), 0)
+
+    def last_before(self, queries: _Queries, times: np.ndarray) -> np.ndarray:
+        """Sorted position of each code's latest event strictly before each time, or -1."""
+        pos = self._positions(queries, times) - 1
+        return np.where(pos >= self.group_start[queries.codes], pos, -1)
+
+    def last_time_before(self, queries: _Queries, times: np.ndarray) -> np.ndarray:
+        return _take(self.times, self.last_before(queries, times))
+
+
+def _take(values: np.ndarray, positions: np.ndarray, missing: Any = _NONE) -> np.ndarray:
+    """``values[positions]`` where a position is >= 0, ``missing`` where it is -1."""
+    if len(values) == 0:
+        return np.full(len(positions), missing)
+    return np.where(positions >= 0, values[np.maximum(positions, 0)], missing)
+
+
+def _count_covering(
+    codes: np.ndarray, opens: np.ndarray, closes: np.ndarray, stride: np.int64, n_codes: int,
+    queries: _Queries, times: np.ndarray,
+) -> np.ndarray:
+    """For each query, how many intervals ``(open, close]`` of its code contain its time."""
+    started = _KeyedTimes(codes, opens, stride, n_codes).count_before(queries, times)
+    ended = _KeyedTimes(codes, closes, stride, n_codes).count_before(queries, times)
+    return started - ended
+
+
+# --------------------------------------------------------------------------------------
+# The definitions
+# --------------------------------------------------------------------------------------
+
+
+def compute_features(
+    history: pd.DataFrame, targets: pd.DataFrame, params: FeatureParams = FeatureParams()
+) -> pd.DataFrame:
+    """Features of every row of ``targets``, from the events of ``history`` before it.
+
+    ``history`` needs :data:`HISTORY_COLUMNS` and must hold every event of the targets' users
+    and entities in the ``params.lookback`` before each target; it may hold more. ``targets``
+    needs :data:`TARGET_COLUMNS`. Returns one row per target, same index, columns
+    :data:`ALL_FEATURES`.
+    """
+    _require_columns(history, HISTORY_COLUMNS, "history")
+    _require_columns(targets, TARGET_COLUMNS, "targets")
+    n_hist, n_targ = len(history), len(targets)
+
+    h_time = to_epoch_ms(history["synced_at"])
+    t_time = to_epoch_ms(targets["synced_at"])
+    if n_targ and (t_time < 0).any():
+        raise FeatureComputationError("targets have a missing synced_at")
+    h_resolved = to_epoch_ms(history["resolved_at"])
+    h_conflict = history["conflict"].to_numpy(dtype=bool, na_value=False)
+
+    # Shift times so that every window bound is >= 1 and every key fits in int64.
+    w30, w5 = params.history_window_ms, params.concurrent_window_ms
+    all_times = np.concatenate([h_time, t_time, h_resolved[h_resolved >= 0]])
+    if len(all_times) == 0:
+        return pd.DataFrame(columns=list(ALL_FEATURES), index=targets.index, dtype=float)
+    origin = all_times.min() - w30 - w5 - 2
+    h_time, t_time = h_time - origin, t_time - origin
+    h_resolved = np.where(h_resolved >= 0, h_resolved - origin, _NONE)
+    stride = np.int64(all_times.max() - origin + w30 + w5 + 2)
+
+    users = _codes(_stacked(history, targets, "user_id"))
+    entities = _codes(_stacked(history, targets, "entity_type"), _stacked(history, targets, "entity_id"))
+    pairs = _codes(entities, users)
+    for name, codes in (("user", users), ("entity", entities), ("user-entity", pairs)):
+        if len(codes) and (codes.max() + 1) > np.iinfo(np.int64).max // stride:
+            raise FeatureComputationError(f"too many distinct {name} keys for the time span; split the input")
+    h_user, t_user = users[:n_hist], users[n_hist:]
+    h_ent, t_ent = entities[:n_hist], entities[n_hist:]
+    h_pair, t_pair = pairs[:n_hist], pairs[n_hist:]
+
+    n_users, n_entities, n_pairs = (int(c.max()) + 1 for c in (users, entities, pairs))
+    by_user = _KeyedTimes(h_user, h_time, stride, n_users)
+    by_entity = _KeyedTimes(h_ent, h_time, stride, n_entities)
+    by_pair = _KeyedTimes(h_pair, h_time, stride, n_pairs)
+    q_user = _Queries(t_user, t_time, stride)
+    q_ent = _Queries(t_ent, t_time, stride)
+    q_pair = _Queries(t_pair, t_time, stride)
+    window_start = t_time - w30
+
+    out = pd.DataFrame(index=targets.index)
+
+    # concurrent_editors: each history event stands for its user "being on x" from its time
+    # until 5 minutes later or the same user's next sync of x, whichever comes first.
+    next_same = np.full(n_hist, np.iinfo(np.int64).max, dtype=np.int64)
+    pos = by_pair.order
+    same_pair_next = by_pair.codes[1:] == by_pair.codes[:-1]
+    next_same[pos[:-1][same_pair_next]] = by_pair.times[1:][same_pair_next]
+    closes = np.minimum(next_same, h_time + w5 - 1)
+    editors = _count_covering(h_ent, h_time, closes, stride, n_entities, q_ent, t_time)
+    own_last = by_pair.last_time_before(q_pair, t_time)
+    editors -= (own_last >= 0) & (own_last > t_time - w5)
+    out["concurrent_editors"] = editors.astype(np.int64)
+
+    # hours_since_last_sync
+    last = by_user.last_time_before(q_user, t_time)
+    hours = np.where(last >= 0, (t_time - last) / _MS_PER_HOUR, params.hours_since_cap)
+    out["hours_since_last_sync"] = np.minimum(hours, params.hours_since_cap)
+
+    # user_conflict_rate: a conflict synced at s and resolved at r is counted for targets at
+    # t with r < t <= s + 30 days (resolution known, sync inside the window).
+    known = h_conflict & (h_resolved >= 0)
+    opens, closes = h_resolved[known], h_time[known] + w30
+    valid = opens < closes
+    conflicts = _count_covering(
+        h_user[known][valid], opens[valid], closes[valid], stride, n_users, q_user, t_time
+    )
+    syncs = by_user.count_between(q_user, window_start, t_time)
+    out["user_conflict_rate"] = (conflicts + params.prior_strength * params.prior_conflict_rate) / (
+        syncs + params.prior_strength
+    )
+
+    # entity_edit_frequency
+    out["entity_edit_frequency"] = by_entity.count_between(q_ent, window_start, t_time) / params.history_window_days
+
+    # edits_since_own_last_sync: others' syncs of x after u's previous sync of x.
+    since_own = np.maximum(window_start, np.where(own_last >= 0, own_last + 1, window_start))
+    out["edits_since_own_last_sync"] = by_entity.count_between(q_ent, since_own, t_time).astype(np.int64)
+
+    overlap_30, overlap_own = _field_overlap(
+        history, targets, h_ent, h_user, h_time, t_ent, t_user, t_time, window_start, since_own, stride
+    )
+    out["field_overlap_score"] = overlap_30
+    out["overlap_since_own_last_sync"] = overlap_own
+    return out[list(ALL_FEATURES)]
+
+
+def _field_overlap(
+    history: pd.DataFrame, targets: pd.DataFrame,
+    h_ent: np.ndarray, h_user: np.ndarray, h_time: np.ndarray,
+    t_ent: np.ndarray, t_user: np.ndarray, t_time: np.ndarray,
+    window_start: np.ndarray, since_own: np.ndarray, stride: np.int64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Share of each target's fields that another user changed on the entity since a bound.
+
+    Per (entity, field) the history is sorted by time and cut into runs of one user. The
+    latest change by *another* user before ``t`` is the latest change before ``t`` if its
+    user differs from the target's, and otherwise the change just before that run began.
+    """
+    h_parent, h_field = flatten_fields(history["changed_fields"])
+    t_parent, t_field = flatten_fields(targets["changed_fields"])
+    n_targ = len(targets)
+    if len(t_parent) == 0:
+        zeros = np.zeros(n_targ)
+        return zeros, zeros
+    fields = _codes(pa.concat_arrays([h_field, t_field]))
+    n_hf = len(h_parent)
+    slots = _codes(np.concatenate([h_ent[h_parent], t_ent[t_parent]]), fields)
+    h_slot, t_slot = slots[:n_hf], slots[n_hf:]
+
+    changes = _KeyedTimes(h_slot, h_time[h_parent], stride, int(slots.max()) + 1)
+    changed_by = h_user[h_parent][changes.order]
+    new_run = np.ones(n_hf, dtype=bool)
+    new_run[1:] = (changes.codes[1:] != changes.codes[:-1]) | (changed_by[1:] != changed_by[:-1])
+    run_start = np.maximum.accumulate(np.where(new_run, np.arange(n_hf), 0))
+    before_run = run_start - 1
+    has_before = before_run >= 0
+    has_before[has_before] = changes.codes[before_run[has_before]] == changes.codes[has_before]
+    other_before_run = np.where(has_before, changes.times[np.maximum(before_run, 0)], _NONE)
+
+    q_time = t_time[t_parent]
+    pos = changes.last_before(_Queries(t_slot, q_time, stride), q_time)
+    same_user = _take(changed_by, pos, -1) == t_user[t_parent]
+    last_other = np.where(same_user, _take(other_before_run, pos), _take(changes.times, pos))
+
+    n_fields = np.bincount(t_parent, minlength=n_targ).astype(float)
+    denom = np.where(n_fields > 0, n_fields, 1.0)
+    hit_30 = np.bincount(t_parent, weights=last_other >= window_start[t_parent], minlength=n_targ)
+    hit_own = np.bincount(t_parent, weights=last_other >= since_own[t_parent], minlength=n_targ)
+    return hit_30 / denom, hit_own / denom
+
+
+def features_for_request(
+    history: pd.DataFrame, *, user_id: str, entity_type: str, entity_id: str,
+    changed_fields: Sequence[str], at: pd.Timestamp, params: FeatureParams = FeatureParams(),
+) -> dict[str, float]:
+    """The features of one prospective sync at instant ``at`` (one row of :func:`compute_features`)."""
+    target = pd.DataFrame(
+        {
+            "user_id": [user_id],
+            "entity_type": [entity_type],
+            "entity_id": [entity_id],
+            "changed_fields": [list(changed_fields)],
+            "synced_at": [pd.Timestamp(at).tz_convert("UTC")],
+        }
+    )
+    row = compute_features(history, target, params).iloc[0]
+    return {name: float(row[name]) for name in ALL_FEATURES}
+
+
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise FeatureComputationError(f"{what} lacks column(s) {missing}; expected {list(columns)}")
+
+
+def _stacked(history: pd.DataFrame, targets: pd.DataFrame, column: str) -> pd.Series:
+    """One column of history and targets end to end, as strings, for shared codes."""
+    return pd.concat([history[column], targets[column]], ignore_index=True).astype("str")
+
+
+def feature_vector(features: Mapping[str, float], columns: Sequence[str]) -> list[float]:
+    """Values of ``columns`` in order, refusing a missing or non-finite one."""
+    vector = []
+    for name in columns:
+        if name not in features:
+            raise ValidationError(name, "feature is missing")
+        value = float(features[name])
+        if not np.isfinite(value):
+            raise ValidationError(name, f"feature must be finite, got {value}")
+        vector.append(value)
+    return vector

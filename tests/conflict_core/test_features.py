@@ -1,0 +1,216 @@
+"""Feature definitions on tiny hand-built histories, and against a row-by-row oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conflict_core.features import (
+    ALL_FEATURES,
+    FeatureComputationError,
+    FeatureParams,
+    compute_features,
+    features_for_request,
+)
+
+T0 = pd.Timestamp("2026-03-02 12:00:00", tz="UTC")
+MIN = pd.Timedelta(minutes=1)
+HOUR = pd.Timedelta(hours=1)
+DAY = pd.Timedelta(days=1)
+
+
+def events(*rows: tuple) -> pd.DataFrame:
+    """rows: (user, entity, fields, synced_at, conflict, resolved_at or None)."""
+    return pd.DataFrame(
+        {
+            "user_id": [r[0] for r in rows],
+            "entity_type": ["task"] * len(rows),
+            "entity_id": [r[1] for r in rows],
+            "changed_fields": [list(r[2]) for r in rows],
+            "synced_at": pd.to_datetime([r[3] for r in rows], utc=True),
+            "conflict": [bool(r[4]) for r in rows],
+            "resolved_at": pd.to_datetime([r[5] for r in rows], utc=True),
+        }
+    )
+
+
+def at(history: pd.DataFrame, user: str, entity: str, fields: list[str], when: pd.Timestamp) -> dict[str, float]:
+    return features_for_request(
+        history, user_id=user, entity_type="task", entity_id=entity, changed_fields=fields, at=when
+    )
+
+
+def test_first_sync_has_neutral_features() -> None:
+    f = at(events(), "u1", "x", ["status"], T0)
+    assert f["concurrent_editors"] == 0
+    assert f["hours_since_last_sync"] == 168.0
+    assert f["user_conflict_rate"] == pytest.approx(0.05)  # the prior
+    assert f["entity_edit_frequency"] == 0
+    assert f["field_overlap_score"] == 0
+    assert f["edits_since_own_last_sync"] == 0
+
+
+def test_concurrent_editors_window_is_five_minutes_before_and_excludes_self() -> None:
+    history = events(
+        ("u2", "x", ["a"], T0 - 4 * MIN, False, None),
+        ("u2", "x", ["a"], T0 - 3 * MIN, False, None),  # same user twice counts once
+        ("u3", "x", ["a"], T0 - 5 * MIN, False, None),  # exactly 5 min before: outside
+        ("u4", "x", ["a"], T0, False, None),  # at t itself: not known before t
+        ("u5", "y", ["a"], T0 - MIN, False, None),  # other entity
+        ("u1", "x", ["a"], T0 - MIN, False, None),  # the requester itself
+        ("u6", "x", ["a"], T0 + MIN, False, None),  # the future
+    )
+    assert at(history, "u1", "x", ["a"], T0)["concurrent_editors"] == 1
+
+
+def test_hours_since_last_sync_uses_any_entity_and_caps_at_a_week() -> None:
+    history = events(("u1", "y", ["a"], T0 - 5 * HOUR, False, None), ("u1", "z", ["a"], T0 - 2 * HOUR, False, None))
+    assert at(history, "u1", "x", ["a"], T0)["hours_since_last_sync"] == pytest.approx(2.0)
+    old = events(("u1", "y", ["a"], T0 - 10 * DAY, False, None))
+    assert at(old, "u1", "x", ["a"], T0)["hours_since_last_sync"] == 168.0
+
+
+def test_conflict_counts_only_once_its_resolution_is_recorded() -> None:
+    history = events(
+        ("u1", "y", ["a"], T0 - 2 * DAY, True, T0 - 1 * HOUR),
+        ("u1", "y", ["a"], T0 - 1 * DAY, True, T0 + 1 * HOUR),  # resolved after t: unknown at t
+        ("u1", "y", ["a"], T0 - 3 * HOUR, False, None),
+    )
+    params = FeatureParams(prior_strength=0.0)
+    f = features_for_request(
+        history, user_id="u1", entity_type="task", entity_id="x", changed_fields=["a"], at=T0, params=params
+    )
+    assert f["user_conflict_rate"] == pytest.approx(1 / 3)
+    later = features_for_request(
+        history, user_id="u1", entity_type="task", entity_id="x", changed_fields=["a"], at=T0 + 2 * HOUR,
+        params=params,
+    )
+    assert later["user_conflict_rate"] == pytest.approx(2 / 3)
+
+
+def test_user_conflict_rate_window_is_thirty_days() -> None:
+    params = FeatureParams(prior_strength=0.0)
+    history = events(
+        ("u1", "y", ["a"], T0 - 30 * DAY, True, T0 - 29 * DAY),  # exactly 30 days: inside
+        ("u1", "y", ["a"], T0 - 30 * DAY - MIN, True, T0 - 29 * DAY),  # just outside
+    )
+    f = features_for_request(
+        history, user_id="u1", entity_type="task", entity_id="x", changed_fields=["a"], at=T0, params=params
+    )
+    assert f["user_conflict_rate"] == pytest.approx(1.0)
+
+
+def test_entity_edit_frequency_is_syncs_per_day_over_thirty_days() -> None:
+    history = events(*[("u2", "x", ["a"], T0 - i * DAY - MIN, False, None) for i in range(31)])
+    # syncs at t-1min, t-1d-1min, ..., t-29d-1min are inside; t-30d-1min is not
+    assert at(history, "u1", "x", ["a"], T0)["entity_edit_frequency"] == pytest.approx(30 / 30)
+
+
+def test_field_overlap_counts_other_users_changes_of_the_same_fields() -> None:
+    history = events(
+        ("u2", "x", ["status", "notes"], T0 - 2 * DAY, False, None),
+        ("u1", "x", ["title"], T0 - 1 * DAY, False, None),  # own change: does not count
+        ("u3", "y", ["title"], T0 - 1 * DAY, False, None),  # other entity
+        ("u4", "x", ["due"], T0 - 31 * DAY, False, None),  # too old
+    )
+    f = at(history, "u1", "x", ["status", "title", "due", "owner"], T0)
+    assert f["field_overlap_score"] == pytest.approx(1 / 4)
+    # only u2's status change happened before u1's previous sync of x
+    assert f["overlap_since_own_last_sync"] == 0
+    assert f["edits_since_own_last_sync"] == 0
+
+
+def test_other_user_change_hidden_behind_own_run_is_found() -> None:
+    history = events(
+        ("u2", "x", ["status"], T0 - 3 * HOUR, False, None),
+        ("u1", "x", ["status"], T0 - 2 * HOUR, False, None),
+        ("u1", "x", ["status"], T0 - 1 * HOUR, False, None),
+    )
+    f = at(history, "u1", "x", ["status"], T0)
+    assert f["field_overlap_score"] == 1.0
+    assert f["overlap_since_own_last_sync"] == 0.0
+
+
+def test_edits_since_own_last_sync_counts_others_after_own_previous_sync() -> None:
+    history = events(
+        ("u2", "x", ["a"], T0 - 5 * HOUR, False, None),
+        ("u1", "x", ["a"], T0 - 4 * HOUR, False, None),
+        ("u2", "x", ["b"], T0 - 3 * HOUR, False, None),
+        ("u3", "x", ["a"], T0 - 2 * HOUR, False, None),
+    )
+    f = at(history, "u1", "x", ["a", "c"], T0)
+    assert f["edits_since_own_last_sync"] == 2
+    assert f["overlap_since_own_last_sync"] == pytest.approx(0.5)
+
+
+def test_missing_column_is_named() -> None:
+    with pytest.raises(FeatureComputationError, match="changed_fields"):
+        compute_features(events().drop(columns=["changed_fields"]), events())
+
+
+# ---- a row-by-row oracle on random histories -----------------------------------------
+
+
+def oracle(history: pd.DataFrame, target: pd.Series, p: FeatureParams) -> dict[str, float]:
+    t = target.synced_at
+    before = history[history.synced_at < t]
+    w30 = t - pd.Timedelta(days=p.history_window_days)
+    ent = before[(before.entity_type == target.entity_type) & (before.entity_id == target.entity_id)]
+    mine = before[before.user_id == target.user_id]
+    others_ent = ent[ent.user_id != target.user_id]
+    recent = others_ent[others_ent.synced_at > t - pd.Timedelta(minutes=p.concurrent_window_minutes)]
+    last = mine.synced_at.max() if len(mine) else None
+    window = mine[mine.synced_at >= w30]
+    known = window[window.conflict & window.resolved_at.notna() & (window.resolved_at < t)]
+    own_x = ent[ent.user_id == target.user_id].synced_at
+    since = max(w30, own_x.max() + pd.Timedelta(milliseconds=1)) if len(own_x) else w30
+    fields = list(target.changed_fields)
+
+    def overlap(lower: pd.Timestamp) -> float:
+        changed = others_ent[others_ent.synced_at >= lower].changed_fields
+        seen = {f for fs in changed for f in fs}
+        return sum(f in seen for f in fields) / len(fields) if fields else 0.0
+
+    return {
+        "concurrent_editors": recent.user_id.nunique(),
+        "hours_since_last_sync": 168.0 if last is None else min((t - last) / HOUR, 168.0),
+        "user_conflict_rate": (len(known) + p.prior_strength * p.prior_conflict_rate) / (len(window) + p.prior_strength),
+        "entity_edit_frequency": (ent.synced_at >= w30).sum() / 30.0,
+        "field_overlap_score": overlap(w30),
+        "edits_since_own_last_sync": (ent.synced_at >= since).sum(),
+        "overlap_since_own_last_sync": overlap(since),
+    }
+
+
+def random_history(seed: int, n: int = 400) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    times = T0 + pd.to_timedelta(np.sort(rng.integers(0, 40 * 24 * 3600, n)), unit="s")
+    # cluster some syncs within minutes of each other
+    times = times.where(rng.random(n) > 0.3, times - pd.to_timedelta(rng.integers(0, 300, n), unit="s"))
+    conflict = rng.random(n) < 0.2
+    resolved = [t + pd.Timedelta(hours=float(h)) if c else None for t, c, h in zip(times, conflict, rng.exponential(30, n))]
+    names = np.array(["a", "b", "c", "d"])
+    return pd.DataFrame(
+        {
+            "user_id": rng.choice(["u1", "u2", "u3", "u4"], n),
+            "entity_type": rng.choice(["task", "form"], n),
+            "entity_id": rng.choice(["1", "2", "3"], n),
+            "changed_fields": [list(rng.choice(names, rng.integers(1, 4), replace=False)) for _ in range(n)],
+            "synced_at": times,
+            "conflict": conflict,
+            "resolved_at": pd.to_datetime(resolved, utc=True),
+        }
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_vectorized_features_equal_the_row_by_row_definition(seed: int) -> None:
+    history = random_history(seed)
+    params = FeatureParams()
+    got = compute_features(history, history, params)
+    sample = history.sample(60, random_state=seed)
+    for idx, target in sample.iterrows():
+        expected = oracle(history, target, params)
+        for name in ALL_FEATURES:
+            assert got.loc[idx, name] == pytest.approx(expected[name]), (name, idx)
