@@ -239,101 +239,155 @@ def _count_covering(
 # --------------------------------------------------------------------------------------
 
 
+USER_SIDE: tuple[str, ...] = ("hours_since_last_sync", "user_conflict_rate")
+ENTITY_SIDE: tuple[str, ...] = tuple(f for f in ALL_FEATURES if f not in USER_SIDE)
+SIDES: Mapping[str, tuple[str, ...]] = {"all": ALL_FEATURES, "user": USER_SIDE, "entity": ENTITY_SIDE}
+
+
 def compute_features(
-    history: pd.DataFrame, targets: pd.DataFrame, params: FeatureParams = FeatureParams()
+    history: pd.DataFrame,
+    targets: pd.DataFrame,
+    params: FeatureParams = FeatureParams(),
+    *,
+    side: str = "all",
 ) -> pd.DataFrame:
     """Features of every row of ``targets``, from the events of ``history`` before it.
 
     ``history`` needs :data:`HISTORY_COLUMNS` and must hold every event of the targets' users
     and entities in the ``params.lookback`` before each target; it may hold more. ``targets``
-    needs :data:`TARGET_COLUMNS`. Returns one row per target, same index, columns
-    :data:`ALL_FEATURES`.
+    needs :data:`TARGET_COLUMNS`. Returns one row per target, same index.
+
+    ``side`` selects :data:`USER_SIDE` features (which need only the users' histories),
+    :data:`ENTITY_SIDE` features (which need only the entities' histories) or ``"all"``; a
+    job can therefore partition events by user for one side and by entity for the other.
     """
+    if side not in SIDES:
+        raise FeatureComputationError(f"side must be one of {sorted(SIDES)}, got {side!r}")
     _require_columns(history, HISTORY_COLUMNS, "history")
     _require_columns(targets, TARGET_COLUMNS, "targets")
-    n_hist, n_targ = len(history), len(targets)
-
-    h_time = to_epoch_ms(history["synced_at"])
-    t_time = to_epoch_ms(targets["synced_at"])
-    if n_targ and (t_time < 0).any():
-        raise FeatureComputationError("targets have a missing synced_at")
-    h_resolved = to_epoch_ms(history["resolved_at"])
-    h_conflict = history["conflict"].to_numpy(dtype=bool, na_value=False)
-
-    # Shift times so that every window bound is >= 1 and every key fits in int64.
-    w30, w5 = params.history_window_ms, params.concurrent_window_ms
-    all_times = np.concatenate([h_time, t_time, h_resolved[h_resolved >= 0]])
-    if len(all_times) == 0:
-        return pd.DataFrame(columns=list(ALL_FEATURES), index=targets.index, dtype=float)
-    origin = all_times.min() - w30 - w5 - 2
-    h_time, t_time = h_time - origin, t_time - origin
-    h_resolved = np.where(h_resolved >= 0, h_resolved - origin, _NONE)
-    stride = np.int64(all_times.max() - origin + w30 + w5 + 2)
-
-    users = _codes(_stacked(history, targets, "user_id"))
-    entities = _codes(_stacked(history, targets, "entity_type"), _stacked(history, targets, "entity_id"))
-    pairs = _codes(entities, users)
-    for name, codes in (("user", users), ("entity", entities), ("user-entity", pairs)):
-        if len(codes) and (codes.max() + 1) > np.iinfo(np.int64).max // stride:
-            raise FeatureComputationError(f"too many distinct {name} keys for the time span; split the input")
-    h_user, t_user = users[:n_hist], users[n_hist:]
-    h_ent, t_ent = entities[:n_hist], entities[n_hist:]
-    h_pair, t_pair = pairs[:n_hist], pairs[n_hist:]
-
-    n_users, n_entities, n_pairs = (int(c.max()) + 1 for c in (users, entities, pairs))
-    by_user = _KeyedTimes(h_user, h_time, stride, n_users)
-    by_entity = _KeyedTimes(h_ent, h_time, stride, n_entities)
-    by_pair = _KeyedTimes(h_pair, h_time, stride, n_pairs)
-    q_user = _Queries(t_user, t_time, stride)
-    q_ent = _Queries(t_ent, t_time, stride)
-    q_pair = _Queries(t_pair, t_time, stride)
-    window_start = t_time - w30
-
+    columns = list(SIDES[side])
+    frame = _Frame.build(history, targets, params)
+    if frame is None:
+        return pd.DataFrame(0.0, columns=columns, index=targets.index)
     out = pd.DataFrame(index=targets.index)
+    if side in ("all", "entity"):
+        for name, values in _entity_side(frame, history, targets).items():
+            out[name] = values
+    if side in ("all", "user"):
+        for name, values in _user_side(frame).items():
+            out[name] = values
+    return out[columns]
+
+
+@dataclass
+class _Frame:
+    """History and targets reduced to integer codes and shifted millisecond times."""
+
+    params: FeatureParams
+    stride: np.int64
+    h_time: np.ndarray
+    t_time: np.ndarray
+    h_resolved: np.ndarray
+    h_conflict: np.ndarray
+    users: np.ndarray  # history codes first, then target codes
+    entities: np.ndarray
+    n_hist: int
+
+    @classmethod
+    def build(cls, history: pd.DataFrame, targets: pd.DataFrame, params: FeatureParams) -> _Frame | None:
+        h_time = to_epoch_ms(history["synced_at"])
+        t_time = to_epoch_ms(targets["synced_at"])
+        if len(t_time) and (t_time < 0).any():
+            raise FeatureComputationError("targets have a missing synced_at")
+        h_resolved = to_epoch_ms(history["resolved_at"])
+        w30, w5 = params.history_window_ms, params.concurrent_window_ms
+        all_times = np.concatenate([h_time, t_time, h_resolved[h_resolved >= 0]])
+        if len(t_time) == 0:
+            return None
+        # Shift times so that every window bound is >= 1 and every key fits in int64.
+        origin = all_times.min() - w30 - w5 - 2
+        stride = np.int64(all_times.max() - origin + w30 + w5 + 2)
+        users = _codes(_stacked(history, targets, "user_id"))
+        entities = _codes(_stacked(history, targets, "entity_type"), _stacked(history, targets, "entity_id"))
+        return cls(
+            params=params,
+            stride=stride,
+            h_time=h_time - origin,
+            t_time=t_time - origin,
+            h_resolved=np.where(h_resolved >= 0, h_resolved - origin, _NONE),
+            h_conflict=history["conflict"].to_numpy(dtype=bool, na_value=False),
+            users=users,
+            entities=entities,
+            n_hist=len(h_time),
+        )
+
+    def split(self, codes: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, int]:
+        """History codes, target codes and the number of codes, refusing an int64 overflow."""
+        n_codes = int(codes.max()) + 1
+        if n_codes > np.iinfo(np.int64).max // self.stride:
+            raise FeatureComputationError(f"too many distinct {name} keys for the time span; split the input")
+        return codes[: self.n_hist], codes[self.n_hist :], n_codes
+
+    @property
+    def window_start(self) -> np.ndarray:
+        return self.t_time - self.params.history_window_ms
+
+
+def _user_side(f: _Frame) -> dict[str, np.ndarray]:
+    h_user, t_user, n_users = f.split(f.users, "user")
+    by_user = _KeyedTimes(h_user, f.h_time, f.stride, n_users)
+    q_user = _Queries(t_user, f.t_time, f.stride)
+    p = f.params
+
+    last = by_user.last_time_before(q_user, f.t_time)
+    hours = np.where(last >= 0, (f.t_time - last) / _MS_PER_HOUR, p.hours_since_cap)
+
+    # A conflict synced at s and resolved at r counts for targets at t with
+    # r < t <= s + 30 days: its resolution is known and the sync is inside the window.
+    known = f.h_conflict & (f.h_resolved >= 0)
+    opens, closes = f.h_resolved[known], f.h_time[known] + p.history_window_ms
+    valid = opens < closes
+    conflicts = _count_covering(
+        h_user[known][valid], opens[valid], closes[valid], f.stride, n_users, q_user, f.t_time
+    )
+    syncs = by_user.count_between(q_user, f.window_start, f.t_time)
+    rate = (conflicts + p.prior_strength * p.prior_conflict_rate) / (syncs + p.prior_strength)
+    return {"hours_since_last_sync": np.minimum(hours, p.hours_since_cap), "user_conflict_rate": rate}
+
+
+def _entity_side(f: _Frame, history: pd.DataFrame, targets: pd.DataFrame) -> dict[str, np.ndarray]:
+    w5 = f.params.concurrent_window_ms
+    h_ent, t_ent, n_entities = f.split(f.entities, "entity")
+    h_user, t_user, _ = f.split(f.users, "user")
+    h_pair, t_pair, n_pairs = f.split(_codes(f.entities, f.users), "user-entity")
+    by_entity = _KeyedTimes(h_ent, f.h_time, f.stride, n_entities)
+    by_pair = _KeyedTimes(h_pair, f.h_time, f.stride, n_pairs)
+    q_ent = _Queries(t_ent, f.t_time, f.stride)
+    q_pair = _Queries(t_pair, f.t_time, f.stride)
 
     # concurrent_editors: each history event stands for its user "being on x" from its time
     # until 5 minutes later or the same user's next sync of x, whichever comes first.
-    next_same = np.full(n_hist, np.iinfo(np.int64).max, dtype=np.int64)
-    pos = by_pair.order
+    next_same = np.full(f.n_hist, np.iinfo(np.int64).max, dtype=np.int64)
     same_pair_next = by_pair.codes[1:] == by_pair.codes[:-1]
-    next_same[pos[:-1][same_pair_next]] = by_pair.times[1:][same_pair_next]
-    closes = np.minimum(next_same, h_time + w5 - 1)
-    editors = _count_covering(h_ent, h_time, closes, stride, n_entities, q_ent, t_time)
-    own_last = by_pair.last_time_before(q_pair, t_time)
-    editors -= (own_last >= 0) & (own_last > t_time - w5)
-    out["concurrent_editors"] = editors.astype(np.int64)
+    next_same[by_pair.order[:-1][same_pair_next]] = by_pair.times[1:][same_pair_next]
+    closes = np.minimum(next_same, f.h_time + w5 - 1)
+    editors = _count_covering(h_ent, f.h_time, closes, f.stride, n_entities, q_ent, f.t_time)
+    own_last = by_pair.last_time_before(q_pair, f.t_time)
+    editors -= (own_last >= 0) & (own_last > f.t_time - w5)
 
-    # hours_since_last_sync
-    last = by_user.last_time_before(q_user, t_time)
-    hours = np.where(last >= 0, (t_time - last) / _MS_PER_HOUR, params.hours_since_cap)
-    out["hours_since_last_sync"] = np.minimum(hours, params.hours_since_cap)
-
-    # user_conflict_rate: a conflict synced at s and resolved at r is counted for targets at
-    # t with r < t <= s + 30 days (resolution known, sync inside the window).
-    known = h_conflict & (h_resolved >= 0)
-    opens, closes = h_resolved[known], h_time[known] + w30
-    valid = opens < closes
-    conflicts = _count_covering(
-        h_user[known][valid], opens[valid], closes[valid], stride, n_users, q_user, t_time
-    )
-    syncs = by_user.count_between(q_user, window_start, t_time)
-    out["user_conflict_rate"] = (conflicts + params.prior_strength * params.prior_conflict_rate) / (
-        syncs + params.prior_strength
-    )
-
-    # entity_edit_frequency
-    out["entity_edit_frequency"] = by_entity.count_between(q_ent, window_start, t_time) / params.history_window_days
-
-    # edits_since_own_last_sync: others' syncs of x after u's previous sync of x.
+    window_start = f.window_start
     since_own = np.maximum(window_start, np.where(own_last >= 0, own_last + 1, window_start))
-    out["edits_since_own_last_sync"] = by_entity.count_between(q_ent, since_own, t_time).astype(np.int64)
-
     overlap_30, overlap_own = _field_overlap(
-        history, targets, h_ent, h_user, h_time, t_ent, t_user, t_time, window_start, since_own, stride
+        history, targets, h_ent, h_user, f.h_time, t_ent, t_user, f.t_time, window_start, since_own, f.stride
     )
-    out["field_overlap_score"] = overlap_30
-    out["overlap_since_own_last_sync"] = overlap_own
-    return out[list(ALL_FEATURES)]
+    return {
+        "concurrent_editors": editors.astype(np.int64),
+        "entity_edit_frequency": by_entity.count_between(q_ent, window_start, f.t_time)
+        / f.params.history_window_days,
+        "field_overlap_score": overlap_30,
+        "edits_since_own_last_sync": by_entity.count_between(q_ent, since_own, f.t_time).astype(np.int64),
+        "overlap_since_own_last_sync": overlap_own,
+    }
 
 
 def _field_overlap(

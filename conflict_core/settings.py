@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(default=None, description="Ray cluster address; None starts or joins a local instance.")
     serve_config_path: Path = Field(default=Path("serve_config.yaml"))
     serve_url: str = Field(default="http://127.0.0.1:8000", description="Base URL of the running prediction app.")
+    dashboard_url: str = Field(default="http://127.0.0.1:8265", description="Ray dashboard, for Serve deploys and job submission.")
 
     # Risk bands and the operating threshold of the classifier.
     risk_medium_threshold: float = Field(default=0.2, gt=0, lt=1)

@@ -214,3 +214,13 @@ def test_vectorized_features_equal_the_row_by_row_definition(seed: int) -> None:
         expected = oracle(history, target, params)
         for name in ALL_FEATURES:
             assert got.loc[idx, name] == pytest.approx(expected[name]), (name, idx)
+
+
+def test_sides_partition_the_features_and_agree_with_all() -> None:
+    history = random_history(7)
+    both = compute_features(history, history)
+    user = compute_features(history, history, side="user")
+    entity = compute_features(history, history, side="entity")
+    assert set(user.columns).isdisjoint(entity.columns)
+    assert set(user.columns) | set(entity.columns) == set(ALL_FEATURES)
+    pd.testing.assert_frame_equal(pd.concat([user, entity], axis=1)[list(ALL_FEATURES)], both)

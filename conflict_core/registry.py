@@ -1,0 +1,151 @@
+"""The model registry: versions, checksums, the activation gate, activation and rollback.
+
+Rows live in ``model_registry``; the database lets at most one row be active. An artifact is
+a joblib file holding the fitted preprocessing and model as one object; it is never loaded
+before its sha256 matches the registry row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from conflict_core.errors import ArtifactIntegrityError, RegistryError
+from conflict_core.store import ModelVersion, utcnow
+
+HEURISTIC_VERSION = "heuristic_v1"
+
+
+def new_version(now: dt.datetime | None = None) -> str:
+    """A version name ``vYYYYMMDD_HHMMSS`` (UTC)."""
+    return (now or utcnow()).astimezone(dt.UTC).strftime("v%Y%m%d_%H%M%S")
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_artifact(path: Path, expected_sha256: str) -> None:
+    """Raise :class:`ArtifactIntegrityError` unless ``path`` exists and hashes to the expectation."""
+    if not path.is_file():
+        raise ArtifactIntegrityError(f"model artifact {path} does not exist")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise ArtifactIntegrityError(
+            f"model artifact {path} has sha256 {actual}, the registry expects {expected_sha256}"
+        )
+
+
+def load_artifact(path: Path, expected_sha256: str) -> dict[str, Any]:
+    """The artifact's contents, after verifying its checksum (never unpickles an unverified file)."""
+    import joblib
+
+    verify_artifact(path, expected_sha256)
+    artifact = joblib.load(path)
+    if not isinstance(artifact, dict) or "estimator" not in artifact or "feature_columns" not in artifact:
+        raise ArtifactIntegrityError(f"model artifact {path} is not a Conflict Predictor model")
+    return artifact
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    activate: bool
+    reason: str
+
+
+def gate(
+    *, candidate_roc_auc: float, active_roc_auc: float | None, min_relative_improvement: float, quality_floor: float
+) -> GateDecision:
+    """Whether a candidate replaces the active model.
+
+    Both scores come from the same holdout. A candidate must clear ``quality_floor``; when a
+    model is active it must also beat it by more than ``min_relative_improvement`` (relative
+    ROC-AUC, e.g. 0.05 for 5%).
+    """
+    if candidate_roc_auc < quality_floor:
+        return GateDecision(False, f"holdout ROC-AUC {candidate_roc_auc:.4f} is below the quality floor {quality_floor:.2f}")
+    if active_roc_auc is None:
+        return GateDecision(True, f"first model; holdout ROC-AUC {candidate_roc_auc:.4f} clears the floor {quality_floor:.2f}")
+    improvement = (candidate_roc_auc - active_roc_auc) / active_roc_auc
+    verdict = (
+        f"holdout ROC-AUC {candidate_roc_auc:.4f} vs active {active_roc_auc:.4f} "
+        f"({improvement:+.1%}, needs more than {min_relative_improvement:+.1%})"
+    )
+    return GateDecision(improvement > min_relative_improvement, verdict)
+
+
+def register(session: Session, **fields: Any) -> ModelVersion:
+    """Add a candidate version; ``fields`` are :class:`ModelVersion` columns."""
+    row = ModelVersion(status="candidate", is_active=False, **fields)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get(session: Session, version: str) -> ModelVersion:
+    row = session.scalars(select(ModelVersion).where(ModelVersion.version == version)).one_or_none()
+    if row is None:
+        raise RegistryError(f"no model version {version!r} in the registry")
+    return row
+
+
+def active(session: Session) -> ModelVersion | None:
+    return session.scalars(select(ModelVersion).where(ModelVersion.is_active.is_(True))).one_or_none()
+
+
+def list_versions(session: Session) -> list[ModelVersion]:
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())))
+
+
+def activate(session: Session, version: str, *, by: str, now: dt.datetime | None = None) -> ModelVersion:
+    """Make ``version`` the only active model, in the caller's transaction.
+
+    Refuses an artifact whose checksum does not match. The partial unique index makes a
+    concurrent activation fail rather than leave two active models.
+    """
+    row = get(session, version)
+    verify_artifact(Path(row.artifact_path), row.artifact_sha256)
+    if row.is_active:
+        return row
+    session.execute(
+        update(ModelVersion).where(ModelVersion.is_active.is_(True)).values(is_active=False, status="retired")
+    )
+    row.is_active, row.status = True, "active"
+    row.activated_at, row.activated_by = now or utcnow(), by
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise RegistryError(f"another activation of a model raced with {version}; try again") from exc
+    return row
+
+
+def deactivate(session: Session, version: str) -> ModelVersion:
+    row = get(session, version)
+    if not row.is_active:
+        raise RegistryError(f"model version {version} is not active")
+    row.is_active, row.status = False, "retired"
+    session.flush()
+    return row
+
+
+def rollback(session: Session, *, by: str) -> ModelVersion:
+    """Re-activate the model that was active before the current one."""
+    current = active(session)
+    query = select(ModelVersion).where(ModelVersion.activated_at.is_not(None), ModelVersion.is_active.is_(False))
+    if current is not None and current.activated_at is not None:
+        query = query.where(ModelVersion.activated_at < current.activated_at)
+    previous = session.scalars(query.order_by(ModelVersion.activated_at.desc())).first()
+    if previous is None:
+        raise RegistryError("no previously active model to roll back to")
+    return activate(session, previous.version, by=by)

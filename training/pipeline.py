@@ -1,0 +1,250 @@
+"""One training run: training set → sweep → calibrated model → report → registry → gate.
+
+Called by the ``jobs.train`` Ray Job entrypoint and by ``conflictctl train``; everything here
+is plain Python except the optional Ray Tune sweep.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn.inspection import permutation_importance
+from sqlalchemy.orm import Session, sessionmaker
+
+from conflict_core import registry, serve_config
+from conflict_core.errors import ArtifactIntegrityError
+from conflict_core.features import ALL_FEATURES, SEED_FEATURES
+from conflict_core.settings import Settings
+from conflict_core.store import session_scope
+from training import tune
+from training.evaluate import classification_metrics
+from training.extract import LABEL, load_training_set
+from training.report import plot_curves, plot_importances, write_report
+from training.train import (
+    calibrate,
+    check_training_data,
+    fit_candidate,
+    seed_baseline,
+    seed_random_split_baseline,
+    time_split,
+)
+
+log = logging.getLogger(__name__)
+SEED_BASELINE = "seed baseline (logreg, balanced, uncalibrated)"
+
+
+@dataclass
+class TrainingResult:
+    version: str
+    algorithm: str
+    activated: bool
+    gate_reason: str
+    holdout: dict[str, float]
+    seed_baseline_holdout: dict[str, float]
+    active_before: str | None
+    active_before_holdout: dict[str, float] | None
+    report_path: str
+    artifact_path: str
+    artifact_sha256: str
+    serve_config_updated: bool = False
+    serve_app_reconfigured: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(metrics[k]) for k in ("roc_auc", "pr_auc", "brier", "ece", "precision", "recall")}
+
+
+def train_and_register(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    *,
+    training_set: Path,
+    sweep: str = "ray",
+    num_samples: int | None = None,
+    activated_by: str = "gate",
+    now: dt.datetime | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> TrainingResult:
+    """Train, evaluate, write the artifact and report, register, and let the gate decide.
+
+    ``sweep`` is ``"ray"`` (Ray Tune) or ``"local"`` (the same configurations in-process).
+    """
+    frame, manifest = load_training_set(training_set)
+    check_training_data(frame, min_samples=settings.min_training_samples, min_positives=settings.min_training_positives)
+    split = time_split(frame)
+    features = list(ALL_FEATURES)
+    threshold = settings.risk_medium_threshold
+    version = registry.new_version(now)
+    out_dir = settings.models_dir / version
+    out_dir.mkdir(parents=True, exist_ok=False)
+    progress(f"{len(frame)} samples: fit {len(split.fit)}, calibration {len(split.calibration)}, holdout {len(split.holdout)}")
+
+    n = num_samples or settings.sweep_num_samples
+    progress(f"sweep: {n} configurations ({sweep})")
+    if sweep == "ray":
+        results = tune.sweep_with_ray(
+            n, features, split.fit, split.calibration, storage_path=settings.data_dir / "tune", name=version
+        )
+    elif sweep == "local":
+        results = tune.sweep_local(tune.sample_configs(n), features, split.fit, split.calibration)
+    else:
+        raise ValueError(f"sweep must be 'ray' or 'local', got {sweep!r}")
+    config, scores = tune.best_config(results)
+    progress(f"best: {config['model']} (validation PR-AUC {scores[tune.METRIC]:.4f})")
+
+    estimator, _ = fit_candidate(config, features, split.fit, split.calibration)
+    model = calibrate(estimator, split.calibration, features)
+    y_holdout = split.holdout[LABEL].to_numpy()
+    proba = model.predict_proba(split.holdout[features])[:, 1]
+
+    baseline = seed_baseline().fit(split.train[list(SEED_FEATURES)], split.train[LABEL])
+    baseline_proba = baseline.predict_proba(split.holdout[list(SEED_FEATURES)])[:, 1]
+    holdout_metrics = {
+        version: classification_metrics(y_holdout, proba, threshold),
+        SEED_BASELINE: classification_metrics(y_holdout, baseline_proba, threshold),
+    }
+    scores_by_model = {version: proba, "seed baseline": baseline_proba}
+
+    with session_scope(session_factory) as session:
+        current = registry.active(session)
+        current_info = (current.version, Path(current.artifact_path), current.artifact_sha256) if current else None
+    active_metrics = None
+    notes: list[str] = []
+    if current_info is not None:
+        try:
+            artifact = registry.load_artifact(current_info[1], current_info[2])
+            active_proba = artifact["estimator"].predict_proba(split.holdout[artifact["feature_columns"]])[:, 1]
+            active_metrics = classification_metrics(y_holdout, active_proba, threshold)
+            holdout_metrics[f"active {current_info[0]}"] = active_metrics
+            scores_by_model[f"active {current_info[0]}"] = active_proba
+        except (ArtifactIntegrityError, KeyError) as exc:
+            notes.append(f"active model {current_info[0]} could not be scored: {exc}")
+
+    decision = registry.gate(
+        candidate_roc_auc=holdout_metrics[version]["roc_auc"],
+        active_roc_auc=active_metrics["roc_auc"] if active_metrics else None,
+        min_relative_improvement=settings.gate_min_relative_improvement,
+        quality_floor=settings.gate_quality_floor_roc_auc,
+    )
+
+    progress("writing artifact and report")
+    artifact_path = out_dir / "model.joblib"
+    joblib.dump(
+        {
+            "estimator": model,
+            "feature_columns": features,
+            "version": version,
+            "algorithm": config["model"],
+            "params": config,
+            "threshold": threshold,
+            "training_set": manifest["snapshot"],
+        },
+        artifact_path,
+    )
+    sha = registry.sha256_file(artifact_path)
+    plots = plot_curves(out_dir, y_holdout, scores_by_model)
+    plots["importances"] = plot_importances(out_dir, _importances(model, split.holdout, features))
+    split_info = {
+        "training set": manifest["snapshot"],
+        "fit rows (oldest)": f"{len(split.fit)} ({split.fit['synced_at'].min()} … {split.fit['synced_at'].max()})",
+        "calibration rows": f"{len(split.calibration)} ({split.calibration['synced_at'].min()} … {split.calibration['synced_at'].max()})",
+        "holdout rows (newest)": f"{len(split.holdout)} ({split.holdout['synced_at'].min()} … {split.holdout['synced_at'].max()})",
+        "conflict rate": f"{frame[LABEL].mean():.4f}",
+    }
+    random_split = seed_random_split_baseline(frame)
+    report_path = write_report(
+        out_dir,
+        version=version,
+        algorithm=config["model"],
+        params=config,
+        holdout_metrics=holdout_metrics,
+        extra_rows={"seed baseline on a stratified random split (leaks the future)": random_split},
+        sweep=results,
+        plots=plots,
+        gate_reason=decision.reason,
+        split=split_info,
+    )
+
+    with session_scope(session_factory) as session:
+        registry.register(
+            session,
+            version=version,
+            algorithm=config["model"],
+            params={k: v for k, v in config.items()},
+            metrics={
+                "holdout": _headline(holdout_metrics[version]),
+                "seed_baseline_holdout": _headline(holdout_metrics[SEED_BASELINE]),
+                "threshold": threshold,
+                "validation": scores,
+                "feature_means": {c: float(split.train[c].mean()) for c in features},
+            },
+            feature_columns=features,
+            train_samples=len(split.train),
+            holdout_samples=len(split.holdout),
+            training_window_start=split.fit["synced_at"].min().to_pydatetime(),
+            training_window_end=split.holdout["synced_at"].max().to_pydatetime(),
+            artifact_path=str(artifact_path.resolve()),
+            artifact_sha256=sha,
+            report_path=str(report_path.resolve()),
+            gate_decision=decision.reason,
+        )
+        if decision.activate:
+            registry.activate(session, version, by=activated_by)
+
+    result = TrainingResult(
+        version=version,
+        algorithm=config["model"],
+        activated=decision.activate,
+        gate_reason=decision.reason,
+        holdout=_headline(holdout_metrics[version]),
+        seed_baseline_holdout=_headline(holdout_metrics[SEED_BASELINE]),
+        active_before=current_info[0] if current_info else None,
+        active_before_holdout=_headline(active_metrics) if active_metrics else None,
+        report_path=str(report_path),
+        artifact_path=str(artifact_path.resolve()),
+        artifact_sha256=sha,
+        notes=notes,
+    )
+    if decision.activate:
+        result.serve_config_updated, result.serve_app_reconfigured = publish_active_model(
+            settings, version=version, artifact_path=result.artifact_path, artifact_sha256=sha
+        )
+    return result
+
+
+def publish_active_model(
+    settings: Settings, *, version: str | None, artifact_path: str | None, artifact_sha256: str | None
+) -> tuple[bool, bool]:
+    """Write the model into ``serve_config.yaml`` and re-deploy it when a Serve app runs."""
+    if not settings.serve_config_path.is_file():
+        log.warning("no serve config at %s; the running app keeps its model", settings.serve_config_path)
+        return False, False
+    serve_config.set_model(
+        settings.serve_config_path, version=version, artifact_path=artifact_path, artifact_sha256=artifact_sha256
+    )
+    return True, serve_config.apply(settings.serve_config_path, settings.dashboard_url)
+
+
+def _importances(model: Any, holdout: pd.DataFrame, features: list[str], max_rows: int = 20_000) -> dict[str, float]:
+    sample = holdout.sample(min(max_rows, len(holdout)), random_state=0)
+    result = permutation_importance(
+        model, sample[features], sample[LABEL], scoring="average_precision", n_repeats=3, random_state=0, n_jobs=1
+    )
+    return {name: float(value) for name, value in zip(features, result.importances_mean, strict=True)}
+
+
+def score_frame(artifact: dict[str, Any], frame: pd.DataFrame) -> np.ndarray:
+    """Conflict probabilities of a loaded artifact for the rows of ``frame``."""
+    return artifact["estimator"].predict_proba(frame[artifact["feature_columns"]])[:, 1]
