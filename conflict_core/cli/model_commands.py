@@ -1,0 +1,133 @@
+"""Offline pipeline and registry commands: ``extract``, ``train``, ``models …``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from conflict_core.cli.context import AppContext, pass_app
+
+
+def _job_args(app: AppContext) -> list[str]:
+    return ["--database-url", app.settings.database_url, "--data-dir", str(app.settings.data_dir)]
+
+
+@click.command("extract")
+@click.option("--days-back", type=int, help="target window in days (default: 90)")
+@click.option("--local", is_flag=True, help="compute in this process instead of Ray tasks")
+@pass_app
+def extract_command(app: AppContext, days_back: int | None, local: bool) -> None:
+    """Compute the training set from exported events (the jobs.extract_features Ray Job, run here)."""
+    from jobs import extract_features
+
+    argv = _job_args(app) + (["--days-back", str(days_back)] if days_back else []) + (["--local"] if local else [])
+    click.echo(json.dumps(extract_features.main(argv), indent=2, default=str))
+
+
+@click.command("train")
+@click.option("--num-samples", type=int, help="sweep size (default: settings)")
+@click.option("--local-sweep", is_flag=True, help="run the sweep in this process, not on Ray Tune")
+@pass_app
+def train_command(app: AppContext, num_samples: int | None, local_sweep: bool) -> None:
+    """Train, report and register a model; the gate decides its activation (the jobs.train Ray Job, run here)."""
+    from jobs import train
+
+    argv = _job_args(app) + (["--num-samples", str(num_samples)] if num_samples else [])
+    argv += ["--local-sweep"] if local_sweep else []
+    click.echo(json.dumps(train.main(argv + ["--activated-by", "conflictctl train"]), indent=2, default=str))
+
+
+@click.group("models")
+def models_group() -> None:
+    """The model registry: list, inspect, activate, deactivate, roll back."""
+
+
+@models_group.command("list")
+@pass_app
+def models_list(app: AppContext) -> None:
+    """All versions, newest first."""
+    from conflict_core import registry
+
+    with app.session_factory() as session:
+        rows = registry.list_versions(session)
+    if not rows:
+        click.echo("no models registered (run: conflictctl train)")
+        return
+    click.echo(f"{'version':<18} {'status':<10} {'algorithm':<8} {'ROC-AUC':>8} {'PR-AUC':>8}  activated")
+    for row in rows:
+        holdout = row.metrics.get("holdout", {})
+        activated = f"{row.activated_at:%Y-%m-%d %H:%M} by {row.activated_by}" if row.activated_at else ""
+        click.echo(
+            f"{row.version:<18} {row.status + ('*' if row.is_active else ''):<10} {row.algorithm:<8} "
+            f"{holdout.get('roc_auc', float('nan')):>8.4f} {holdout.get('pr_auc', float('nan')):>8.4f}  {activated}"
+        )
+
+
+@models_group.command("show")
+@click.argument("version")
+@pass_app
+def models_show(app: AppContext, version: str) -> None:
+    """Everything the registry knows about VERSION."""
+    from conflict_core import registry
+
+    with app.session_factory() as session:
+        row = registry.get(session, version)
+        fields = {c.name: getattr(row, c.name) for c in row.__table__.columns}
+    click.echo(json.dumps(fields, indent=2, default=str))
+
+
+def _publish(app: AppContext, version: str | None) -> None:
+    from conflict_core import registry
+    from training.pipeline import publish_active_model
+
+    with app.session_factory() as session:
+        row = registry.get(session, version) if version else None
+        info = (row.version, row.artifact_path, row.artifact_sha256) if row else (None, None, None)
+    written, applied = publish_active_model(app.settings, version=info[0], artifact_path=info[1], artifact_sha256=info[2])
+    if written:
+        click.echo(f"{app.settings.serve_config_path} now serves {info[0] or 'the heuristics'}"
+                   + ("; running app reconfigured" if applied else "; no running app to reconfigure"))
+
+
+@models_group.command("activate")
+@click.argument("version")
+@click.option("--by", default="conflictctl", show_default=True, help="who is activating, for the record")
+@pass_app
+def models_activate(app: AppContext, version: str, by: str) -> None:
+    """Make VERSION the only active model (its artifact's sha256 must match)."""
+    from conflict_core import registry
+
+    with app.session_factory.begin() as session:
+        registry.activate(session, version, by=by)
+    click.echo(f"activated {version}")
+    _publish(app, version)
+
+
+@models_group.command("deactivate")
+@click.argument("version")
+@pass_app
+def models_deactivate(app: AppContext, version: str) -> None:
+    """Deactivate VERSION; predictions fall back to the heuristics until another activation."""
+    from conflict_core import registry
+
+    with app.session_factory.begin() as session:
+        registry.deactivate(session, version)
+    click.echo(f"deactivated {version}")
+    _publish(app, None)
+
+
+@models_group.command("rollback")
+@click.option("--by", default="conflictctl rollback", show_default=True)
+@pass_app
+def models_rollback(app: AppContext, by: str) -> None:
+    """Re-activate the model that was active before the current one."""
+    from conflict_core import registry
+
+    with app.session_factory.begin() as session:
+        version = registry.rollback(session, by=by).version
+    click.echo(f"rolled back to {version}")
+    _publish(app, version)
+
+
+COMMANDS = [extract_command, train_command, models_group]

@@ -1,0 +1,50 @@
+"""What every Ray Job entrypoint shares: argument basics, settings, Ray start-up, summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from conflict_core.errors import ConflictPredictorError
+from conflict_core.settings import Settings
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--database-url", help="store URL (default: settings / DATABASE_URL)")
+    parser.add_argument("--data-dir", help="root of exports, features and models (default: settings)")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in {"database_url": args.database_url, "data_dir": args.data_dir}.items() if v}
+    return Settings(**overrides)
+
+
+def init_ray(settings: Settings) -> None:
+    """Join the cluster the job was submitted to, or the configured one, or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") or settings.ray_address
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
+
+
+def run(main: Callable[[], dict[str, Any]]) -> None:
+    """Run a job body, print its summary as JSON, and exit non-zero on a product error."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        summary = main()
+    except ConflictPredictorError as exc:
+        print(json.dumps({"status": "failed", "error": str(exc), "error_type": type(exc).__name__}), flush=True)
+        sys.exit(1)
+    print(json.dumps({"status": "succeeded", **summary}, default=str, indent=2), flush=True)
