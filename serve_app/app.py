@@ -1,0 +1,81 @@
+"""The typed application builder: ``serve run serve_app.app:build_app`` or ``serve_config.yaml``.
+
+Arguments are a pydantic model (Serve validates the config's ``args`` against it); anything
+left out comes from :class:`conflict_core.settings.Settings`, read once when the app is built.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray.serve import Application
+
+from conflict_core.settings import Settings
+
+
+class AppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    database_url: str | None = Field(default=None, description="Store URL; default from settings.")
+    log_spool_dir: str | None = Field(default=None, description="Prediction-log spill directory; default from settings.")
+    max_items_per_request: int | None = Field(default=None, gt=0)
+    max_events_per_request: int = Field(default=5000, gt=0)
+    max_request_bytes: int | None = Field(default=None, gt=0)
+    risk_medium_threshold: float | None = Field(default=None, gt=0, lt=1)
+    risk_high_threshold: float | None = Field(default=None, gt=0, lt=1)
+    lookup_timeout_s: float = Field(default=2.0, gt=0)
+    inference_timeout_s: float = Field(default=1.0, gt=0)
+    feature_cache_ttl_s: float = Field(default=1.0, ge=0)
+    log_batch_size: int = Field(default=1000, gt=0)
+    log_flush_interval_s: float = Field(default=0.25, gt=0)
+    log_max_buffer: int = Field(default=20_000, gt=0)
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> AppArgs:
+        if self.risk_medium_threshold is not None and self.risk_high_threshold is not None:
+            if self.risk_medium_threshold >= self.risk_high_threshold:
+                raise ValueError("risk_medium_threshold must be below risk_high_threshold")
+        return self
+
+    def resolved(self, settings: Settings | None = None) -> dict[str, object]:
+        """The ingress options: these arguments with settings filling the gaps."""
+        overrides = {k: v for k, v in {
+            "database_url": self.database_url,
+            "max_items_per_request": self.max_items_per_request,
+            "max_request_bytes": self.max_request_bytes,
+            "risk_medium_threshold": self.risk_medium_threshold,
+            "risk_high_threshold": self.risk_high_threshold,
+        }.items() if v is not None}
+        settings = settings or Settings(**overrides)  # re-validates thresholds and the URL
+        return {
+            **self.model_dump(),
+            "database_url": _absolute_sqlite(settings.database_url),
+            "log_spool_dir": str(self.log_spool_dir or settings.log_spool_dir.resolve()),
+            "max_items_per_request": settings.max_items_per_request,
+            "max_request_bytes": settings.max_request_bytes,
+            "risk_medium_threshold": settings.risk_medium_threshold,
+            "risk_high_threshold": settings.risk_high_threshold,
+        }
+
+
+def build_app(args: AppArgs) -> Application:
+    """Ingress → FeatureLookup → ModelInference, with FallbackHeuristics beside them."""
+    from serve_app.deployments import FallbackHeuristics, FeatureLookup, ModelInference
+    from serve_app.ingress import Ingress
+
+    options = args.resolved()
+    lookup = FeatureLookup.bind(options["database_url"], args.feature_cache_ttl_s)
+    inference = ModelInference.bind()
+    fallback = FallbackHeuristics.bind()
+    return Ingress.bind(lookup, inference, fallback, options)
+
+
+def _absolute_sqlite(database_url: str) -> str:
+    """A SQLite URL with an absolute path: replicas do not share the deploying shell's cwd."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return database_url
+    return url.set(database=str(Path(url.database).resolve())).render_as_string(hide_password=False)

@@ -1,0 +1,108 @@
+"""The active model as one swappable reference, plain Python.
+
+:class:`ModelHolder` loads an artifact only after :func:`conflict_core.registry.load_artifact`
+has verified its sha256, and replaces the model it serves by assigning a single attribute
+once the new one is fully loaded: a prediction running concurrently keeps the object it
+started with, so it never sees a half-loaded model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from conflict_core.errors import ArtifactIntegrityError
+from conflict_core.registry import load_artifact
+from serve_app.feature_lookup import FEATURE_NAMES
+from serve_app.heuristics import FallbackReason
+
+log = logging.getLogger(__name__)
+
+
+class ModelUnavailable(Exception):
+    """No model can answer; ``reason`` says why (a :class:`FallbackReason`)."""
+
+    def __init__(self, reason: FallbackReason, detail: str = ""):
+        self.reason = reason
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str
+    sha256: str
+    estimator: Any
+    feature_columns: tuple[str, ...]
+    column_index: np.ndarray  # positions of feature_columns within FEATURE_NAMES
+
+    def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
+        frame = pd.DataFrame(matrix[:, self.column_index], columns=list(self.feature_columns))
+        probabilities = np.asarray(self.estimator.predict_proba(frame))[:, 1]
+        return np.clip(probabilities.astype(np.float64), 0.0, 1.0)
+
+
+def load_model(version: str, artifact_path: str, artifact_sha256: str) -> LoadedModel:
+    """A verified, loaded model; raises :class:`ModelUnavailable` with the precise reason."""
+    try:
+        artifact = load_artifact(Path(artifact_path), artifact_sha256)
+    except ArtifactIntegrityError as exc:
+        reason = (
+            FallbackReason.ARTIFACT_LOAD_FAILED
+            if "is not a Conflict Predictor model" in str(exc)
+            else FallbackReason.ARTIFACT_VERIFICATION_FAILED
+        )
+        raise ModelUnavailable(reason, str(exc)) from exc
+    except Exception as exc:  # joblib/unpickling problems of a file whose checksum matched
+        raise ModelUnavailable(FallbackReason.ARTIFACT_LOAD_FAILED, f"{type(exc).__name__}: {exc}") from exc
+    columns = tuple(artifact["feature_columns"])
+    unknown = [c for c in columns if c not in FEATURE_NAMES]
+    if unknown:
+        raise ModelUnavailable(FallbackReason.ARTIFACT_LOAD_FAILED, f"artifact needs unknown features {unknown}")
+    index = np.array([FEATURE_NAMES.index(c) for c in columns], dtype=np.int64)
+    return LoadedModel(version, artifact_sha256, artifact["estimator"], columns, index)
+
+
+class ModelHolder:
+    """The model a replica serves, or the reason it serves none."""
+
+    def __init__(self) -> None:
+        self.model: LoadedModel | None = None
+        self.unavailable: ModelUnavailable | None = ModelUnavailable(FallbackReason.NO_ACTIVE_MODEL)
+
+    def configure(self, version: str | None, artifact_path: str | None, artifact_sha256: str | None) -> None:
+        """Serve the named model (``None``: no model). Loads first, then swaps the reference."""
+        if not version or not artifact_path or not artifact_sha256:
+            self.model, self.unavailable = None, ModelUnavailable(FallbackReason.NO_ACTIVE_MODEL)
+            return
+        current = self.model
+        if current is not None and current.version == version and current.sha256 == artifact_sha256:
+            return
+        try:
+            loaded = load_model(version, artifact_path, artifact_sha256)
+        except ModelUnavailable as exc:
+            log.error("model %s not loaded, answering with the heuristics: %s", version, exc)
+            self.model, self.unavailable = None, exc
+            return
+        self.model, self.unavailable = loaded, None
+        log.info("now serving model %s", version)
+
+    def predict(self, matrix: np.ndarray) -> tuple[str, np.ndarray]:
+        model = self.model  # one read: a concurrent swap does not affect this call
+        if model is None:
+            raise self.unavailable or ModelUnavailable(FallbackReason.NO_ACTIVE_MODEL)
+        return model.version, model.predict_proba(matrix)
+
+    def status(self) -> dict[str, Any]:
+        model = self.model
+        return {
+            "model_version": None if model is None else model.version,
+            "artifact_sha256": None if model is None else model.sha256,
+            "feature_columns": None if model is None else list(model.feature_columns),
+            "loaded": model is not None,
+            "unavailable_reason": None if self.unavailable is None else self.unavailable.reason.value,
+        }

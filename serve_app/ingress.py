@@ -1,0 +1,310 @@
+"""The HTTP ingress: parses requests (Starlette), calls the graph, answers, logs predictions.
+
+Routes: ``POST /v1/predict``, ``POST /v1/sync-events``, ``GET /v1/models``, ``GET /healthz``,
+``GET /readyz``. A client mistake gets a 4xx JSON body naming the field; a failing
+dependency (store, model) degrades to the heuristics or a 503, never to a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from conflict_core.errors import ImportFormatError
+from conflict_core.store import make_engine, make_session_factory, session_scope, utcnow
+from serve_app.feature_lookup import FEATURE_NAMES
+from serve_app.heuristics import (
+    HEURISTIC_VERSION,
+    FallbackReason,
+    heuristic_probabilities,
+    recommendation_for,
+    risk_level,
+)
+from serve_app.metrics import ServeMetrics
+from serve_app.prediction_log import PredictionLogWriter
+from serve_app.schemas import PredictItem, RequestError, parse_event_records, parse_json, parse_predict_body
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _iso_utc(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+def _error(status: int, error: str, problem: str, field: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": error, "problem": problem}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse(body, status_code=status)
+
+
+@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
+class Ingress:
+    def __init__(
+        self,
+        lookup: DeploymentHandle,
+        inference: DeploymentHandle,
+        fallback: DeploymentHandle,
+        options: dict[str, Any],
+    ):
+        self.lookup, self.inference, self.fallback = lookup, inference, fallback
+        self.options = options
+        self.max_items: int = options["max_items_per_request"]
+        self.max_bytes: int = options["max_request_bytes"]
+        self.medium: float = options["risk_medium_threshold"]
+        self.high: float = options["risk_high_threshold"]
+        self.lookup_timeout_s: float = options["lookup_timeout_s"]
+        self.inference_timeout_s: float = options["inference_timeout_s"]
+        self.engine = make_engine(options["database_url"])
+        self.sessions = make_session_factory(self.engine)
+        self.metrics = ServeMetrics()
+        self.writer = PredictionLogWriter(
+            options["database_url"],
+            Path(options["log_spool_dir"]),
+            batch_size=options["log_batch_size"],
+            flush_interval_s=options["log_flush_interval_s"],
+            max_buffer=options["log_max_buffer"],
+            on_depth=lambda depth: self.metrics.log_buffer_depth.set(depth),
+        )
+        self.routes: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {
+            ("POST", "/v1/predict"): self.predict_route,
+            ("POST", "/v1/sync-events"): self.sync_events_route,
+            ("GET", "/v1/models"): self.models_route,
+            ("GET", "/healthz"): self.healthz_route,
+            ("GET", "/readyz"): self.readyz_route,
+            ("GET", "/v1/prediction-log/status"): self.log_status_route,
+        }
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path.rstrip("/") or "/"
+        handler = self.routes.get((request.method, path))
+        if handler is None:
+            allowed = [method for method, route in self.routes if route == path]
+            if allowed:
+                return _error(405, "method_not_allowed", f"{path} accepts {', '.join(allowed)}")
+            return _error(404, "not_found", f"no route {path}")
+        try:
+            return await handler(request)
+        except RequestError as exc:
+            return JSONResponse(exc.to_body(), status_code=exc.status)
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, path)
+            return _error(503, "unavailable", "the service could not answer; retry later")
+
+    async def _read_json(self, request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            raise RequestError(413, "body", f"request body is {declared} bytes, the limit is {self.max_bytes}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise RequestError(413, "body", f"request body exceeds the limit of {self.max_bytes} bytes")
+            chunks.append(chunk)
+        return parse_json(b"".join(chunks), max_bytes=self.max_bytes)
+
+    # ------------------------------------------------------------------------- predict
+
+    async def predict_route(self, request: Request) -> Response:
+        payload = await self._read_json(request)
+        items, single = parse_predict_body(payload, max_items=self.max_items)
+        predictions = await self.predict(items)
+        return JSONResponse(predictions[0] if single else {"predictions": predictions})
+
+    async def predict(self, items: list[PredictItem]) -> list[dict[str, Any]]:
+        now = utcnow()
+        targets = [
+            {"user_id": i.user_id, "entity_type": i.entity_type, "entity_id": i.entity_id,
+             "changed_fields": i.changed_fields, "at": i.at or now}
+            for i in items
+        ]
+        matrix: np.ndarray | None = None
+        reason: FallbackReason | None = None
+        model_version = HEURISTIC_VERSION
+        probabilities: np.ndarray | list[float] | None = None
+        try:
+            matrix = await asyncio.wait_for(_awaited(self.lookup.lookup.remote(targets)), self.lookup_timeout_s)
+        except Exception as exc:
+            log.warning("feature lookup failed: %s: %s", type(exc).__name__, exc)
+            reason = FallbackReason.FEATURE_LOOKUP_FAILED
+        if matrix is not None:
+            try:
+                answer = await asyncio.wait_for(
+                    _awaited(self.inference.predict.remote(matrix)), self.inference_timeout_s
+                )
+                if "unavailable" in answer:
+                    reason = FallbackReason(answer["unavailable"])
+                else:
+                    model_version, probabilities = answer["model_version"], answer["probabilities"]
+            except TimeoutError:
+                reason = FallbackReason.INFERENCE_TIMEOUT
+            except Exception as exc:
+                log.warning("inference failed: %s: %s", type(exc).__name__, exc)
+                reason = FallbackReason.INFERENCE_FAILED
+        feature_rows: list[dict[str, float] | None] = (
+            [dict(zip(FEATURE_NAMES, map(float, row), strict=True)) for row in matrix]
+            if matrix is not None
+            else [None] * len(items)
+        )
+        if probabilities is None:
+            probabilities = await self._heuristics(feature_rows)
+        return self._respond(items, feature_rows, probabilities, model_version, reason, now)
+
+    async def _heuristics(self, rows: list[dict[str, float] | None]) -> list[float]:
+        try:
+            result: list[float] = await asyncio.wait_for(_awaited(self.fallback.predict.remote(rows)), 2.0)
+            return result
+        except Exception as exc:  # the heuristics are plain Python: answer here rather than fail
+            log.warning("FallbackHeuristics unreachable (%s); computing heuristics in the ingress", exc)
+            return heuristic_probabilities(rows)
+
+    def _respond(
+        self,
+        items: list[PredictItem],
+        feature_rows: list[dict[str, float] | None],
+        probabilities: Any,
+        model_version: str,
+        reason: FallbackReason | None,
+        now: dt.datetime,
+    ) -> list[dict[str, Any]]:
+        predicted_at = _iso_utc(now)
+        responses, records = [], []
+        for item, features, probability in zip(items, feature_rows, probabilities, strict=True):
+            probability = float(probability)
+            level = risk_level(probability, medium_threshold=self.medium, high_threshold=self.high)
+            recommendation = recommendation_for(level)
+            prediction_id = uuid.uuid4().hex
+            body: dict[str, Any] = {
+                "prediction_id": prediction_id,
+                "probability": round(probability, 6),
+                "risk_level": level.value,
+                "recommendation": recommendation.value,
+                "model_version": model_version,
+                "features_used": features or {},
+                "predicted_at": predicted_at,
+            }
+            if item.sync_id is not None:
+                body["sync_id"] = item.sync_id
+            if reason is not None:
+                body["fallback_reason"] = reason.value
+            responses.append(body)
+            records.append({
+                "prediction_id": prediction_id, "model_type": "conflict_predictor", "model_version": model_version,
+                "sync_id": item.sync_id, "user_id": item.user_id, "device_id": item.device_id,
+                "entity_type": item.entity_type, "entity_id": item.entity_id,
+                "predicted_conflict": probability >= self.high, "probability": probability,
+                "risk_level": level.value, "recommendation": recommendation.value, "features": features or {},
+                "fallback_reason": None if reason is None else reason.value, "created_at": now,
+            })
+            self.metrics.predictions.inc(tags={"model_version": model_version, "risk_level": level.value})
+        if reason is not None:
+            self.metrics.fallbacks.inc(len(items), tags={"reason": reason.value})
+        self.writer.submit(records)
+        return responses
+
+    # ------------------------------------------------------------------------- sync events
+
+    async def sync_events_route(self, request: Request) -> Response:
+        payload = await self._read_json(request)
+        records = parse_event_records(payload, max_items=self.options["max_events_per_request"])
+        from conflict_core.events_io import insert_event_frame, validate_records
+
+        try:
+            table = validate_records(records, source="request body")
+        except ImportFormatError as exc:
+            field = "events" if exc.row is None else f"events[{exc.row - 1}]"
+            if exc.column is not None:
+                field += f".{exc.column}"
+            raise RequestError(422, field, exc.problem) from None
+
+        def insert() -> tuple[int, int]:
+            with session_scope(self.sessions) as session:
+                return insert_event_frame(session, table)
+
+        try:
+            inserted, skipped = await asyncio.to_thread(insert)
+        except Exception as exc:
+            log.warning("sync event insert failed: %s", exc)
+            return _error(503, "store_unavailable", "the sync event store is unreachable; retry later")
+        return JSONResponse({"received": len(records), "inserted": inserted, "skipped_existing": skipped})
+
+    # ------------------------------------------------------------------------- status
+
+    async def _inference_status(self) -> dict[str, Any] | None:
+        try:
+            status: dict[str, Any] = await asyncio.wait_for(_awaited(self.inference.status.remote()), 2.0)
+            return status
+        except Exception:
+            return None
+
+    async def _store_reachable(self) -> bool:
+        def ping() -> None:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(ping), 3.0)
+            return True
+        except Exception:
+            return False
+
+    async def models_route(self, request: Request) -> Response:
+        status = await self._inference_status()
+        body: dict[str, Any] = {"serving": status, "heuristic_version": HEURISTIC_VERSION, "registry": None}
+
+        def registry_rows() -> list[dict[str, Any]]:
+            from conflict_core import registry
+
+            with session_scope(self.sessions) as session:
+                return [
+                    {"version": r.version, "algorithm": r.algorithm, "status": r.status, "is_active": r.is_active,
+                     "created_at": _iso_utc(r.created_at), "metrics": r.metrics}
+                    for r in registry.list_versions(session)
+                ]
+
+        try:
+            body["registry"] = await asyncio.wait_for(asyncio.to_thread(registry_rows), 3.0)
+        except Exception as exc:
+            body["registry_error"] = f"registry unavailable: {type(exc).__name__}"
+        return Response(json.dumps(body, default=str), media_type="application/json")
+
+    async def healthz_route(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz_route(self, request: Request) -> Response:
+        status = await self._inference_status()
+        model_loaded = bool(status and status.get("loaded"))
+        store = await self._store_reachable()
+        ready = model_loaded and store
+        body = {"ready": ready, "model_loaded": model_loaded, "store_reachable": store,
+                "model_version": status.get("model_version") if status else None,
+                "unavailable_reason": status.get("unavailable_reason") if status else "inference_unreachable"}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def log_status_route(self, request: Request) -> Response:
+        w = self.writer
+        return JSONResponse({"buffered": w.depth, "written": w.written, "spilled": w.spilled,
+                             "spool_files": len(w.spool_files()), "store_available": w.store_available,
+                             "last_error": w.last_error})
+
+    async def __del__(self) -> None:
+        await self.writer.close()

@@ -1,0 +1,50 @@
+"""Custom Serve metrics (``ray.util.metrics``), exported on the Ray Prometheus endpoint."""
+
+from __future__ import annotations
+
+from ray.util.metrics import Counter, Gauge, Histogram
+
+_LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000]
+_BATCH = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
+
+
+class ServeMetrics:
+    """The metrics one replica reports; created in a replica's ``__init__``, never at import."""
+
+    def __init__(self) -> None:
+        self.predictions = Counter(
+            "conflict_predictions_total",
+            description="Predictions served, by model version and risk level.",
+            tag_keys=("model_version", "risk_level"),
+        )
+        self.fallbacks = Counter(
+            "conflict_fallbacks_total",
+            description="Predictions answered by the heuristics, by reason.",
+            tag_keys=("reason",),
+        )
+        self.lookup_latency = Histogram(
+            "conflict_feature_lookup_latency_ms",
+            description="Feature lookup time per batch (store query and features).",
+            boundaries=_LATENCY_MS,
+        )
+        self.inference_latency = Histogram(
+            "conflict_inference_latency_ms",
+            description="predict_proba time per batch.",
+            boundaries=_LATENCY_MS,
+        )
+        self.batch_size = Histogram(
+            "conflict_batch_size",
+            description="Requests per @serve.batch call, by deployment.",
+            boundaries=_BATCH,
+            tag_keys=("deployment",),
+        )
+        self.batch_items = Histogram(
+            "conflict_batch_items",
+            description="Items per @serve.batch call, by deployment.",
+            boundaries=_BATCH,
+            tag_keys=("deployment",),
+        )
+        self.log_buffer_depth = Gauge(
+            "conflict_prediction_log_buffer_depth",
+            description="Prediction records buffered in memory, not yet in the store.",
+        )

@@ -1,0 +1,120 @@
+"""Request and response shapes of the HTTP API, and the errors a client can cause.
+
+Parsing never raises anything but :class:`RequestError`, which carries the HTTP status, the
+offending field (``items[3].changed_fields``) and the problem, so the ingress can answer
+every malformed body with a 4xx JSON error instead of a 500.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import ValidationError as PydanticValidationError
+
+Text = Annotated[str, Field(min_length=1, max_length=128)]
+EntityType = Annotated[str, Field(min_length=1, max_length=64)]
+FieldName = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class RequestError(Exception):
+    """A client mistake: ``status`` (4xx), ``field`` (dotted path or ``body``), ``problem``."""
+
+    def __init__(self, status: int, field: str, problem: str):
+        self.status = status
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+    def to_body(self) -> dict[str, Any]:
+        return {"error": "invalid_request" if self.status != 413 else "payload_too_large",
+                "field": self.field, "problem": self.problem}
+
+
+class PredictItem(BaseModel):
+    """One pending sync: who changes which fields of which entity, and optionally when."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_id: Text
+    device_id: Text
+    entity_type: EntityType
+    entity_id: Text
+    changed_fields: Annotated[list[FieldName], Field(max_length=1000)]
+    sync_id: Text | None = None
+    at: dt.datetime | None = None
+
+    @field_validator("at")
+    @classmethod
+    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must carry a timezone (UTC ISO 8601, e.g. 2025-01-01T12:00:00Z)")
+        return None if value is None else value.astimezone(dt.UTC)
+
+
+_ITEM = TypeAdapter(PredictItem)
+
+
+def _location(loc: tuple[int | str, ...], prefix: str) -> str:
+    path = prefix
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "body"
+
+
+def parse_json(body: bytes, *, max_bytes: int) -> Any:
+    if len(body) > max_bytes:
+        raise RequestError(413, "body", f"request body is {len(body)} bytes, the limit is {max_bytes}")
+    if not body:
+        raise RequestError(400, "body", "expected a JSON body, got an empty one")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, "body", f"not valid JSON: {exc}") from None
+
+
+def parse_predict_body(payload: Any, *, max_items: int) -> tuple[list[PredictItem], bool]:
+    """Items of a predict body and whether it was a single item (object) rather than a list.
+
+    Accepts one item object, a JSON list of items, or ``{"items": [...]}``.
+    """
+    single = isinstance(payload, dict) and "items" not in payload
+    prefix = ""
+    if single:
+        raw_items: list[Any] = [payload]
+    elif isinstance(payload, dict):
+        raw_items, prefix = payload["items"], "items"
+        extra = sorted(set(payload) - {"items"})
+        if extra:
+            raise RequestError(422, extra[0], "unknown field; a batch body has only 'items'")
+    else:
+        raw_items = payload
+    if not isinstance(raw_items, list):
+        raise RequestError(422, prefix or "body", f"expected an item object or a list of items, got {type(raw_items).__name__}")
+    if not raw_items:
+        raise RequestError(422, prefix or "body", "expected at least one item, got an empty list")
+    if len(raw_items) > max_items:
+        raise RequestError(413, prefix or "body", f"{len(raw_items)} items, the limit is {max_items} per request")
+    items = []
+    for index, raw in enumerate(raw_items):
+        where = "" if single else f"{prefix}[{index}]"
+        try:
+            items.append(_ITEM.validate_python(raw))
+        except PydanticValidationError as exc:
+            first = exc.errors()[0]
+            raise RequestError(422, _location(tuple(first["loc"]), where), first["msg"]) from None
+    return items, single
+
+
+def parse_event_records(payload: Any, *, max_items: int) -> list[dict[str, Any]]:
+    """Records of a ``/v1/sync-events`` body: a list of import-format objects or ``{"events": [...]}``."""
+    records = payload.get("events") if isinstance(payload, dict) else payload
+    if not isinstance(records, list):
+        raise RequestError(422, "events", "expected a list of sync events in the import format")
+    if not records:
+        raise RequestError(422, "events", "expected at least one event, got an empty list")
+    if len(records) > max_items:
+        raise RequestError(413, "events", f"{len(records)} events, the limit is {max_items} per request")
+    return records

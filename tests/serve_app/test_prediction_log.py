@@ -1,0 +1,128 @@
+"""The prediction-log writer on a real store: batching, outage buffering, spill, replay, no duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from conflict_core.store import PredictionLog, make_engine
+from serve_app.prediction_log import PredictionLogWriter, insert_ignoring_duplicates
+
+
+def _record(**overrides: Any) -> dict[str, Any]:
+    record = {
+        "prediction_id": uuid.uuid4().hex, "model_type": "conflict_predictor", "model_version": "v1",
+        "sync_id": "e1", "user_id": "u1", "device_id": "d1", "entity_type": "task", "entity_id": "t1",
+        "predicted_conflict": False, "probability": 0.1, "risk_level": "low", "recommendation": "sync_now",
+        "features": {"concurrent_editors": 0.0}, "fallback_reason": None,
+        "created_at": dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+    }
+    record.update(overrides)
+    return record
+
+
+def _count(factory: sessionmaker[Session]) -> int:
+    with factory() as session:
+        return int(session.scalar(select(func.count()).select_from(PredictionLog)) or 0)
+
+
+class _FlakyEngine:
+    """Delegates to a real engine, or fails every connection while ``down``."""
+
+    def __init__(self, url: str):
+        self.real = make_engine(url)
+        self.down = False
+
+    @property
+    def dialect(self) -> Any:
+        return self.real.dialect
+
+    def begin(self) -> Any:
+        if self.down:
+            raise ConnectionError("store unreachable (simulated)")
+        return self.real.begin()
+
+    def dispose(self) -> None:
+        self.real.dispose()
+
+
+def test_duplicate_prediction_ids_are_ignored(database_url: str, session_factory: sessionmaker[Session]) -> None:
+    engine = make_engine(database_url)
+    record = _record()
+    insert_ignoring_duplicates(engine, [record])
+    insert_ignoring_duplicates(engine, [record, _record()])
+    engine.dispose()
+    assert _count(session_factory) == 2
+
+
+def test_outage_buffers_spills_and_replays_without_loss_or_duplicates(
+    database_url: str, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    flaky = _FlakyEngine(database_url)
+    depths: list[int] = []
+    writer = PredictionLogWriter(
+        database_url, tmp_path / "spool", batch_size=50, flush_interval_s=0.02, max_buffer=120,
+        max_backoff_s=0.05, on_depth=depths.append, engine=flaky,  # type: ignore[arg-type]
+    )
+
+    async def scenario() -> None:
+        writer.submit([_record() for _ in range(30)])
+        await asyncio.sleep(0.2)
+        assert _count(session_factory) == 30
+        flaky.down = True
+        for _ in range(10):
+            writer.submit([_record() for _ in range(40)])
+            await asyncio.sleep(0.03)
+        await asyncio.sleep(0.2)
+        assert not writer.store_available
+        assert writer.depth <= 120 + 40  # bounded in memory ...
+        assert writer.spool_files()  # ... the rest on disk
+        assert _count(session_factory) == 30
+        flaky.down = False
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if writer.depth == 0 and not writer.spool_files():
+                break
+        await writer.close()
+
+    asyncio.run(scenario())
+    assert _count(session_factory) == 30 + 400
+    assert max(depths) > 0
+    assert not writer.spool_files()
+
+
+def test_close_during_outage_spills_and_a_new_writer_replays(
+    database_url: str, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    flaky = _FlakyEngine(database_url)
+    flaky.down = True
+    first = PredictionLogWriter(database_url, tmp_path / "spool", engine=flaky)  # type: ignore[arg-type]
+    records = [_record() for _ in range(25)]
+
+    async def shutdown_while_down() -> None:
+        first.submit(records)
+        await first.close(timeout_s=0.2)
+
+    asyncio.run(shutdown_while_down())
+    assert len(first.spool_files()) == 1 and _count(session_factory) == 0
+    # A spool file left over from a crash after its rows were committed: replay must not duplicate.
+    insert_ignoring_duplicates(make_engine(database_url), records[:5])
+
+    second = PredictionLogWriter(database_url, tmp_path / "spool", flush_interval_s=0.02)
+
+    async def restart() -> None:
+        second.start()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if not second.spool_files():
+                break
+        await second.close()
+
+    asyncio.run(restart())
+    assert _count(session_factory) == 25

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from serve_app.schemas import RequestError, parse_event_records, parse_json, parse_predict_body
+
+ITEM = {"user_id": "u1", "device_id": "d1", "entity_type": "task", "entity_id": "t1", "changed_fields": ["title"]}
+
+
+def test_single_item_and_lists() -> None:
+    items, single = parse_predict_body(dict(ITEM, sync_id="e1", at="2025-01-01T00:00:00Z"), max_items=5)
+    assert single and items[0].sync_id == "e1" and items[0].at is not None and items[0].at.utcoffset().total_seconds() == 0
+    items, single = parse_predict_body([ITEM, ITEM], max_items=5)
+    assert not single and len(items) == 2
+    items, single = parse_predict_body({"items": [ITEM]}, max_items=5)
+    assert not single and len(items) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({k: v for k, v in ITEM.items() if k != "user_id"}, "user_id"),
+        (dict(ITEM, changed_fields="title"), "changed_fields"),
+        (dict(ITEM, changed_fields=["ok", 3]), "changed_fields[1]"),
+        (dict(ITEM, at="yesterday"), "at"),
+        (dict(ITEM, at="2025-01-01T00:00:00"), "at"),
+        (dict(ITEM, entity_id=""), "entity_id"),
+        (dict(ITEM, colour="red"), "colour"),
+        ([ITEM, dict(ITEM, device_id=None)], "[1].device_id"),
+        ({"items": [ITEM, dict(ITEM, user_id=5)]}, "items[1].user_id"),
+        ([], "body"),
+        ("text", "body"),
+    ],
+)
+def test_bad_items_name_the_field(body: object, field: str) -> None:
+    with pytest.raises(RequestError) as caught:
+        parse_predict_body(body, max_items=5)
+    assert caught.value.status == 422
+    assert caught.value.field == field
+    assert caught.value.to_body()["field"] == field
+
+
+def test_too_many_items_is_413() -> None:
+    with pytest.raises(RequestError) as caught:
+        parse_predict_body([ITEM] * 6, max_items=5)
+    assert caught.value.status == 413
+
+
+def test_oversized_and_malformed_bodies() -> None:
+    with pytest.raises(RequestError) as caught:
+        parse_json(b"x" * 101, max_bytes=100)
+    assert caught.value.status == 413
+    for raw in (b"", b"{not json", b"\xff\xfe"):
+        with pytest.raises(RequestError) as caught:
+            parse_json(raw, max_bytes=100)
+        assert caught.value.status == 400 and caught.value.field == "body"
+    assert parse_json(json.dumps(ITEM).encode(), max_bytes=1000) == ITEM
+
+
+def test_event_records_shape() -> None:
+    assert parse_event_records({"events": [{"a": 1}]}, max_items=3) == [{"a": 1}]
+    with pytest.raises(RequestError):
+        parse_event_records({"events": "x"}, max_items=3)
+    with pytest.raises(RequestError) as caught:
+        parse_event_records([{}] * 4, max_items=3)
+    assert caught.value.status == 413
