@@ -1,0 +1,247 @@
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from conflict_core import locks, registry, serve_config
+from conflict_core.errors import ConfigurationError, JobLockedError
+from conflict_core.settings import Settings
+from conflict_core.store import JobRun, session_scope
+from training import retrain, retention
+
+NOW = dt.datetime(2026, 3, 2, 3, 0, tzinfo=dt.UTC)
+CONFIG = {
+    "applications": [{
+        "name": "conflict_predictor",
+        "import_path": "serve_app.app:build",
+        "deployments": [{"name": "ModelInference", "user_config": {"model_version": "v_old"}}],
+    }]
+}
+
+
+def add_model(settings: Settings, factory: sessionmaker[Session], version: str, *, activate: bool,
+              by: str = "manual") -> registry.GateDecision:
+    artifact = settings.models_dir / version / "model.joblib"
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    artifact.write_bytes(version.encode())
+    with session_scope(factory) as session:
+        registry.register(
+            session, version=version, algorithm="logreg", params={}, metrics={"holdout": {"roc_auc": 0.8}},
+            feature_columns=["concurrent_editors"], train_samples=100, holdout_samples=20,
+            training_window_start=NOW, training_window_end=NOW, artifact_path=str(artifact),
+            artifact_sha256=registry.sha256_file(artifact),
+        )
+        if activate:
+            registry.activate(session, version, by=by)
+    return registry.GateDecision(activate, "test")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    config = tmp_path / "serve_config.yaml"
+    config.write_text(yaml.safe_dump(CONFIG, sort_keys=False))
+    return Settings(database_url=database_url, data_dir=tmp_path / "data", serve_config_path=config,
+                    dashboard_url="http://127.0.0.1:9")
+
+
+@pytest.fixture
+def fake_steps(monkeypatch: pytest.MonkeyPatch, settings: Settings, session_factory: sessionmaker[Session]) -> dict[str, Any]:
+    """Export, extract and train without data or Ray; the fake train registers and gates like the pipeline."""
+    add_model(settings, session_factory, "v_old", activate=True)
+    state: dict[str, Any] = {"gate": True}
+    monkeypatch.setattr(retrain, "export_step", lambda s, e, *, now: {"rows": 10})
+    monkeypatch.setattr(retrain, "extract_step", lambda s, *, now, use_ray: {"training_set": "unused", "rows": 10})
+
+    def fake_train(s: Settings, factory: sessionmaker[Session], *, activated_by: str, **_: Any) -> dict[str, Any]:
+        version = f"v_new{len(state) }"
+        add_model(s, factory, version, activate=state["gate"], by=activated_by)
+        with factory() as session:
+            row = registry.get(session, version)
+        return {"version": version, "algorithm": "logreg", "activated": state["gate"], "gate_reason": "test gate",
+                "holdout": {"roc_auc": 0.9}, "active_before_holdout": {"roc_auc": 0.8}, "report_path": "r.md",
+                "artifact_path": row.artifact_path, "artifact_sha256": row.artifact_sha256}
+
+    monkeypatch.setattr(retrain, "train_step", fake_train)
+    return state
+
+
+def active_version(factory: sessionmaker[Session]) -> str | None:
+    with factory() as session:
+        row = registry.active(session)
+        return row.version if row else None
+
+
+def run(settings: Settings, factory: sessionmaker[Session]) -> retrain.RetrainSummary:
+    return retrain.retrain(settings, factory, factory.kw["bind"], now=NOW, use_ray=False, sweep="local")
+
+
+def test_a_successful_run_activates_publishes_and_records_a_summary(
+    settings: Settings, session_factory: sessionmaker[Session], fake_steps: dict[str, Any]
+) -> None:
+    summary = run(settings, session_factory)
+    assert summary.status == "succeeded" and summary.activated
+    assert active_version(session_factory) == summary.version
+    assert serve_config.inference_user_config(serve_config.read(settings.serve_config_path))["model_version"] == summary.version
+    assert summary.serve_config_updated and not summary.serve_app_reconfigured
+    assert list(summary.steps) == list(retrain.STEPS)
+    with session_factory() as session:
+        row = session.scalars(select(JobRun)).one()
+    assert row.status == "succeeded" and row.summary["version"] == summary.version and row.finished_at is not None
+    assert locks.holder_of(session_factory, retrain.LOCK_NAME) is None
+
+
+def test_gate_refusal_leaves_model_and_config_alone(
+    settings: Settings, session_factory: sessionmaker[Session], fake_steps: dict[str, Any]
+) -> None:
+    fake_steps["gate"] = False
+    before = settings.serve_config_path.read_text()
+    summary = run(settings, session_factory)
+    assert summary.status == "succeeded" and not summary.activated
+    assert summary.steps["publish"] == {"skipped": "the gate kept the active model", "seconds": pytest.approx(0, abs=1)}
+    assert active_version(session_factory) == "v_old" and settings.serve_config_path.read_text() == before
+
+
+def _fail_after_activation(original: Any) -> Any:
+    def train(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        original(*args, **kwargs)  # the candidate is registered and activated ...
+        raise RuntimeError("injected: train crashed after activation")  # ... then the step fails
+    return train
+
+
+def _fail_in_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(path: Path, dashboard_url: str, timeout_s: float = 30.0) -> bool:
+        raise ConfigurationError("injected: Serve refused the config")
+    monkeypatch.setattr(serve_config, "apply", refuse)  # after set_model has rewritten the file
+
+
+@pytest.mark.parametrize("where", ["export", "extract", "train", "train_after_activation", "publish",
+                                   "publish_apply", "retention"])
+def test_failure_at_any_step_leaves_the_active_model_and_serve_config_untouched(
+    where: str, monkeypatch: pytest.MonkeyPatch, settings: Settings, session_factory: sessionmaker[Session],
+    fake_steps: dict[str, Any],
+) -> None:
+    config_before = settings.serve_config_path.read_text()
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"injected failure in {where}")
+
+    if where == "train_after_activation":
+        monkeypatch.setattr(retrain, "train_step", _fail_after_activation(retrain.train_step))
+    elif where == "publish_apply":
+        _fail_in_apply(monkeypatch)
+    else:
+        monkeypatch.setattr(retrain, f"{where}_step", boom)
+
+    with pytest.raises(retrain.RetrainError, match="failed at") as raised:
+        run(settings, session_factory)
+
+    summary = raised.value.summary
+    assert summary.failed_step == where.split("_")[0]
+    assert active_version(session_factory) == "v_old"
+    assert settings.serve_config_path.read_text() == config_before
+    with session_factory() as session:
+        row = session.scalars(select(JobRun)).one()
+    assert row.status == "failed" and row.summary["failed_step"] == summary.failed_step
+    assert locks.holder_of(session_factory, retrain.LOCK_NAME) is None
+
+
+def test_failure_after_the_first_ever_activation_leaves_no_model_active(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, session_factory: sessionmaker[Session],
+    fake_steps: dict[str, Any],
+) -> None:
+    with session_scope(session_factory) as session:
+        registry.deactivate(session, "v_old")
+    monkeypatch.setattr(retrain, "retention_step", lambda s: (_ for _ in ()).throw(OSError("disk")))
+    with pytest.raises(retrain.RetrainError):
+        run(settings, session_factory)
+    assert active_version(session_factory) is None
+
+
+def test_an_activation_by_someone_else_is_not_undone(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, session_factory: sessionmaker[Session],
+    fake_steps: dict[str, Any],
+) -> None:
+    fake_steps["gate"] = False
+
+    def operator_activates_then_fail(s: Settings) -> dict[str, Any]:
+        add_model(s, session_factory, "v_operator", activate=True, by="alice")
+        raise OSError("disk")
+
+    monkeypatch.setattr(retrain, "retention_step", operator_activates_then_fail)
+    with pytest.raises(retrain.RetrainError):
+        run(settings, session_factory)
+    assert active_version(session_factory) == "v_operator"
+
+
+def test_two_runs_never_overlap(settings: Settings, session_factory: sessionmaker[Session], fake_steps: dict[str, Any]) -> None:
+    locks.acquire(session_factory, retrain.LOCK_NAME, ttl=dt.timedelta(hours=1), holder="other-run")
+    with pytest.raises(JobLockedError, match="other-run"):
+        run(settings, session_factory)
+    assert active_version(session_factory) == "v_old"
+    with session_factory() as session:
+        assert session.scalars(select(JobRun)).all() == []
+
+
+def test_rerun_after_a_crash_restores_what_the_crashed_run_changed(
+    settings: Settings, session_factory: sessionmaker[Session], fake_steps: dict[str, Any]
+) -> None:
+    config_before = settings.serve_config_path.read_text()
+    # A run that was killed after activating and publishing: its row still says "running",
+    # its lock expired.
+    with session_scope(session_factory) as session:
+        crashed = JobRun(job="retrain", started_at=NOW, status="running",
+                         summary={"restore": {"active_version": "v_old", "serve_config_text": config_before}})
+        session.add(crashed)
+        session.flush()
+        crashed_id = crashed.id
+    add_model(settings, session_factory, "v_crashed", activate=True, by=f"retrain#{crashed_id}")
+    serve_config.set_model(settings.serve_config_path, version="v_crashed", artifact_path="x", artifact_sha256="y")
+    locks.acquire(session_factory, retrain.LOCK_NAME, ttl=dt.timedelta(minutes=1), holder="killed",
+                  now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+
+    fake_steps["gate"] = False
+    summary = run(settings, session_factory)
+    assert summary.status == "succeeded" and summary.recovered_runs == [crashed_id]
+    assert summary.active_before == "v_old" and active_version(session_factory) == "v_old"
+    assert settings.serve_config_path.read_text() == config_before
+    with session_factory() as session:
+        assert session.get(JobRun, crashed_id).status == "crashed"  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- retention
+
+
+def test_retention_deletes_old_exports_and_training_sets_but_keeps_latest(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=31)).timestamp()
+
+    def folder(path: Path, *, aged: bool) -> Path:
+        path.mkdir(parents=True)
+        (path / "part.parquet").write_bytes(b"x" * 100)
+        if aged:
+            for p in (path / "part.parquet", path):
+                os.utime(p, (old, old))
+        return path
+
+    old_partition = folder(settings.events_dir / "date=2026-01-01", aged=True)
+    new_partition = folder(settings.events_dir / "date=2026-02-28", aged=False)
+    old_snapshot = folder(settings.features_dir / "20260101T000000_a", aged=True)
+    latest = folder(settings.features_dir / "20260102T000000_b", aged=True)
+    (settings.features_dir / "LATEST").write_text(latest.name)
+    old_trials = folder(settings.data_dir / "tune" / "v20260101_000000", aged=True)
+    model = folder(settings.models_dir / "v20260101_000000", aged=True)
+
+    dry = retention.apply_retention(settings, dry_run=True)
+    assert len(dry.deleted) == 3 and old_partition.exists()
+
+    result = retention.apply_retention(settings)
+    assert sorted(result.deleted) == sorted(str(p) for p in (old_partition, old_snapshot, old_trials))
+    assert result.kept_protected == [str(latest)] and result.bytes_freed == 300
+    assert new_partition.exists() and latest.exists() and model.exists()

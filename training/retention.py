@@ -1,0 +1,128 @@
+"""Training-data retention: delete exports and training sets older than the retention period.
+
+What counts as training data, all under ``data_dir``:
+
+* event exports, ``events/date=YYYY-MM-DD/`` — aged by when the partition was last written
+  (the weekly export rewrites every day of its 90-day window, so a partition still in use
+  is always recent);
+* training sets, ``features/<snapshot>/`` — aged by the manifest's ``created_at``; the
+  snapshot named by ``features/LATEST`` is always kept, as are unfinished staging folders
+  younger than the cutoff;
+* sweep trial folders, ``tune/<version>/``.
+
+Model artifacts, reports and their drift references (``models/``) are never touched: the
+registry may roll back to any of them.
+
+Ages are measured on the wall clock (files are written on the wall clock), not on the
+simulated time a demo or test may pass to the other jobs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conflict_core.errors import ConflictPredictorError
+from conflict_core.schema import PARTITION_COLUMN
+from conflict_core.settings import Settings
+from conflict_core.store import utcnow
+from training.extract import LATEST_FILE, MANIFEST_FILE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RetentionResult:
+    cutoff: str
+    dry_run: bool
+    deleted: list[str] = field(default_factory=list)
+    kept_protected: list[str] = field(default_factory=list)
+    kept_recent: int = 0
+    bytes_freed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _written_at(path: Path) -> dt.datetime:
+    """When ``path`` (a file or a folder of files) was last written."""
+    times = [path.stat().st_mtime] + [p.stat().st_mtime for p in path.rglob("*") if p.is_file()]
+    return dt.datetime.fromtimestamp(max(times), dt.UTC)
+
+
+def _snapshot_created_at(folder: Path) -> dt.datetime:
+    manifest = folder / MANIFEST_FILE
+    try:
+        created = dt.datetime.fromisoformat(json.loads(manifest.read_text())["created_at"])
+        return created if created.tzinfo else created.replace(tzinfo=dt.UTC)
+    except (OSError, KeyError, ValueError):
+        return _written_at(folder)
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _candidates(settings: Settings) -> Iterator[tuple[Path, dt.datetime]]:
+    if settings.events_dir.is_dir():
+        for part in sorted(settings.events_dir.glob(f"{PARTITION_COLUMN}=*")):
+            if part.is_dir():
+                yield part, _written_at(part)
+    if settings.features_dir.is_dir():
+        for folder in sorted(p for p in settings.features_dir.iterdir() if p.is_dir()):
+            yield folder, _snapshot_created_at(folder)
+    tune_dir = settings.data_dir / "tune"
+    if tune_dir.is_dir():
+        for folder in sorted(p for p in tune_dir.iterdir() if p.is_dir()):
+            yield folder, _written_at(folder)
+
+
+def _protected(settings: Settings) -> set[Path]:
+    latest = settings.features_dir / LATEST_FILE
+    if latest.is_file():
+        return {(settings.features_dir / latest.read_text().strip()).resolve()}
+    return set()
+
+
+def apply_retention(
+    settings: Settings, *, days: int | None = None, now: dt.datetime | None = None, dry_run: bool = False
+) -> RetentionResult:
+    """Delete training data written more than ``days`` (default: the setting) before ``now``.
+
+    Tries every candidate; if any cannot be deleted, raises after the others are done.
+    """
+    days = days if days is not None else settings.training_data_retention_days
+    if days <= 0:
+        raise ValueError(f"retention days must be positive, got {days}")
+    cutoff = (now or utcnow()) - dt.timedelta(days=days)
+    result = RetentionResult(cutoff=cutoff.isoformat(), dry_run=dry_run)
+    protected = _protected(settings)
+    failures: list[str] = []
+    for path, written in _candidates(settings):
+        if written >= cutoff:
+            result.kept_recent += 1
+            continue
+        if path.resolve() in protected:
+            result.kept_protected.append(str(path))
+            continue
+        size = _size(path)
+        if not dry_run:
+            try:
+                shutil.rmtree(path)
+            except OSError as exc:
+                failures.append(f"{path}: {exc}")
+                continue
+        result.deleted.append(str(path))
+        result.bytes_freed += size
+    verb = "would delete" if dry_run else "deleted"
+    log.info("retention: %s %d folders (%.1f MB) written before %s", verb, len(result.deleted),
+             result.bytes_freed / 1e6, result.cutoff)
+    if failures:
+        raise ConflictPredictorError(f"retention could not delete {len(failures)} folders: {'; '.join(failures)}")
+    return result

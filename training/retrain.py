@@ -1,0 +1,372 @@
+"""The weekly retrain as one library call: all steps, or no change to what is served.
+
+Steps, in order (each a module-level function, so that tests can make any one fail):
+
+1. ``export``    — sync events of the training window and its feature history to Parquet;
+2. ``extract``   — features for the last ``training_days_back`` days (Ray Data, or locally);
+3. ``train``     — sweep, calibrate, compare with the active model on the same holdout and
+   let the registry's gate decide (:func:`training.pipeline.train_and_register`); the drift
+   reference of the candidate is written next to its artifact;
+4. ``publish``   — when the gate activated the candidate: point ``serve_config.yaml`` at it
+   and apply it to the running app;
+5. ``retention`` — delete training data older than the retention period.
+
+A failure at any step restores what the run changed: the model that was active before is
+re-activated (or, if there was none, the candidate is deactivated) and ``serve_config.yaml``
+gets its previous text back (and is re-applied). The restore recognises the run's own
+activation by ``activated_by = "retrain#<job_run id>"``, so an activation made by someone
+else in the meantime is left alone.
+
+Two runs never overlap: the run holds the ``retrain`` job lock, refreshed between steps.
+A run that crashed (killed, out of memory) leaves its ``job_run`` row at ``running`` with
+what it must restore; the next run, once it holds the lock, finds such rows, restores and
+marks them ``crashed``. A rerun is therefore always safe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from conflict_core import locks, registry, serve_config
+from conflict_core.errors import ConflictPredictorError
+from conflict_core.settings import Settings
+from conflict_core.store import JobRun, ModelVersion, session_scope, utcnow
+from training import monitoring, retention
+
+log = logging.getLogger(__name__)
+
+JOB = "retrain"
+LOCK_NAME = "retrain"
+STEPS = ("export", "extract", "train", "publish", "retention")
+
+
+class RetrainError(ConflictPredictorError):
+    """A retrain step failed; the active model and the serve config were restored."""
+
+    def __init__(self, message: str, summary: RetrainSummary):
+        super().__init__(message)
+        self.summary = summary
+
+
+@dataclass
+class RetrainSummary:
+    run_id: int
+    status: str  # running, succeeded, failed
+    started_at: str
+    data_time: str
+    finished_at: str | None = None
+    failed_step: str | None = None
+    error: str | None = None
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    active_before: str | None = None
+    version: str | None = None
+    activated: bool = False
+    gate_reason: str | None = None
+    holdout: dict[str, float] | None = None
+    active_before_holdout: dict[str, float] | None = None
+    report_path: str | None = None
+    serve_config_updated: bool = False
+    serve_app_reconfigured: bool = False
+    restored: list[str] = field(default_factory=list)
+    recovered_runs: list[int] = field(default_factory=list)
+    restore: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def headline(self) -> str:
+        if self.status != "succeeded":
+            return f"retrain #{self.run_id} {self.status} at {self.failed_step}: {self.error}"
+        decision = "activated" if self.activated else "not activated"
+        return f"retrain #{self.run_id} succeeded: {self.version} {decision} ({self.gate_reason})"
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def export_step(settings: Settings, engine: Engine, *, now: dt.datetime) -> dict[str, Any]:
+    """Export the events the extraction reads (training window plus feature history)."""
+    from conflict_core.events_io import export_events
+    from training.extract import ExtractionWindow
+
+    window = ExtractionWindow.days_back(settings.training_days_back, end=now)
+    result = export_events(engine, settings.events_dir, since=window.history_start, until=now)
+    return {"rows": result.rows, "partitions": len(result.partitions), "out_dir": str(result.out_dir)}
+
+
+def extract_step(settings: Settings, *, now: dt.datetime, use_ray: bool) -> dict[str, Any]:
+    """Features of the last ``training_days_back`` days, written as a new training set."""
+    from conflict_core.features import FeatureParams
+    from training.extract import (
+        ExtractionWindow,
+        extract_local,
+        extract_with_ray,
+        partition_files,
+        write_training_set,
+    )
+
+    params = FeatureParams()
+    window = ExtractionWindow.days_back(settings.training_days_back, end=now, params=params)
+    files = partition_files(settings.events_dir, window)
+    frame = extract_with_ray(files, window, params) if use_ray else extract_local(files, window, params)
+    path, manifest = write_training_set(frame, settings.features_dir, window=window, params=params, files=files)
+    return {"training_set": str(path), "rows": manifest.rows, "positives": manifest.positives}
+
+
+class _DeferredPublish(logging.Filter):
+    """Hides the pipeline's "no serve config" warning: this job publishes in its own step."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "no serve config" not in record.getMessage()
+
+
+def train_step(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    *,
+    training_set: Path,
+    sweep: str,
+    num_samples: int | None,
+    activated_by: str,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Train, register and gate; activation happens here, publishing does not."""
+    from training import pipeline
+    from training.extract import load_training_set
+
+    # The pipeline publishes to the configured serve config when the gate activates; point
+    # it at a path that does not exist so that only the publish step touches the real one.
+    unpublished = settings.model_copy(update={"serve_config_path": settings.data_dir / ".retrain-no-serve-config"})
+    quiet = _DeferredPublish()
+    pipeline.log.addFilter(quiet)
+    try:
+        result = pipeline.train_and_register(
+            unpublished, session_factory, training_set=training_set, sweep=sweep, num_samples=num_samples,
+            activated_by=activated_by, progress=progress,
+        )
+    finally:
+        pipeline.log.removeFilter(quiet)
+    frame, manifest = load_training_set(training_set)
+    monitoring.write_reference(
+        monitoring.reference_path(settings, result.version),
+        monitoring.build_reference(frame),
+        source=f"training set {manifest['snapshot']}",
+    )
+    return result.to_dict()
+
+
+def publish_step(settings: Settings, *, version: str, artifact_path: str, artifact_sha256: str) -> dict[str, Any]:
+    """Point the serve config at the newly active model and apply it to the running app."""
+    from training.pipeline import publish_active_model
+
+    updated, reconfigured = publish_active_model(
+        settings, version=version, artifact_path=artifact_path, artifact_sha256=artifact_sha256
+    )
+    return {"serve_config_updated": updated, "serve_app_reconfigured": reconfigured}
+
+
+def retention_step(settings: Settings) -> dict[str, Any]:
+    return retention.apply_retention(settings).to_dict()
+
+
+# --------------------------------------------------------------------------- restore
+
+
+def _tag(run_id: int) -> str:
+    return f"{JOB}#{run_id}"
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".restore")
+    with os.fdopen(handle, "w") as out:
+        out.write(text)
+    os.replace(tmp, path)
+
+
+def _config_model_version(path: Path) -> str | None:
+    try:
+        config = yaml.safe_load(path.read_text())
+        return serve_config.inference_user_config(config).get("model_version")
+    except (OSError, yaml.YAMLError, ConflictPredictorError, AttributeError, TypeError):
+        return None
+
+
+def undo_run(settings: Settings, session_factory: sessionmaker[Session], run_id: int, restore: dict[str, Any]) -> list[str]:
+    """Put back the active model and the serve config a run changed; what was done, as notes."""
+    tag = _tag(run_id)
+    notes: list[str] = []
+    with session_scope(session_factory) as session:
+        ours = set(session.scalars(select(ModelVersion.version).where(ModelVersion.activated_by == tag)))
+        current = registry.active(session)
+        if current is not None and current.activated_by == tag:
+            before = restore.get("active_version")
+            if before:
+                registry.activate(session, before, by=f"{tag}:restore")
+                notes.append(f"re-activated {before} in place of {current.version}")
+            else:
+                registry.deactivate(session, current.version)
+                notes.append(f"deactivated {current.version}; no model was active before")
+    path = settings.serve_config_path
+    text = restore.get("serve_config_text")
+    if text is not None and path.is_file() and path.read_text() != text and _config_model_version(path) in ours:
+        _write_text_atomically(path, text)
+        notes.append(f"restored {path}")
+        try:
+            if serve_config.apply(path, settings.dashboard_url):
+                notes.append("re-applied the restored serve config to the running app")
+        except ConflictPredictorError as exc:
+            notes.append(f"could not re-apply the restored serve config: {exc}")
+    for note in notes:
+        log.warning("retrain #%d: %s", run_id, note)
+    return notes
+
+
+def recover_crashed_runs(settings: Settings, session_factory: sessionmaker[Session], *, now: dt.datetime) -> list[int]:
+    """Restore after runs left ``running`` (only call while holding the retrain lock)."""
+    with session_factory() as session:
+        stale = list(session.scalars(select(JobRun).where(JobRun.job == JOB, JobRun.status == "running")))
+    recovered: list[int] = []
+    for run in stale:
+        notes = undo_run(settings, session_factory, run.id, run.summary.get("restore", {}))
+        with session_scope(session_factory) as session:
+            row = session.get(JobRun, run.id)
+            assert row is not None
+            row.status, row.finished_at = "crashed", now
+            row.summary = {**row.summary, "status": "crashed", "restored": notes,
+                           "error": "the run stopped without finishing; recovered by a later run"}
+        recovered.append(run.id)
+    return recovered
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _save(session_factory: sessionmaker[Session], summary: RetrainSummary, *, finished: dt.datetime | None = None) -> None:
+    with session_scope(session_factory) as session:
+        row = session.get(JobRun, summary.run_id)
+        assert row is not None
+        row.status, row.finished_at = summary.status, finished
+        row.summary = monitoring.json_safe(summary.to_dict())
+
+
+def retrain(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    engine: Engine,
+    *,
+    now: dt.datetime | None = None,
+    use_ray: bool = True,
+    sweep: str = "ray",
+    num_samples: int | None = None,
+    lock_ttl: dt.timedelta = dt.timedelta(hours=6),
+    progress: Callable[[str], None] = lambda message: log.info("%s", message),
+) -> RetrainSummary:
+    """Run every step; return the summary, or raise :class:`RetrainError` after restoring.
+
+    ``now`` is the data time (the end of the training window; simulated in demos and tests);
+    the lock and the recorded run times use the wall clock.
+    """
+    data_time = now or utcnow()
+    with locks.job_lock(session_factory, LOCK_NAME, ttl=lock_ttl) as lock:
+        recovered = recover_crashed_runs(settings, session_factory, now=utcnow())
+        with session_scope(session_factory) as session:
+            before = registry.active(session)
+            restore = {
+                "active_version": before.version if before else None,
+                "serve_config_text": settings.serve_config_path.read_text() if settings.serve_config_path.is_file() else None,
+            }
+            row = JobRun(job=JOB, started_at=utcnow(), status="running", summary={"restore": restore})
+            session.add(row)
+            session.flush()
+            run_id = row.id
+        summary = RetrainSummary(
+            run_id=run_id, status="running", started_at=row.started_at.isoformat(), data_time=data_time.isoformat(),
+            active_before=restore["active_version"], recovered_runs=recovered, restore=restore,
+        )
+        _save(session_factory, summary)
+        step = STEPS[0]
+        try:
+            for step in STEPS:
+                started = time.monotonic()
+                progress(f"retrain #{run_id}: {step}")
+                outcome = _run_step(step, settings, session_factory, engine, summary, data_time=data_time,
+                                    use_ray=use_ray, sweep=sweep, num_samples=num_samples, progress=progress)
+                summary.steps[step] = {**outcome, "seconds": round(time.monotonic() - started, 2)}
+                _save(session_factory, summary)
+                lock = locks.refresh(session_factory, lock, ttl=lock_ttl)
+        except Exception as exc:
+            summary.status, summary.failed_step, summary.error = "failed", step, f"{type(exc).__name__}: {exc}"
+            log.exception("retrain #%d failed at %s", run_id, step)
+            try:
+                summary.restored = undo_run(settings, session_factory, run_id, restore)
+            except Exception as restore_exc:  # the restore itself failed: say so loudly, keep the run "running"
+                summary.restored = [f"RESTORE FAILED ({type(restore_exc).__name__}: {restore_exc}); "
+                                    "the next run retries it"]
+                log.exception("retrain #%d could not restore", run_id)
+                summary.status = "running"
+                _save(session_factory, summary)
+                raise RetrainError(summary.headline(), summary) from exc
+            _save(session_factory, summary, finished=utcnow())
+            raise RetrainError(summary.headline(), summary) from exc
+        summary.status = "succeeded"
+        summary.finished_at = utcnow().isoformat()
+        _save(session_factory, summary, finished=utcnow())
+        progress(summary.headline())
+        return summary
+
+
+def _run_step(
+    step: str,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    engine: Engine,
+    summary: RetrainSummary,
+    *,
+    data_time: dt.datetime,
+    use_ray: bool,
+    sweep: str,
+    num_samples: int | None,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    if step == "export":
+        return export_step(settings, engine, now=data_time)
+    if step == "extract":
+        return extract_step(settings, now=data_time, use_ray=use_ray)
+    if step == "train":
+        result = train_step(
+            settings, session_factory, training_set=Path(summary.steps["extract"]["training_set"]), sweep=sweep,
+            num_samples=num_samples, activated_by=_tag(summary.run_id), progress=progress,
+        )
+        summary.version, summary.activated, summary.gate_reason = result["version"], result["activated"], result["gate_reason"]
+        summary.holdout, summary.active_before_holdout = result["holdout"], result["active_before_holdout"]
+        summary.report_path = result["report_path"]
+        return {k: result[k] for k in ("version", "algorithm", "activated", "gate_reason", "artifact_path", "artifact_sha256")}
+    if step == "publish":
+        if not summary.activated:
+            return {"skipped": "the gate kept the active model"}
+        train = summary.steps["train"]
+        outcome = publish_step(settings, version=train["version"], artifact_path=train["artifact_path"],
+                               artifact_sha256=train["artifact_sha256"])
+        summary.serve_config_updated = outcome["serve_config_updated"]
+        summary.serve_app_reconfigured = outcome["serve_app_reconfigured"]
+        return outcome
+    if step == "retention":
+        return retention_step(settings)
+    raise ValueError(f"unknown retrain step {step!r}")
+
+
+def latest_runs(session: Session, job: str = JOB, limit: int = 5) -> list[JobRun]:
+    return list(session.scalars(select(JobRun).where(JobRun.job == job).order_by(JobRun.id.desc()).limit(limit)))
