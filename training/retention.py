@@ -28,10 +28,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from conflict_core import locks
 from conflict_core.errors import ConflictPredictorError
 from conflict_core.schema import PARTITION_COLUMN
 from conflict_core.settings import Settings
-from conflict_core.store import utcnow
+from conflict_core.store import JobRun, session_scope, utcnow
 from training.extract import LATEST_FILE, MANIFEST_FILE
 
 log = logging.getLogger(__name__)
@@ -126,3 +129,27 @@ def apply_retention(
     if failures:
         raise ConflictPredictorError(f"retention could not delete {len(failures)} folders: {'; '.join(failures)}")
     return result
+
+
+def run_retention_job(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    *,
+    days: int | None = None,
+    dry_run: bool = False,
+    lock_ttl: dt.timedelta = dt.timedelta(hours=1),
+) -> RetentionResult:
+    """:func:`apply_retention` under the ``retention`` lock, recorded as a ``job_run`` row."""
+    with locks.job_lock(session_factory, "retention", ttl=lock_ttl):
+        started = utcnow()
+        try:
+            result = apply_retention(settings, days=days, dry_run=dry_run)
+        except Exception as exc:
+            with session_scope(session_factory) as session:
+                session.add(JobRun(job="retention", started_at=started, finished_at=utcnow(), status="failed",
+                                   summary={"error": f"{type(exc).__name__}: {exc}"}))
+            raise
+        with session_scope(session_factory) as session:
+            session.add(JobRun(job="retention", started_at=started, finished_at=utcnow(), status="succeeded",
+                               summary=result.to_dict()))
+        return result

@@ -1,0 +1,206 @@
+"""The lifecycle scheduler: submits the outcome-tracking, retrain and retention Ray Jobs on cron.
+
+Schedules come from one file (``configs/schedules.yaml``, UTC). Each firing submits a Ray
+Job through :class:`ray.job_submission.JobSubmissionClient` at ``settings.dashboard_url``
+and logs one line; the job itself runs on the cluster, so the scheduler never waits for it
+and two firings never run in this process at once. Overlap between runs of a job is
+prevented by the job's lock in the store, not here.
+
+The submission id is ``<job>-<UTC minute>``; Ray refuses a second submission with the same
+id, so two schedulers running by mistake submit each run once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shlex
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from conflict_core.errors import ConfigurationError
+from conflict_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+DEFAULT_SCHEDULES = PROJECT_DIR / "configs" / "schedules.yaml"
+# Never uploaded with the job's working directory: data, environments, history, caches.
+WORKING_DIR_EXCLUDES = [".git/", ".venv/", "data/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/", ".mypy_cache/"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    cron: str
+    module: str
+    args: tuple[str, ...] = ()
+
+    def trigger(self) -> CronTrigger:
+        return CronTrigger.from_crontab(self.cron, timezone=dt.UTC)
+
+
+@dataclass(frozen=True)
+class ScheduleFile:
+    schedules: tuple[Schedule, ...]
+    misfire_grace_time_s: int = 3600
+    coalesce: bool = True
+    path: Path | None = field(default=None, compare=False)
+
+
+_TOP_KEYS = {"timezone", "misfire_grace_time_seconds", "coalesce", "jobs"}
+_JOB_KEYS = {"cron", "module", "args"}
+
+
+def load_schedules(path: Path = DEFAULT_SCHEDULES) -> ScheduleFile:
+    """Read and validate the schedule file; every problem names the file and the key."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"schedule file {path} does not exist") from exc
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("jobs"), Mapping) or not raw["jobs"]:
+        raise ConfigurationError(f"schedule file {path}: expected a mapping with a non-empty 'jobs' mapping")
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise ConfigurationError(f"schedule file {path}: unknown keys {sorted(unknown)}; expected {sorted(_TOP_KEYS)}")
+    if str(raw.get("timezone", "UTC")) != "UTC":
+        raise ConfigurationError(f"schedule file {path}: timezone must be UTC, got {raw['timezone']!r}")
+    schedules = []
+    for name, entry in raw["jobs"].items():
+        if not isinstance(entry, Mapping) or not {"cron", "module"} <= set(entry) or set(entry) - _JOB_KEYS:
+            raise ConfigurationError(f"schedule file {path}: job {name!r} needs 'cron' and 'module' (and optional 'args') only")
+        schedule = Schedule(str(name), str(entry["cron"]), str(entry["module"]), tuple(str(a) for a in entry.get("args") or ()))
+        try:
+            schedule.trigger()
+        except ValueError as exc:
+            raise ConfigurationError(f"schedule file {path}: job {name!r} has an invalid cron {schedule.cron!r}: {exc}") from exc
+        schedules.append(schedule)
+    grace = raw.get("misfire_grace_time_seconds", 3600)
+    if not isinstance(grace, int) or grace <= 0:
+        raise ConfigurationError(f"schedule file {path}: misfire_grace_time_seconds must be a positive integer, got {grace!r}")
+    return ScheduleFile(tuple(schedules), grace, bool(raw.get("coalesce", True)), path)
+
+
+def next_run_times(schedules: Sequence[Schedule], *, after: dt.datetime, count: int = 3) -> dict[str, list[dt.datetime]]:
+    """The next ``count`` firing times of each schedule strictly after ``after`` (UTC)."""
+    if after.tzinfo is None:
+        raise ValueError("after must be timezone-aware")
+    out: dict[str, list[dt.datetime]] = {}
+    for schedule in schedules:
+        trigger, times = schedule.trigger(), []
+        previous: dt.datetime | None = None
+        moment = after + dt.timedelta(microseconds=1)
+        while len(times) < count:
+            fire = trigger.get_next_fire_time(previous, moment)
+            if fire is None:
+                break
+            times.append(fire.astimezone(dt.UTC))
+            previous, moment = fire, fire + dt.timedelta(microseconds=1)
+        out[schedule.name] = times
+    return out
+
+
+# --------------------------------------------------------------------------- submission
+
+
+def entrypoint(schedule: Schedule, *, python: str | None = None) -> str:
+    """``<venv python> -m <module> <args>``: the scheduler's own interpreter, since a bare
+    ``python`` on the cluster may not be the project's environment."""
+    return shlex.join([python or sys.executable, "-m", schedule.module, *schedule.args])
+
+
+def _absolute_database_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        parsed = parsed.set(database=str(Path(parsed.database).resolve()))
+    return parsed.render_as_string(hide_password=False)
+
+
+def runtime_env(settings: Settings, project_dir: Path = PROJECT_DIR) -> dict[str, Any]:
+    """The job's working directory (the project, without data) and the settings it must see.
+
+    Paths become absolute because the job runs in an unpacked copy of the working directory.
+    """
+    return {
+        "working_dir": str(project_dir),
+        "excludes": WORKING_DIR_EXCLUDES,
+        "env_vars": {
+            "DATABASE_URL": _absolute_database_url(settings.database_url),
+            "CONFLICT_DATA_DIR": str(settings.data_dir.resolve()),
+            "CONFLICT_SERVE_CONFIG_PATH": str(settings.serve_config_path.resolve()),
+            "CONFLICT_DASHBOARD_URL": settings.dashboard_url,
+        },
+    }
+
+
+def submission_id(schedule: Schedule, at: dt.datetime) -> str:
+    return f"{schedule.name}-{at.astimezone(dt.UTC):%Y%m%dT%H%MZ}"
+
+
+@dataclass
+class JobSubmitter:
+    """Submits a schedule's job to Ray; ``client_factory`` is replaceable for tests."""
+
+    settings: Settings
+    project_dir: Path = PROJECT_DIR
+    python: str | None = None
+    client_factory: Callable[[str], Any] | None = None
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+
+    def _client(self) -> Any:
+        if self.client_factory is not None:
+            return self.client_factory(self.settings.dashboard_url)
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.settings.dashboard_url)
+
+    def submit(self, schedule: Schedule) -> str | None:
+        """Submit one run; logs one line either way and never raises (the scheduler keeps going)."""
+        sid = submission_id(schedule, self.clock())
+        command = entrypoint(schedule, python=self.python)
+        try:
+            returned = self._client().submit_job(
+                entrypoint=command, submission_id=sid, runtime_env=runtime_env(self.settings, self.project_dir),
+                metadata={"schedule": schedule.name, "cron": schedule.cron},
+            )
+        except Exception as exc:  # Ray raises plain RuntimeError/ConnectionError; keep scheduling
+            log.error("schedule %s: submission %s to %s failed: %s", schedule.name, sid, self.settings.dashboard_url, exc)
+            return None
+        log.info("schedule %s: submitted Ray Job %s to %s: %s", schedule.name, returned, self.settings.dashboard_url, command)
+        return str(returned)
+
+
+def build_scheduler(schedule_file: ScheduleFile, submit: Callable[[Schedule], Any]) -> BlockingScheduler:
+    scheduler = BlockingScheduler(
+        timezone=dt.UTC,
+        job_defaults={"misfire_grace_time": schedule_file.misfire_grace_time_s, "coalesce": schedule_file.coalesce,
+                      "max_instances": 1},
+    )
+    for schedule in schedule_file.schedules:
+        scheduler.add_job(
+            submit, schedule.trigger(), args=[schedule], id=schedule.name, name=schedule.name, replace_existing=True,
+            misfire_grace_time=schedule_file.misfire_grace_time_s, coalesce=schedule_file.coalesce, max_instances=1,
+        )
+    return scheduler
+
+
+def run(settings: Settings, schedule_file: ScheduleFile, *, python: str | None = None) -> None:
+    """Block, submitting each job on its schedule, until interrupted."""
+    submitter = JobSubmitter(settings, python=python)
+    scheduler = build_scheduler(schedule_file, submitter.submit)
+    upcoming = next_run_times(schedule_file.schedules, after=dt.datetime.now(dt.UTC), count=1)
+    for name, times in upcoming.items():
+        log.info("schedule %s: next run %s", name, times[0].isoformat() if times else "never")
+    try:
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        log.info("scheduler stopped")
