@@ -22,8 +22,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,6 +40,10 @@ class LockHandle:
     holder: str
     acquired_at: dt.datetime
     expires_at: dt.datetime
+
+
+def _rowcount(result: Any) -> int:
+    return cast(CursorResult[Any], result).rowcount
 
 
 def default_holder() -> str:
@@ -67,12 +72,12 @@ def acquire(
     except IntegrityError:
         pass  # held (or once held): fall through to the take-over of an expired lock
     with session_factory.begin() as session:
-        taken = session.execute(
+        taken = _rowcount(session.execute(
             update(JobLock)
             .where(JobLock.name == name, JobLock.expires_at < now)
             .values(holder=holder, acquired_at=now, expires_at=expires)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
     if taken == 1:
         log.warning("lock %s had expired; taken over by %s", name, holder)
         return LockHandle(name, holder, now, expires)
@@ -87,12 +92,12 @@ def refresh(
     """Push the expiry of a lock the caller holds to ``now + ttl``; raise if it was lost."""
     now = now or utcnow()
     with session_factory.begin() as session:
-        updated = session.execute(
+        updated = _rowcount(session.execute(
             update(JobLock)
             .where(JobLock.name == lock.name, JobLock.holder == lock.holder)
             .values(expires_at=now + ttl)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
     if updated != 1:
         raise JobLockedError(f"job lock {lock.name!r} is no longer held by {lock.holder}; it expired and was taken over")
     return LockHandle(lock.name, lock.holder, lock.acquired_at, now + ttl)
@@ -101,11 +106,11 @@ def refresh(
 def release(session_factory: sessionmaker[Session], lock: LockHandle) -> bool:
     """Delete the lock if the caller still holds it; ``False`` when it had been taken over."""
     with session_factory.begin() as session:
-        deleted = session.execute(
+        deleted = _rowcount(session.execute(
             delete(JobLock)
             .where(JobLock.name == lock.name, JobLock.holder == lock.holder)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
     if deleted != 1:
         log.warning("lock %s was no longer held by %s at release", lock.name, lock.holder)
     return deleted == 1

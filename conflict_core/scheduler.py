@@ -94,7 +94,7 @@ def next_run_times(schedules: Sequence[Schedule], *, after: dt.datetime, count: 
         raise ValueError("after must be timezone-aware")
     out: dict[str, list[dt.datetime]] = {}
     for schedule in schedules:
-        trigger, times = schedule.trigger(), []
+        trigger, times = schedule.trigger(), list[dt.datetime]()
         previous: dt.datetime | None = None
         moment = after + dt.timedelta(microseconds=1)
         while len(times) < count:

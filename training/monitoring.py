@@ -291,52 +291,64 @@ class Condition:
     message: str
 
 
+def _past(value: Any, limit: Any, *, above: bool, judged: bool) -> bool | None:
+    """``value`` beyond ``limit`` (above or below it), or ``None`` when it cannot be judged."""
+    if not judged or not _number(value) or not _number(limit):
+        return None
+    return bool(value > limit) if above else bool(value < limit)
+
+
+def _scaled(reference: Any, factor: float = 1.0, offset: float = 0.0) -> float | None:
+    return float(reference) * factor + offset if _number(reference) else None
+
+
 def evaluate(metrics: Mapping[str, Any], thresholds: Thresholds) -> list[Condition]:
     """Every alert condition against one run's metrics (see :func:`live_metrics` and drift)."""
     t = thresholds
     out: list[Condition] = []
-    labelled, accuracy = metrics.get("labelled", 0), metrics.get("accuracy")
-    enough = labelled >= t.min_labelled and accuracy is not None
+    labelled: int = metrics.get("labelled") or 0
+    accuracy: Any = metrics.get("accuracy")
     out.append(Condition(
-        "accuracy_low", (accuracy < t.accuracy_min) if enough else None, accuracy,
+        "accuracy_low", _past(accuracy, t.accuracy_min, above=False, judged=labelled >= t.min_labelled), accuracy,
         f"7-day accuracy {_fmt(accuracy)} over {labelled} labelled predictions (alert below {t.accuracy_min:.2f})",
     ))
 
-    model, holdout = metrics.get("model") or {}, metrics.get("holdout") or {}
-    judged = model.get("labelled", 0) >= t.min_labelled
-    with_positives = judged and model.get("positives", 0) >= t.min_positives
+    model: dict[str, Any] = dict(metrics.get("model") or {})
+    holdout: dict[str, Any] = dict(metrics.get("holdout") or {})
+    model_labelled: int = model.get("labelled") or 0
+    positives: int = model.get("positives") or 0
+    judged = model_labelled >= t.min_labelled
     for name in ("recall", "precision", "pr_auc"):
-        live, reference = model.get(name), holdout.get(name)
-        floor = reference * (1 - t.max_relative_drop) if _number(reference) else None
-        ok = with_positives and _number(live) and floor is not None
+        live: Any = model.get(name)
+        floor = _scaled(holdout.get(name), 1 - t.max_relative_drop)
         out.append(Condition(
-            f"{name}_low", (live < floor) if ok else None, live,
-            f"live {name} {_fmt(live)} vs holdout {_fmt(reference)} (alert below {_fmt(floor)}; "
-            f"{model.get('labelled', 0)} labelled, {model.get('positives', 0)} conflicts)",
+            f"{name}_low", _past(live, floor, above=False, judged=judged and positives >= t.min_positives), live,
+            f"live {name} {_fmt(live)} vs holdout {_fmt(holdout.get(name))} (alert below {_fmt(floor)}; "
+            f"{model_labelled} labelled, {positives} conflicts)",
         ))
-    brier, ref_brier = model.get("brier"), holdout.get("brier")
-    ceiling = ref_brier * t.max_brier_ratio if _number(ref_brier) else None
+    brier: Any = model.get("brier")
+    ceiling = _scaled(holdout.get("brier"), t.max_brier_ratio)
     out.append(Condition(
-        "brier_high", (brier > ceiling) if judged and _number(brier) and ceiling is not None else None, brier,
-        f"live Brier score {_fmt(brier)} vs holdout {_fmt(ref_brier)} (alert above {_fmt(ceiling)})",
+        "brier_high", _past(brier, ceiling, above=True, judged=judged), brier,
+        f"live Brier score {_fmt(brier)} vs holdout {_fmt(holdout.get('brier'))} (alert above {_fmt(ceiling)})",
     ))
-    ece, ref_ece = model.get("ece"), holdout.get("ece")
-    ceiling = ref_ece + t.max_ece_increase if _number(ref_ece) else None
+    ece: Any = model.get("ece")
+    ceiling = _scaled(holdout.get("ece"), offset=t.max_ece_increase)
     out.append(Condition(
-        "calibration_error_high", (ece > ceiling) if judged and _number(ece) and ceiling is not None else None, ece,
-        f"live calibration error {_fmt(ece)} vs holdout {_fmt(ref_ece)} (alert above {_fmt(ceiling)})",
+        "calibration_error_high", _past(ece, ceiling, above=True, judged=judged), ece,
+        f"live calibration error {_fmt(ece)} vs holdout {_fmt(holdout.get('ece'))} (alert above {_fmt(ceiling)})",
     ))
-    total, rate = metrics.get("predictions", 0), metrics.get("fallback_rate")
+    total: int = metrics.get("predictions") or 0
+    rate: Any = metrics.get("fallback_rate")
     out.append(Condition(
-        "fallback_rate_high", (rate > t.max_fallback_rate) if total >= t.min_labelled and rate is not None else None,
-        rate, f"{_fmt(rate)} of {total} predictions came from the fallback heuristics (alert above {t.max_fallback_rate:.2f})",
+        "fallback_rate_high", _past(rate, t.max_fallback_rate, above=True, judged=total >= t.min_labelled), rate,
+        f"{_fmt(rate)} of {total} predictions came from the fallback heuristics (alert above {t.max_fallback_rate:.2f})",
     ))
-    drift = metrics.get("drift") or {}
-    drift_rows = drift.get("rows", 0)
+    drift: dict[str, Any] = dict(metrics.get("drift") or {})
+    drift_rows: int = drift.get("rows") or 0
     for feature, value in sorted((drift.get("psi") or {}).items()):
-        ok = drift_rows >= t.drift_min_rows and _number(value)
         out.append(Condition(
-            f"drift:{feature}", (value > t.psi_max) if ok else None, value,
+            f"drift:{feature}", _past(value, t.psi_max, above=True, judged=drift_rows >= t.drift_min_rows), value,
             f"feature {feature} drifted from the training set: PSI {_fmt(value)} over {drift_rows} predictions "
             f"(alert above {t.psi_max:.2f})",
         ))

@@ -14,7 +14,7 @@ from conflict_core import locks, registry, serve_config
 from conflict_core.errors import ConfigurationError, JobLockedError
 from conflict_core.settings import Settings
 from conflict_core.store import JobRun, session_scope
-from training import retrain, retention
+from training import retention, retrain
 
 NOW = dt.datetime(2026, 3, 2, 3, 0, tzinfo=dt.UTC)
 CONFIG = {
