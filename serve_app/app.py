@@ -6,6 +6,8 @@ left out comes from :class:`conflict_core.settings.Settings`, read once when the
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application
 
@@ -57,14 +59,26 @@ class AppArgs(BaseModel):
         }
 
 
-def build_app(args: AppArgs) -> Application:
-    """Ingress → FeatureLookup → ModelInference, with FallbackHeuristics beside them."""
+def build_app(args: AppArgs | dict[str, Any]) -> Application:
+    """Ingress → FeatureLookup → ModelInference, with FallbackHeuristics beside them.
+
+    Deployment options (replicas, CPUs, ``user_config``) come from ``serve_config.yaml``;
+    ``args`` (the config's ``args``) are validated here, so a typo fails the deploy.
+    """
+    return build_graph(args if isinstance(args, AppArgs) else AppArgs.model_validate(args))
+
+
+def build_graph(args: AppArgs, inference_user_config: dict[str, Any] | None = None) -> Application:
+    """The graph, optionally with the inference ``user_config`` given in code (tests, bench)."""
     from serve_app.deployments import FallbackHeuristics, FeatureLookup, ModelInference
     from serve_app.ingress import Ingress
 
     options = args.resolved()
     lookup = FeatureLookup.bind(options["database_url"], args.feature_cache_ttl_s)
-    inference = ModelInference.bind()
+    inference_deployment = ModelInference
+    if inference_user_config is not None:
+        inference_deployment = ModelInference.options(user_config=inference_user_config)
+    inference = inference_deployment.bind()
     fallback = FallbackHeuristics.bind()
     return Ingress.bind(lookup, inference, fallback, options)
 

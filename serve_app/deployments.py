@@ -72,12 +72,15 @@ class ModelInference:
         self.holder = ModelHolder()
         self.metrics = ServeMetrics()
         self.delay_s = 0.0
+        self.revision: str | None = None
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         self.predict.set_max_batch_size(int(user_config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))
         self.predict.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S)))
         # Fault injection for the timeout drill and its test; 0 in every real config.
         self.delay_s = float(user_config.get("fault_injection_delay_s", 0.0))
+        # An optional label of the config revision, so operators can tell which one a replica runs.
+        self.revision = user_config.get("revision")
         self.holder.configure(
             user_config.get("model_version"), user_config.get("artifact_path"), user_config.get("artifact_sha256")
         )
@@ -104,7 +107,7 @@ class ModelInference:
 
     def status(self) -> dict[str, Any]:
         """The served model and, for in-place reload checks, this replica's process id."""
-        return {**self.holder.status(), "pid": os.getpid()}
+        return {**self.holder.status(), "pid": os.getpid(), "revision": self.revision}
 
 
 @serve.deployment(
