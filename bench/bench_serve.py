@@ -1,0 +1,241 @@
+"""Serving benchmark: the Ray Serve graph vs an in-process Starlette baseline, driven by wrk.
+
+Run from the repo root (it starts a local Ray, so hold the machine's Ray lock):
+
+    flock /tmp/conflict-ray.lock .venv/bin/python bench/bench_serve.py [--mode default|haproxy|throughput]
+        [--duration 10] [--concurrency 8,32,64] [--burst]
+
+``--mode`` sets RAY_SERVE_ENABLE_HA_PROXY / RAY_SERVE_THROUGHPUT_OPTIMIZED before Ray starts.
+Prints requests/s, predictions/s and latency percentiles per scenario and writes a JSON
+results file under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+LUA = """
+local bodies = {}
+local n = 0
+for line in io.lines("%s") do n = n + 1; bodies[n] = line end
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = (i %% n) + 1
+  return wrk.format(nil, "/v1/predict", nil, bodies[i])
+end
+"""
+
+
+def _seed_store(url: str, n_events: int = 20_000) -> None:
+    import pandas as pd
+
+    from conflict_core import db
+    from conflict_core.events_io import insert_event_frame
+    from conflict_core.store import make_engine, make_session_factory, session_scope
+
+    db.upgrade(url)
+    rng = random.Random(0)
+    now = dt.datetime.now(dt.UTC)
+    rows = []
+    for i in range(n_events):
+        t = now - dt.timedelta(seconds=rng.uniform(0, 20 * 86400))
+        conflict = rng.random() < 0.08
+        rows.append({"event_id": f"seed-{i}", "user_id": f"user-{rng.randrange(300)}", "device_id": "d",
+                     "entity_type": "task", "entity_id": f"task-{rng.randrange(2000)}",
+                     "changed_fields": rng.sample(["title", "status", "notes", "due", "owner"], 2),
+                     "synced_at": t, "conflict": conflict, "resolution_type": "manual" if conflict else None,
+                     "resolved_at": t + dt.timedelta(minutes=5) if conflict else None})
+    frame = pd.DataFrame(rows)
+    engine = make_engine(url)
+    with session_scope(make_session_factory(engine)) as session:
+        insert_event_frame(session, frame)
+    engine.dispose()
+
+
+def _artifact(directory: Path) -> tuple[str, str]:
+    import joblib
+    import numpy as np
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from conflict_core.features import ALL_FEATURES
+    from conflict_core.registry import sha256_file
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2000, len(ALL_FEATURES)))
+    y = (x[:, 0] + x[:, 4] + rng.random(2000) > 1.6).astype(int)
+    path = directory / "bench_model.joblib"
+    joblib.dump({"estimator": HistGradientBoostingClassifier(max_iter=50).fit(x, y),
+                 "feature_columns": list(ALL_FEATURES), "version": "v_bench"}, path)
+    return str(path), sha256_file(path)
+
+
+def _bodies(path: Path, items_per_request: int, count: int = 500) -> None:
+    rng = random.Random(1)
+    with path.open("w") as out:
+        for _ in range(count):
+            items = [{"user_id": f"user-{rng.randrange(300)}", "device_id": "d", "entity_type": "task",
+                      "entity_id": f"task-{rng.randrange(2000)}", "changed_fields": ["title", "status"]}
+                     for _ in range(items_per_request)]
+            out.write(json.dumps(items[0] if items_per_request == 1 else items) + "\n")
+
+
+def _parse_wrk(text: str) -> dict[str, float]:
+    def ms(value: str) -> float:
+        number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+        return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    out: dict[str, float] = {}
+    for q in ("50", "90", "99"):
+        m = re.search(rf"^\s+{q}(?:\.000)?%\s+(\S+)", text, re.M)
+        if m:
+            out[f"p{q}_ms"] = ms(m.group(1))
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    out["requests_per_s"] = float(m.group(1)) if m else 0.0
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    out["errors"] = float(errors.group(1) if errors else 0) + (sum(map(float, sock.groups())) if sock else 0)
+    return out
+
+
+def _wrk(url: str, lua: Path, concurrency: int, duration: float, rate: int | None = None) -> dict[str, float]:
+    threads = min(2, concurrency)
+    cmd = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{duration}s", "--latency", "-s", str(lua), url]
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    result = _parse_wrk(text)
+    # wrk's --latency gives 50/75/90/99; p95 from the same run by interpolating 90..99.
+    if "p90_ms" in result and "p99_ms" in result:
+        result["p95_ms"] = result["p90_ms"] + (result["p99_ms"] - result["p90_ms"]) * 5 / 9
+    return result
+
+
+def _wait_http(url: str, timeout_s: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    body = {"user_id": "u", "device_id": "d", "entity_type": "task", "entity_id": "t", "changed_fields": ["a"]}
+    while time.monotonic() < deadline:
+        try:
+            if httpx.post(url + "/v1/predict", json=body, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def _scenarios(url: str, work: Path, concurrencies: list[int], duration: float, label: str) -> list[dict[str, Any]]:
+    rows = []
+    for items in (1, 50):
+        bodies = work / f"bodies_{items}.jsonl"
+        lua = work / f"post_{items}.lua"
+        lua.write_text(LUA % bodies)
+        for c in concurrencies:
+            r = _wrk(url, lua, c, duration)
+            r.update(target=label, items=items, concurrency=c, predictions_per_s=r["requests_per_s"] * items)
+            print(f"{label:9s} items={items:3d} c={c:3d}  req/s={r['requests_per_s']:8.1f}  "
+                  f"pred/s={r['predictions_per_s']:9.1f}  p50={r.get('p50_ms', 0):7.1f}ms  "
+                  f"p95~{r.get('p95_ms', 0):7.1f}ms  p99={r.get('p99_ms', 0):7.1f}ms  errors={int(r['errors'])}",
+                  flush=True)
+            rows.append(r)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=["default", "haproxy", "throughput"], default="default")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--concurrency", default="8,32,64")
+    parser.add_argument("--burst", action="store_true", help="Also run the 10x load step and report replicas.")
+    parser.add_argument("--skip-baseline", action="store_true")
+    a = parser.parse_args()
+    concurrencies = [int(c) for c in a.concurrency.split(",")]
+    if a.mode == "haproxy":
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    if a.mode == "throughput":
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+
+    work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    url = f"sqlite:///{work / 'store.db'}"
+    print(f"machine: {os.cpu_count()} CPUs, {sys.platform}; store {url}; mode {a.mode}", flush=True)
+    _seed_store(url)
+    artifact, sha = _artifact(work)
+    for items in (1, 50):
+        _bodies(work / f"bodies_{items}.jsonl", items)
+    results: list[dict[str, Any]] = []
+
+    if not a.skip_baseline:
+        baseline = subprocess.Popen([sys.executable, str(REPO / "bench" / "serve_baseline.py"), "--database-url", url,
+                                     "--artifact", artifact, "--sha256", sha, "--port", "8100"])
+        try:
+            _wait_http("http://127.0.0.1:8100")
+            results += _scenarios("http://127.0.0.1:8100", work, concurrencies, a.duration, "baseline")
+        finally:
+            baseline.send_signal(signal.SIGTERM)
+            baseline.wait(timeout=30)
+
+    import ray
+    import yaml
+    from ray import serve
+
+    from conflict_core.cli.serve_commands import deploy_config
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config["applications"][0]["args"].update(database_url=url, log_spool_dir=str(work / "spool"))
+    for d in config["applications"][0]["deployments"]:
+        if d["name"] == "ModelInference":
+            d["user_config"].update(model_version="v_bench", artifact_path=artifact, artifact_sha256=sha)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        deploy_config(config)
+        _wait_http("http://127.0.0.1:8000", timeout_s=180)
+        results += _scenarios("http://127.0.0.1:8000", work, concurrencies, a.duration, f"ray-{a.mode}")
+        if a.burst:
+            lua = work / "post_1.lua"
+
+            def replicas() -> dict[str, int]:
+                app = serve.status().applications["conflict_predictor"]
+                return {n: sum(d.replica_states.values()) for n, d in app.deployments.items()}
+
+            before = replicas()
+            low = _wrk("http://127.0.0.1:8000", lua, 4, a.duration)
+            high = _wrk("http://127.0.0.1:8000", lua, 40, max(a.duration, 20))
+            after = replicas()
+            print(f"burst: c=4 req/s={low['requests_per_s']:.0f} errors={int(low['errors'])} -> "
+                  f"c=40 req/s={high['requests_per_s']:.0f} p99={high.get('p99_ms', 0):.0f}ms "
+                  f"errors={int(high['errors'])}; replicas {before} -> {after}", flush=True)
+            results.append({"target": "burst", "low": low, "high": high, "replicas_before": before,
+                            "replicas_after": after})
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    base = {(r["items"], r["concurrency"]): r for r in results if r.get("target") == "baseline"}
+    for r in results:
+        if str(r.get("target", "")).startswith("ray-") and (r["items"], r["concurrency"]) in base:
+            b = base[(r["items"], r["concurrency"])]
+            print(f"ratio graph/baseline items={r['items']} c={r['concurrency']}: "
+                  f"{r['requests_per_s'] / max(b['requests_per_s'], 1e-9):.2f}")
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"serve_{a.mode}_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
