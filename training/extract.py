@@ -173,7 +173,7 @@ def extract_with_ray(
     """
     import ray
 
-    ds = ray.data.read_parquet([str(f) for f in files], columns=list(EVENT_COLUMNS), partitioning=None)
+    ds = ray.data.read_parquet([str(f) for f in files], partitioning=None).select_columns(list(EVENT_COLUMNS))
     block_refs = ds.to_arrow_refs()
 
     @ray.remote(num_cpus=1)

@@ -1,0 +1,98 @@
+"""Running the product's Ray Jobs: a local Ray instance with its dashboard, and job submission.
+
+Entry points name this interpreter explicitly, because a job's shell may not have the
+project's virtualenv on its ``PATH``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from conflict_core.errors import ConflictPredictorError
+
+
+class JobFailedError(ConflictPredictorError):
+    """A submitted Ray Job ended in a state other than SUCCEEDED."""
+
+
+@contextmanager
+def local_ray(dashboard_port: int = 8265, num_cpus: int | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start a local Ray instance owned by this process; yields the dashboard URL, shuts down after."""
+    import os
+
+    import ray
+
+    for key, value in (env or {}).items():
+        os.environ.setdefault(key, value)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus or os.cpu_count(),
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        log_to_driver=False,
+    )
+    try:
+        yield f"http://127.0.0.1:{dashboard_port}"
+    finally:
+        ray.shutdown()
+
+
+def module_entrypoint(module: str, args: Sequence[str]) -> str:
+    return shlex.join([sys.executable, "-m", module, *args])
+
+
+def submit_and_wait(
+    dashboard_url: str,
+    entrypoint: str,
+    *,
+    submission_id: str | None = None,
+    echo: Callable[[str], None] = print,
+    timeout_s: float = 3600,
+    runtime_env: dict[str, Any] | None = None,
+) -> str:
+    """Submit a Ray Job, stream its log lines through ``echo``, and return its final log.
+
+    Raises :class:`JobFailedError` when it fails, is stopped or outlives ``timeout_s``.
+    """
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(dashboard_url)
+    job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env)
+    echo(f"submitted Ray Job {job_id}: {entrypoint}")
+    deadline = time.monotonic() + timeout_s
+    printed = 0
+    while True:
+        status = client.get_job_status(job_id)
+        logs = client.get_job_logs(job_id)
+        for line in logs[printed:].splitlines():
+            echo(f"  [{job_id}] {line}")
+        printed = len(logs)
+        if status in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            break
+        if time.monotonic() > deadline:
+            client.stop_job(job_id)
+            raise JobFailedError(f"Ray Job {job_id} did not finish within {timeout_s:.0f} s and was stopped")
+        time.sleep(1.0)
+    if status != JobStatus.SUCCEEDED:
+        info = client.get_job_info(job_id)
+        raise JobFailedError(f"Ray Job {job_id} ended {status}: {info.message or 'see its log above'}")
+    return logs
+
+
+def job_summary(logs: str) -> dict[str, Any]:
+    """The JSON summary a job entrypoint prints last (see ``jobs._runtime.run``)."""
+    import json
+
+    start = logs.rfind('\n{\n  "status"')
+    if start < 0:
+        start = logs.find('{\n  "status"')
+    if start < 0:
+        raise JobFailedError("the job printed no summary")
+    summary: dict[str, Any] = json.loads(logs[start:].strip())
+    return summary

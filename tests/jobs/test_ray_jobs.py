@@ -1,0 +1,80 @@
+"""The offline pipeline as real Ray Jobs on a local Ray instance (slow)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conflict_core import registry
+from conflict_core.cli.ray_jobs import job_summary, local_ray, module_entrypoint, submit_and_wait
+from conflict_core.store import make_engine, make_session_factory
+from training.extract import ExtractionWindow, extract_local, extract_with_ray, load_training_set
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> str:
+    with local_ray(dashboard_port=_free_port(), num_cpus=2) as url:
+        yield url
+
+
+def test_ray_extraction_equals_the_single_process_one(
+    dashboard: str, training_frame: tuple[pd.DataFrame, ExtractionWindow, list[Path]]
+) -> None:
+    local, window, files = training_frame
+    distributed = extract_with_ray(files, window, entity_buckets=3, user_buckets=2)
+    pd.testing.assert_frame_equal(distributed, local)
+    assert local.equals(extract_local(files, window))
+
+
+def test_extract_and_train_jobs_submitted_to_ray(
+    dashboard: str, simulated_store: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, events_dir = simulated_store
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    args = ["--database-url", store, "--data-dir", str(tmp_path)]
+    lines: list[str] = []
+    extraction = job_summary(
+        submit_and_wait(
+            dashboard,
+            module_entrypoint("jobs.extract_features", [*args, "--events-dir", str(events_dir), "--days-back", "45"]),
+            echo=lines.append,
+        )
+    )
+    assert extraction["status"] == "succeeded" and extraction["rows"] > 1000
+    assert any("feature tasks: 4/4" in line for line in lines)  # progress is shown
+
+    training = job_summary(
+        submit_and_wait(dashboard, module_entrypoint("jobs.train", [*args, "--num-samples", "2"]), echo=lines.append)
+    )
+    assert training["activated"] and training["holdout"]["roc_auc"] >= 0.85
+    frame, manifest = load_training_set(tmp_path / "features")
+    assert manifest["rows"] == len(frame) == extraction["rows"]
+    engine = make_engine(store)
+    with make_session_factory(engine)() as session:
+        active = registry.active(session)
+        assert active is not None and active.version == training["version"]
+        assert active.activated_by == "gate:jobs.train"
+    engine.dispose()
+    assert Path(training["report_path"]).is_file()
+
+
+def test_a_failing_job_is_reported_with_its_error(dashboard: str, tmp_path: Path) -> None:
+    from conflict_core.cli.ray_jobs import JobFailedError
+
+    with pytest.raises(JobFailedError, match="FAILED"):
+        submit_and_wait(
+            dashboard,
+            module_entrypoint("jobs.extract_features", ["--data-dir", str(tmp_path), "--events-dir", str(tmp_path)]),
+            echo=lambda line: None,
+        )
