@@ -43,12 +43,24 @@ def inference_user_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def set_model(path: Path, *, version: str | None, artifact_path: str | None, artifact_sha256: str | None) -> dict[str, Any]:
-    """Point the inference deployment at a model (``None`` everywhere: no model) and save atomically."""
-    config = read(path)
-    user_config = inference_user_config(config)
+    """Point the inference deployment at a model (``None`` everywhere: no model) and save atomically.
+
+    The file is edited round-trip, so its comments and key order survive.
+    """
+    import io
+
+    from ruamel.yaml import YAML
+
+    read(path)  # refuse a file that is not a Serve config before touching it
+    round_trip = YAML()
+    round_trip.preserve_quotes = True
+    document = round_trip.load(path.read_text())
+    user_config = inference_user_config(document)
     user_config.update(model_version=version, artifact_path=artifact_path, artifact_sha256=artifact_sha256)
-    _write_atomically(path, yaml.safe_dump(config, sort_keys=False))
-    return config
+    buffer = io.StringIO()
+    round_trip.dump(document, buffer)
+    _write_atomically(path, buffer.getvalue())
+    return read(path)
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     def _known_backend(cls, value: str) -> str:
         if not value.startswith(("sqlite", "postgresql")):
             raise ValueError(f"expected a sqlite:// or postgresql:// URL, got {value!r}")
+        if value.startswith("sqlite:///") and not value.startswith("sqlite:////") and ":memory:" not in value:
+            # A relative SQLite path means "relative to where the settings were made"; Ray Jobs
+            # run elsewhere, so pin it now.
+            value = "sqlite:///" + str(Path(value.removeprefix("sqlite:///")).resolve())
         if value.startswith("postgresql://"):
             # psycopg 3 is the installed driver; name it so SQLAlchemy does not look for psycopg2.
             value = "postgresql+psycopg://" + value.removeprefix("postgresql://")

@@ -18,11 +18,13 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--database-url", help="store URL (default: settings / DATABASE_URL)")
     parser.add_argument("--data-dir", help="root of exports, features and models (default: settings)")
+    parser.add_argument("--serve-config", help="serve_config.yaml to publish an activated model into (default: settings)")
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {k: v for k, v in {"database_url": args.database_url, "data_dir": args.data_dir}.items() if v}
+    given = {"database_url": args.database_url, "data_dir": args.data_dir, "serve_config_path": args.serve_config}
+    overrides = {k: v for k, v in given.items() if v}
     return Settings(**overrides)
 
 

@@ -10,7 +10,9 @@ from conflict_core.cli.context import AppContext, pass_app
 
 
 def _job_args(app: AppContext) -> list[str]:
-    return ["--database-url", app.settings.database_url, "--data-dir", str(app.settings.data_dir)]
+    settings = app.settings
+    return ["--database-url", settings.database_url, "--data-dir", str(settings.data_dir.resolve()),
+            "--serve-config", str(settings.serve_config_path.resolve())]
 
 
 @click.command("extract")

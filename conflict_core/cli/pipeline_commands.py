@@ -35,7 +35,8 @@ def run_command(
     settings = app.settings
     started = time.perf_counter()
     data_dir = settings.data_dir.resolve()
-    job_args = ["--database-url", settings.database_url, "--data-dir", str(data_dir)]
+    job_args = ["--database-url", settings.database_url, "--data-dir", str(data_dir),
+                "--serve-config", str(settings.serve_config_path.resolve())]
 
     _step(f"store: {settings.database_url}")
     db.upgrade(settings.database_url)

@@ -42,7 +42,9 @@ def test_extract_and_train_jobs_submitted_to_ray(
 ) -> None:
     url, events_dir = simulated_store
     store = f"sqlite:///{tmp_path / 'store.db'}"
-    args = ["--database-url", store, "--data-dir", str(tmp_path)]
+    serve_config = tmp_path / "serve_config.yaml"
+    serve_config.write_text((Path(__file__).parents[2] / "serve_config.yaml").read_text())
+    args = ["--database-url", store, "--data-dir", str(tmp_path), "--serve-config", str(serve_config)]
     lines: list[str] = []
     extraction = job_summary(
         submit_and_wait(
@@ -67,6 +69,9 @@ def test_extract_and_train_jobs_submitted_to_ray(
         assert active.activated_by == "gate:jobs.train"
     engine.dispose()
     assert Path(training["report_path"]).is_file()
+    published = serve_config.read_text()
+    assert f"model_version: {training['version']}" in published
+    assert published.startswith("# ")  # comments survive the edit
 
 
 def test_a_failing_job_is_reported_with_its_error(dashboard: str, tmp_path: Path) -> None:
