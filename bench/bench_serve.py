@@ -114,7 +114,7 @@ def _parse_wrk(text: str) -> dict[str, float]:
 
 def _wrk(url: str, lua: Path, concurrency: int, duration: float, rate: int | None = None) -> dict[str, float]:
     threads = min(2, concurrency)
-    cmd = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{duration}s", "--latency", "-s", str(lua), url]
+    cmd = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{int(duration)}s", "--latency", "-s", str(lua), url]
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     result = _parse_wrk(text)
     # wrk's --latency gives 50/75/90/99; p95 from the same run by interpolating 90..99.
