@@ -7,19 +7,16 @@ re-deploying after an activation reconfigures the running replicas in place
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from conflict_core.errors import ConfigurationError
 
 INFERENCE_DEPLOYMENT = "ModelInference"
-SERVE_API = "/api/serve/applications/"
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -70,19 +67,23 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def running_applications(dashboard_url: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
+def _client(dashboard_url: str) -> Any:
+    # Ray's own client: it adds the cluster's authentication token when one is enabled.
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    return ServeSubmissionClient(dashboard_url)
+
+
+def running_applications(dashboard_url: str) -> dict[str, Any] | None:
     """Serve's view of the cluster at ``dashboard_url``, or ``None`` when nothing answers."""
     try:
-        response = httpx.get(dashboard_url.rstrip("/") + SERVE_API, timeout=timeout_s)
-    except httpx.HTTPError:
+        details: dict[str, Any] = _client(dashboard_url).get_serve_details()
+    except (ConnectionError, RuntimeError, OSError):
         return None
-    if response.status_code != 200:
-        return None
-    body: dict[str, Any] = response.json()
-    return body
+    return details
 
 
-def apply(path: Path, dashboard_url: str, timeout_s: float = 30.0) -> bool:
+def apply(path: Path, dashboard_url: str) -> bool:
     """Deploy ``path`` to the Serve instance at ``dashboard_url`` (what ``serve deploy`` does).
 
     Returns ``False`` when no Serve application is running there; raises on a refusal.
@@ -90,13 +91,8 @@ def apply(path: Path, dashboard_url: str, timeout_s: float = 30.0) -> bool:
     status = running_applications(dashboard_url)
     if not status or not status.get("applications"):
         return False
-    config = read(path)
-    response = httpx.put(
-        dashboard_url.rstrip("/") + SERVE_API,
-        content=json.dumps(config),
-        headers={"Content-Type": "application/json"},
-        timeout=timeout_s,
-    )
-    if response.status_code >= 400:
-        raise ConfigurationError(f"Serve refused the config {path}: HTTP {response.status_code} {response.text[:500]}")
+    try:
+        _client(dashboard_url).deploy_applications(read(path))
+    except RuntimeError as exc:
+        raise ConfigurationError(f"Serve refused the config {path}: {exc}") from exc
     return True

@@ -33,9 +33,15 @@ def main(ctx: click.Context, database_url: str | None, data_dir: str | None, ver
 
 
 def _register() -> None:
-    from conflict_core.cli import data_commands, lifecycle_commands, model_commands, pipeline_commands
+    from conflict_core.cli import (
+        data_commands,
+        lifecycle_commands,
+        model_commands,
+        pipeline_commands,
+        serve_commands,
+    )
 
-    for module in (data_commands, model_commands, pipeline_commands, lifecycle_commands):
+    for module in (data_commands, model_commands, pipeline_commands, serve_commands, lifecycle_commands):
         for command in module.COMMANDS:
             main.add_command(command)
 

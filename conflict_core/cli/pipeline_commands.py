@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import time
 from pathlib import Path
 
@@ -22,13 +23,22 @@ def _step(title: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--num-samples", type=int, default=8, show_default=True, help="sweep size of the training job")
 @click.option("--dashboard-port", type=int, default=8265, show_default=True)
+@click.option("--traffic-seconds", type=float, default=20.0, show_default=True, help="simulated client burst")
+@click.option("--keep-serving/--no-keep-serving", default=None,
+              help="keep the app up until Ctrl-C at the end (default: when run from a terminal)")
 @pass_app
 def run_command(
-    app: AppContext, users: int, entities: int, days: int, seed: int, num_samples: int, dashboard_port: int
+    app: AppContext, users: int, entities: int, days: int, seed: int, num_samples: int, dashboard_port: int,
+    traffic_seconds: float, keep_serving: bool | None,
 ) -> None:
-    """Migrate, simulate, import, export, extract and train as Ray Jobs, and activate the model."""
+    """Migrate, simulate, import, export; extract and train as Ray Jobs; serve the model; drive traffic."""
     from conflict_core import db, registry
-    from conflict_core.cli.ray_jobs import job_summary, local_ray, module_entrypoint, submit_and_wait
+    from conflict_core.cli.ray_jobs import (
+        job_summary,
+        local_ray,
+        module_entrypoint,
+        submit_and_wait,
+    )
     from conflict_core.events_io import export_events, import_events
     from conflict_core.simulator import SimulationConfig, simulate
 
@@ -79,6 +89,34 @@ def run_command(
         )
         training = job_summary(logs)
 
+        _step(f"Ray Serve: deploy {settings.serve_config_path} on 127.0.0.1:8000")
+        from conflict_core.cli.serve_commands import (
+            deploy_config,
+            drive_traffic,
+            echo_traffic,
+            load_config,
+            wait_until_running,
+        )
+
+        deploy_config(load_config(settings.serve_config_path, settings.database_url))
+        wait_until_running()
+        users_seen = sorted(set(table["user_id"].to_pylist()))
+        tasks = sorted({e for t, e in zip(table["entity_type"].to_pylist(), table["entity_id"].to_pylist(), strict=True) if t == "task"})
+        click.echo(f"serving at {settings.serve_url}; {traffic_seconds:.0f} s of simulated clients (predict → sync → record)")
+        report = drive_traffic(settings.serve_url, seconds=traffic_seconds, users=users_seen, entities=tasks[:500],
+                               conflict_rate=0.06, seed=seed)
+        echo_traffic(report)
+        if keep_serving if keep_serving is not None else sys.stdin.isatty():
+            click.echo(f"serving {training['version']} at {settings.serve_url} until Ctrl-C")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+        from ray import serve
+
+        serve.shutdown()
+
     _step("summary")
     with app.session_factory() as session:
         active = registry.active(session)
@@ -92,6 +130,8 @@ def run_command(
                f"Brier {baseline['brier']:.4f}  ECE {baseline['ece']:.4f}")
     click.echo(f"active model     {active.version if active else 'none (heuristics answer)'}")
     click.echo(f"report           {Path(training['report_path'])}")
+    click.echo(f"live traffic     {report['requests']:.0f} requests, p50 {report['p50_ms']:.0f} ms, "
+               f"p95 {report['p95_ms']:.0f} ms, fallback rate {report['fallback_rate']:.1%}, errors {report['errors']:.0f}")
     click.echo(f"done in {time.perf_counter() - started:.0f} s")
 
 

@@ -28,6 +28,30 @@ def deploy_config(config: dict[str, Any]) -> None:
     client.deploy_apps(schema)
 
 
+def load_config(path: Path, database_url: str) -> dict[str, Any]:
+    """``serve_config.yaml`` with the store URL filled into each application's arguments."""
+    import yaml
+
+    config: dict[str, Any] = yaml.safe_load(path.read_text())
+    for application in config["applications"]:
+        application.setdefault("args", {}).setdefault("database_url", database_url)
+    return config
+
+
+def wait_until_running(timeout_s: float = 180) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        statuses = {name: a.status for name, a in serve.status().applications.items()}
+        if statuses and all(s == "RUNNING" for s in statuses.values()):
+            return
+        if any(s == "DEPLOY_FAILED" for s in statuses.values()):
+            raise click.ClickException(f"deploy failed: {serve.status().applications}")
+        time.sleep(1)
+    raise click.ClickException(f"the app was not RUNNING within {timeout_s:.0f} s: {serve.status().applications}")
+
+
 @click.command("serve-up")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="Default: settings.serve_config_path.")
 @click.option("--wait/--no-wait", default=True, help="Keep serving until Ctrl-C (default) or return once running.")
@@ -35,24 +59,14 @@ def deploy_config(config: dict[str, Any]) -> None:
 def serve_up(app: AppContext, config_path: str | None, wait: bool) -> None:
     """Start (or join) Ray and deploy serve_config.yaml; the app listens on 127.0.0.1:8000."""
     import ray
-    import yaml
     from ray import serve
 
     path = Path(config_path or app.settings.serve_config_path)
-    config = yaml.safe_load(path.read_text())
-    for application in config["applications"]:
-        application.setdefault("args", {}).setdefault("database_url", app.settings.database_url)
+    config = load_config(path, app.settings.database_url)
     ray.init(address=app.settings.ray_address or "local", include_dashboard=False, ignore_reinit_error=True)
     try:
         deploy_config(config)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            statuses = {name: a.status for name, a in serve.status().applications.items()}
-            if statuses and all(s == "RUNNING" for s in statuses.values()):
-                break
-            if any(s == "DEPLOY_FAILED" for s in statuses.values()):
-                raise click.ClickException(f"deploy failed: {serve.status().applications}")
-            time.sleep(1)
+        wait_until_running()
         click.echo(f"serving {path} at {app.settings.serve_url}")
         if wait:
             click.echo("Ctrl-C to stop")
@@ -87,23 +101,20 @@ def predict(app: AppContext, user_id: str, device_id: str, entity_type: str, ent
         raise SystemExit(1)
 
 
-@click.command("traffic")
-@click.option("--seconds", default=20.0, show_default=True)
-@click.option("--users", default=50, show_default=True)
-@click.option("--entities", default=200, show_default=True)
-@click.option("--conflict-rate", default=0.1, show_default=True)
-@pass_app
-def traffic(app: AppContext, seconds: float, users: int, entities: int, conflict_rate: float) -> None:
-    """Simulated clients: predict, sync, record the result; then print latency and fallback rate."""
-    rng = random.Random(0)
-    base = app.settings.serve_url.rstrip("/")
-    latencies, fallbacks, predictions, errors = [], 0, 0, 0
+def drive_traffic(
+    base_url: str, *, seconds: float, users: list[str], entities: list[str], conflict_rate: float, seed: int = 0
+) -> dict[str, float]:
+    """Simulated clients: predict a pending sync, push it, record its result; returns the tallies."""
+    rng = random.Random(seed)
+    latencies: list[float] = []
+    fallbacks = predictions = errors = 0
     deadline = time.monotonic() + seconds
-    with httpx.Client(base_url=base, timeout=10) as client:
+    with httpx.Client(base_url=base_url.rstrip("/"), timeout=10) as client:
         while time.monotonic() < deadline:
+            user = rng.choice(users)
             items = [
-                {"user_id": f"user-{rng.randrange(users)}", "device_id": "sim", "entity_type": "task",
-                 "entity_id": f"task-{rng.randrange(entities)}", "changed_fields": rng.sample(["title", "status", "notes", "due"], 2),
+                {"user_id": user, "device_id": f"{user}-d1", "entity_type": "task",
+                 "entity_id": rng.choice(entities), "changed_fields": rng.sample(["title", "status", "notes", "due"], 2),
                  "sync_id": uuid.uuid4().hex}
                 for _ in range(rng.choice([1, 1, 1, 5, 20]))
             ]
@@ -118,10 +129,10 @@ def traffic(app: AppContext, seconds: float, users: int, entities: int, conflict
                 fallbacks += "fallback_reason" in p
             now = dt.datetime.now(dt.UTC)
             events = [
-                {"event_id": i["sync_id"], "user_id": i["user_id"], "device_id": "sim", "entity_type": "task",
+                {"event_id": i["sync_id"], "user_id": i["user_id"], "device_id": i["device_id"], "entity_type": "task",
                  "entity_id": i["entity_id"], "changed_fields": i["changed_fields"], "synced_at": now.isoformat(),
                  "conflict": (c := rng.random() < conflict_rate),
-                 "resolution_type": "manual" if c else None, "resolved_at": now.isoformat() if c else None}
+                 "resolution_type": "manual_merge" if c else None, "resolved_at": now.isoformat() if c else None}
                 for i in items
             ]
             if client.post("/v1/sync-events", json={"events": events}).status_code != 200:
@@ -129,9 +140,28 @@ def traffic(app: AppContext, seconds: float, users: int, entities: int, conflict
     if not latencies:
         raise click.ClickException("no request completed")
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
-    click.echo(f"requests {len(latencies)}  predictions {predictions}  errors {errors}")
-    click.echo(f"predict latency ms: p50 {q[49]:.1f}  p95 {q[94]:.1f}  p99 {q[98]:.1f}")
-    click.echo(f"fallback rate {fallbacks / max(predictions, 1):.1%}")
+    return {"requests": len(latencies), "predictions": predictions, "errors": errors,
+            "p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "fallback_rate": fallbacks / max(predictions, 1)}
+
+
+def echo_traffic(report: dict[str, float]) -> None:
+    click.echo(f"requests {report['requests']:.0f}  predictions {report['predictions']:.0f}  errors {report['errors']:.0f}")
+    click.echo(f"predict latency ms: p50 {report['p50_ms']:.1f}  p95 {report['p95_ms']:.1f}  p99 {report['p99_ms']:.1f}")
+    click.echo(f"fallback rate {report['fallback_rate']:.1%}")
+
+
+@click.command("traffic")
+@click.option("--seconds", default=20.0, show_default=True)
+@click.option("--users", default=50, show_default=True)
+@click.option("--entities", default=200, show_default=True)
+@click.option("--conflict-rate", default=0.1, show_default=True)
+@pass_app
+def traffic(app: AppContext, seconds: float, users: int, entities: int, conflict_rate: float) -> None:
+    """Simulated clients: predict, sync, record the result; then print latency and fallback rate."""
+    echo_traffic(drive_traffic(
+        app.settings.serve_url, seconds=seconds, users=[f"u{i:04d}" for i in range(1, users + 1)],
+        entities=[f"task-{i:06d}" for i in range(entities)], conflict_rate=conflict_rate,
+    ))
 
 
 COMMANDS = [serve_up, predict, traffic]
