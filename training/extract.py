@@ -30,19 +30,10 @@ import pyarrow.parquet as pq
 
 from conflict_core.errors import TrainingDataError
 from conflict_core.features import ALL_FEATURES, FeatureParams, compute_features
-from conflict_core.schema import PARTITION_COLUMN
+from conflict_core.schema import PARTITION_COLUMN, REQUIRED_COLUMNS
 
-EVENT_COLUMNS: tuple[str, ...] = (
-    "event_id",
-    "user_id",
-    "device_id",
-    "entity_type",
-    "entity_id",
-    "changed_fields",
-    "synced_at",
-    "conflict",
-    "resolved_at",
-)
+# The import format's required columns plus when each conflict became known.
+EVENT_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, "resolved_at")
 ID_COLUMNS: tuple[str, ...] = ("event_id", "user_id", "device_id", "entity_type", "entity_id", "synced_at")
 LABEL = "conflict"
 DATA_FILE = "data.parquet"
