@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
@@ -14,12 +15,23 @@ from conflict_core.errors import ConflictPredictorError
 from conflict_core.settings import Settings
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+def base_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--database-url", help="store URL (default: settings / DATABASE_URL)")
     parser.add_argument("--data-dir", help="root of exports, features and models (default: settings)")
     parser.add_argument("--serve-config", help="serve_config.yaml to publish an activated model into (default: settings)")
     return parser
+
+
+def utc_timestamp(text: str) -> dt.datetime:
+    """An ISO 8601 instant with an offset (``Z`` or ``+00:00``), as UTC."""
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 timestamp, got {text!r}") from exc
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"timestamp {text!r} has no offset; add Z for UTC")
+    return value.astimezone(dt.UTC)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -14,13 +14,11 @@ import sys
 
 from conflict_core.errors import ConflictPredictorError
 from conflict_core.store import make_engine, make_session_factory
-from jobs.track_outcomes import settings_from
+from jobs._runtime import base_parser, settings_from
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jobs.retention", description=__doc__.split("\n")[0])
-    p.add_argument("--database-url", help="store URL (default: from settings)")
-    p.add_argument("--data-dir", help="root of exports, features and models (default: from settings)")
+    p = base_parser(__doc__.split("\n")[0], prog="jobs.retention")
     p.add_argument("--days", type=int, help="keep data written in the last DAYS days (default: setting)")
     p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     return p

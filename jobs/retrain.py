@@ -15,13 +15,11 @@ import sys
 
 from conflict_core.errors import ConflictPredictorError
 from conflict_core.store import make_engine, make_session_factory
-from jobs.track_outcomes import settings_from, utc_timestamp
+from jobs._runtime import base_parser, settings_from, utc_timestamp
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jobs.retrain", description=__doc__.split("\n")[0])
-    p.add_argument("--database-url", help="store URL (default: from settings)")
-    p.add_argument("--data-dir", help="root of exports, features and models (default: from settings)")
+    p = base_parser(__doc__.split("\n")[0], prog="jobs.retrain")
     p.add_argument("--now", type=utc_timestamp, help="end of the training window, for simulated time (default: now)")
     p.add_argument("--local", action="store_true", help="extract and sweep in this process instead of on Ray")
     p.add_argument("--num-samples", type=int, help="sweep configurations (default: setting)")

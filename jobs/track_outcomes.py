@@ -15,30 +15,12 @@ import sys
 from typing import Any
 
 from conflict_core.errors import ConflictPredictorError
-from conflict_core.settings import Settings
 from conflict_core.store import make_engine, make_session_factory
-
-
-def utc_timestamp(text: str) -> dt.datetime:
-    """An ISO 8601 instant with an offset (``Z`` or ``+00:00``), as UTC."""
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected an ISO 8601 timestamp, got {text!r}") from exc
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"timestamp {text!r} has no offset; add Z for UTC")
-    return value.astimezone(dt.UTC)
-
-
-def settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {k: v for k, v in {"database_url": args.database_url, "data_dir": args.data_dir}.items() if v}
-    return Settings(**overrides)
+from jobs._runtime import base_parser, settings_from, utc_timestamp
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jobs.track_outcomes", description=__doc__.split("\n")[0])
-    p.add_argument("--database-url", help="store URL (default: from settings)")
-    p.add_argument("--data-dir", help="root of exports, features and models (default: from settings)")
+    p = base_parser(__doc__.split("\n")[0], prog="jobs.track_outcomes")
     p.add_argument("--now", type=utc_timestamp, help="the run's instant, for simulated time (default: now)")
     p.add_argument("--min-age-hours", type=float, help="youngest prediction to label (default: setting)")
     p.add_argument("--max-age-hours", type=float, help="oldest prediction to label (default: setting)")
