@@ -38,6 +38,11 @@ request = function()
   i = (i %% n) + 1
   return wrk.format(nil, "/v1/predict", nil, bodies[i])
 end
+done = function(summary, latency, requests)
+  for _, q in ipairs({50, 90, 95, 99}) do
+    io.write(string.format("exact-p%d-us %d\n", q, latency:percentile(q)))
+  end
+end
 """
 
 
@@ -100,10 +105,10 @@ def _parse_wrk(text: str) -> dict[str, float]:
         return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     out: dict[str, float] = {}
-    for q in ("50", "90", "99"):
-        m = re.search(rf"^\s+{q}(?:\.000)?%\s+(\S+)", text, re.M)
+    for q in ("50", "90", "95", "99"):
+        m = re.search(rf"^exact-p{q}-us (\d+)", text, re.M)
         if m:
-            out[f"p{q}_ms"] = ms(m.group(1))
+            out[f"p{q}_ms"] = int(m.group(1)) / 1000
     m = re.search(r"Requests/sec:\s+([\d.]+)", text)
     out["requests_per_s"] = float(m.group(1)) if m else 0.0
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
@@ -116,11 +121,7 @@ def _wrk(url: str, lua: Path, concurrency: int, duration: float, rate: int | Non
     threads = min(2, concurrency)
     cmd = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{int(duration)}s", "--latency", "-s", str(lua), url]
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    result = _parse_wrk(text)
-    # wrk's --latency gives 50/75/90/99; p95 from the same run by interpolating 90..99.
-    if "p90_ms" in result and "p99_ms" in result:
-        result["p95_ms"] = result["p90_ms"] + (result["p99_ms"] - result["p90_ms"]) * 5 / 9
-    return result
+    return _parse_wrk(text)
 
 
 def _wait_http(url: str, timeout_s: float = 120) -> None:
@@ -138,6 +139,27 @@ def _wait_http(url: str, timeout_s: float = 120) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+def _custom_metrics(timeout_s: float = 40) -> list[str]:
+    """The ``conflict_*`` metric names on this node's Prometheus endpoint (Ray's metrics export port)."""
+    import httpx
+    import ray
+
+    node = next(n for n in ray.nodes() if n["Alive"])
+    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    deadline, names = time.monotonic() + timeout_s, set()
+    while time.monotonic() < deadline:  # replicas export every few seconds
+        try:
+            text = httpx.get(url, timeout=5).text
+            names = set(re.findall(r"^(?:ray_)?(conflict_\w+?)(?:_bucket|_count|_sum)?\{", text, re.M))
+        except httpx.HTTPError:
+            pass
+        if len(names) >= 7:
+            break
+        time.sleep(2)
+    print(f"custom metrics on {url}: {sorted(names)}", flush=True)
+    return sorted(names)
+
+
 def _scenarios(url: str, work: Path, concurrencies: list[int], duration: float, label: str) -> list[dict[str, Any]]:
     rows = []
     for items in (1, 50):
@@ -149,7 +171,7 @@ def _scenarios(url: str, work: Path, concurrencies: list[int], duration: float, 
             r.update(target=label, items=items, concurrency=c, predictions_per_s=r["requests_per_s"] * items)
             print(f"{label:9s} items={items:3d} c={c:3d}  req/s={r['requests_per_s']:8.1f}  "
                   f"pred/s={r['predictions_per_s']:9.1f}  p50={r.get('p50_ms', 0):7.1f}ms  "
-                  f"p95~{r.get('p95_ms', 0):7.1f}ms  p99={r.get('p99_ms', 0):7.1f}ms  errors={int(r['errors'])}",
+                  f"p95={r.get('p95_ms', 0):7.1f}ms  p99={r.get('p99_ms', 0):7.1f}ms  errors={int(r['errors'])}",
                   flush=True)
             rows.append(r)
     return rows
@@ -213,13 +235,22 @@ def main() -> None:
 
             before = replicas()
             low = _wrk("http://127.0.0.1:8000", lua, 4, a.duration)
-            high = _wrk("http://127.0.0.1:8000", lua, 40, max(a.duration, 20))
+            peak = dict(before)
+            high_run = subprocess.Popen(
+                ["wrk", "-t", "2", "-c", "40", "-d", f"{int(max(a.duration, 20))}s", "--latency", "-s", str(lua),
+                 "http://127.0.0.1:8000"], stdout=subprocess.PIPE, text=True)
+            while high_run.poll() is None:
+                time.sleep(1)
+                peak = {n: max(peak.get(n, 0), c) for n, c in replicas().items()}
+            high = _parse_wrk(high_run.communicate()[0])
             after = replicas()
-            print(f"burst: c=4 req/s={low['requests_per_s']:.0f} errors={int(low['errors'])} -> "
-                  f"c=40 req/s={high['requests_per_s']:.0f} p99={high.get('p99_ms', 0):.0f}ms "
-                  f"errors={int(high['errors'])}; replicas {before} -> {after}", flush=True)
+            print(f"burst: c=4 req/s={low['requests_per_s']:.0f} p95={low.get('p95_ms', 0):.1f}ms "
+                  f"errors={int(low['errors'])} -> c=40 req/s={high['requests_per_s']:.0f} "
+                  f"p95={high.get('p95_ms', 0):.1f}ms p99={high.get('p99_ms', 0):.1f}ms errors={int(high['errors'])}; "
+                  f"replicas {before} -> peak {peak}", flush=True)
             results.append({"target": "burst", "low": low, "high": high, "replicas_before": before,
-                            "replicas_after": after})
+                            "replicas_peak": peak, "replicas_after": after})
+        results.append({"target": "metrics", "custom_metrics": _custom_metrics()})
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -22,7 +22,7 @@ from serve_app.schemas import parse_predict_body
 
 
 def make_app(database_url: str, artifact: str, sha256: str) -> Starlette:
-    lookup = OnlineFeatureLookup(database_url, cache_ttl_s=1.0)
+    lookup = OnlineFeatureLookup(database_url, refresh_interval_s=0.5)
     model = load_model("baseline", artifact, sha256)
 
     async def predict(request: Request) -> JSONResponse:

@@ -8,7 +8,8 @@
   :func:`insert_event_frame` writes already-validated events into an open session.
 * :func:`export_events` writes hive-partitioned Parquet (``date=YYYY-MM-DD``, the UTC day
   of ``synced_at``) and replaces whole day partitions on re-export.
-* :func:`load_events` reads events back as a pandas frame, filtered through the indexes.
+* :func:`load_events` reads events back as a pandas frame, filtered through the indexes;
+  :func:`tail_events` reads the events stored since a given row, for incremental readers.
 
 There is exactly one validator (:func:`_validate_chunk`). It accepts columns either as
 text (CSV cells, JSON values rendered as text) or natively typed (Parquet), so every input
@@ -729,6 +730,40 @@ def load_events(
     with engine.connect() as connection:
         rows = connection.execute(statement).all()
     return _events_frame(_rows_to_table(rows))
+
+
+def tail_events(
+    engine: Engine,
+    *,
+    after_id: int,
+    since: dt.datetime | None = None,
+    recheck_ids: Collection[int] = (),
+    limit: int | None = None,
+) -> pa.Table:
+    """Events stored after ``sync_log.id`` ``after_id``, in id (ingest) order, for incremental readers.
+
+    The result has ``EVENT_SCHEMA``'s columns after a ``row_id`` column (the ``sync_log`` id).
+    ``since`` drops events synced before it; ``recheck_ids`` also returns those ids at or
+    below ``after_id`` if they are stored by now (PostgreSQL may commit a lower id after a
+    higher one, so a reader re-asks for the gaps it saw for a while); ``limit`` pages a large
+    first load. A conflict's resolution is written with its sync in one transaction
+    (:func:`insert_event_frame`), so it arrives with the sync's row.
+    """
+    _require_utc(since, "since")
+    newer: ColumnElement[bool] = SyncLog.id > after_id
+    if recheck_ids:
+        newer = newer | SyncLog.id.in_(sorted(recheck_ids))
+    statement = (
+        _event_select().add_columns(SyncLog.id.label("row_id")).where(newer, *_time_window(since, None))
+        .order_by(SyncLog.id)
+    )
+    if limit is not None:
+        statement = statement.limit(limit)
+    with engine.connect() as connection:
+        rows = connection.execute(statement).all()
+    events = _rows_to_table([row[:-1] for row in rows])
+    row_ids = pa.array([row[-1] for row in rows], pa.int64())
+    return events.add_column(0, "row_id", row_ids)
 
 
 # --------------------------------------------------------------------------- export

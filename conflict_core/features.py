@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from conflict_core.errors import ConflictPredictorError, ValidationError
 
@@ -87,6 +88,14 @@ _MS_PER_DAY = 24 * _MS_PER_HOUR
 _NONE = np.int64(-1)  # "no such event"; below every window bound, which are all >= 1
 
 
+Frame = pd.DataFrame | pa.Table
+"""History and targets are pandas frames or Arrow tables; both give identical features.
+
+Arrow tables (UTC timestamps, ``list<string>`` fields) skip pandas' per-call overhead, which
+dominates for the few hundred rows of an online request; the offline job passes pandas.
+"""
+
+
 class FeatureComputationError(ConflictPredictorError):
     """The inputs cannot be turned into features (missing columns, key space too large)."""
 
@@ -122,6 +131,12 @@ class FeatureParams:
 
 def to_epoch_ms(values: pd.Series | pa.Array | pa.ChunkedArray) -> np.ndarray:
     """UTC timestamps as int64 milliseconds since the epoch; missing values become ``-1``."""
+    if isinstance(values, pa.Array | pa.ChunkedArray) and pa.types.is_timestamp(values.type):
+        if values.type.tz is None:
+            raise FeatureComputationError(f"expected UTC timestamps, got naive {values.type}")
+        # Arrow stores instants as UTC counts whatever the zone, so only the unit changes.
+        millis = pc.cast(values, pa.timestamp("ms", tz="UTC"), safe=False).cast(pa.int64())
+        return np.asarray(pc.fill_null(millis, _NONE).to_numpy(), dtype=np.int64)
     series = values if isinstance(values, pd.Series) else pd.Series(values.to_pandas())
     if not isinstance(series.dtype, pd.DatetimeTZDtype):
         if isinstance(series.dtype, pd.ArrowDtype) or series.dtype == object:
@@ -153,7 +168,7 @@ def _codes(*columns: Any) -> np.ndarray:
     code: np.ndarray | None = None
     for column in columns:
         if isinstance(column, pa.Array):
-            encoded = column.dictionary_encode()
+            encoded = column.dictionary_encode(null_encoding="encode")
             part, n_unique = encoded.indices.to_numpy(zero_copy_only=False), len(encoded.dictionary)
         else:
             part, uniques = pd.factorize(column, use_na_sentinel=False)
@@ -245,8 +260,8 @@ SIDES: Mapping[str, tuple[str, ...]] = {"all": ALL_FEATURES, "user": USER_SIDE, 
 
 
 def compute_features(
-    history: pd.DataFrame,
-    targets: pd.DataFrame,
+    history: Frame,
+    targets: Frame,
     params: FeatureParams = FeatureParams(),
     *,
     side: str = "all",
@@ -255,12 +270,25 @@ def compute_features(
 
     ``history`` needs :data:`HISTORY_COLUMNS` and must hold every event of the targets' users
     and entities in the ``params.lookback`` before each target; it may hold more. ``targets``
-    needs :data:`TARGET_COLUMNS`. Returns one row per target, same index.
+    needs :data:`TARGET_COLUMNS`. Returns one row per target, same index (a range index for
+    an Arrow table).
 
     ``side`` selects :data:`USER_SIDE` features (which need only the users' histories),
     :data:`ENTITY_SIDE` features (which need only the entities' histories) or ``"all"``; a
     job can therefore partition events by user for one side and by entity for the other.
     """
+    index = targets.index if isinstance(targets, pd.DataFrame) else pd.RangeIndex(targets.num_rows)
+    return pd.DataFrame(feature_arrays(history, targets, params, side=side), index=index)
+
+
+def feature_arrays(
+    history: Frame,
+    targets: Frame,
+    params: FeatureParams = FeatureParams(),
+    *,
+    side: str = "all",
+) -> dict[str, np.ndarray]:
+    """:func:`compute_features` as one array per feature, in :data:`SIDES` order, no frame built."""
     if side not in SIDES:
         raise FeatureComputationError(f"side must be one of {sorted(SIDES)}, got {side!r}")
     _require_columns(history, HISTORY_COLUMNS, "history")
@@ -268,15 +296,13 @@ def compute_features(
     columns = list(SIDES[side])
     frame = _Frame.build(history, targets, params)
     if frame is None:
-        return pd.DataFrame(0.0, columns=columns, index=targets.index)
-    out = pd.DataFrame(index=targets.index)
+        return {name: np.zeros(_num_rows(targets)) for name in columns}
+    out: dict[str, np.ndarray] = {}
     if side in ("all", "entity"):
-        for name, values in _entity_side(frame, history, targets).items():
-            out[name] = values
+        out.update(_entity_side(frame, history, targets))
     if side in ("all", "user"):
-        for name, values in _user_side(frame).items():
-            out[name] = values
-    return out[columns]
+        out.update(_user_side(frame))
+    return {name: out[name] for name in columns}
 
 
 @dataclass
@@ -294,12 +320,12 @@ class _Frame:
     n_hist: int
 
     @classmethod
-    def build(cls, history: pd.DataFrame, targets: pd.DataFrame, params: FeatureParams) -> _Frame | None:
-        h_time = to_epoch_ms(history["synced_at"])
-        t_time = to_epoch_ms(targets["synced_at"])
+    def build(cls, history: Frame, targets: Frame, params: FeatureParams) -> _Frame | None:
+        h_time = to_epoch_ms(_column(history, "synced_at"))
+        t_time = to_epoch_ms(_column(targets, "synced_at"))
         if len(t_time) and (t_time < 0).any():
             raise FeatureComputationError("targets have a missing synced_at")
-        h_resolved = to_epoch_ms(history["resolved_at"])
+        h_resolved = to_epoch_ms(_column(history, "resolved_at"))
         w30, w5 = params.history_window_ms, params.concurrent_window_ms
         all_times = np.concatenate([h_time, t_time, h_resolved[h_resolved >= 0]])
         if len(t_time) == 0:
@@ -315,7 +341,7 @@ class _Frame:
             h_time=h_time - origin,
             t_time=t_time - origin,
             h_resolved=np.where(h_resolved >= 0, h_resolved - origin, _NONE),
-            h_conflict=history["conflict"].to_numpy(dtype=bool, na_value=False),
+            h_conflict=_bool_array(_column(history, "conflict")),
             users=users,
             entities=entities,
             n_hist=len(h_time),
@@ -355,7 +381,7 @@ def _user_side(f: _Frame) -> dict[str, np.ndarray]:
     return {"hours_since_last_sync": np.minimum(hours, p.hours_since_cap), "user_conflict_rate": rate}
 
 
-def _entity_side(f: _Frame, history: pd.DataFrame, targets: pd.DataFrame) -> dict[str, np.ndarray]:
+def _entity_side(f: _Frame, history: Frame, targets: Frame) -> dict[str, np.ndarray]:
     w5 = f.params.concurrent_window_ms
     h_ent, t_ent, n_entities = f.split(f.entities, "entity")
     h_user, t_user, _ = f.split(f.users, "user")
@@ -391,7 +417,7 @@ def _entity_side(f: _Frame, history: pd.DataFrame, targets: pd.DataFrame) -> dic
 
 
 def _field_overlap(
-    history: pd.DataFrame, targets: pd.DataFrame,
+    history: Frame, targets: Frame,
     h_ent: np.ndarray, h_user: np.ndarray, h_time: np.ndarray,
     t_ent: np.ndarray, t_user: np.ndarray, t_time: np.ndarray,
     window_start: np.ndarray, since_own: np.ndarray, stride: np.int64,
@@ -402,13 +428,13 @@ def _field_overlap(
     latest change by *another* user before ``t`` is the latest change before ``t`` if its
     user differs from the target's, and otherwise the change just before that run began.
     """
-    h_parent, h_field = flatten_fields(history["changed_fields"])
-    t_parent, t_field = flatten_fields(targets["changed_fields"])
-    n_targ = len(targets)
+    h_parent, h_field = flatten_fields(_column(history, "changed_fields"))
+    t_parent, t_field = flatten_fields(_column(targets, "changed_fields"))
+    n_targ = _num_rows(targets)
     if len(t_parent) == 0:
         zeros = np.zeros(n_targ)
         return zeros, zeros
-    fields = _codes(pa.concat_arrays([h_field, t_field]))
+    fields = _codes(pa.concat_arrays([h_field, t_field.cast(h_field.type)]))
     n_hf = len(h_parent)
     slots = _codes(np.concatenate([h_ent[h_parent], t_ent[t_parent]]), fields)
     h_slot, t_slot = slots[:n_hf], slots[n_hf:]
@@ -453,15 +479,36 @@ def features_for_request(
     return {name: float(row[name]) for name in ALL_FEATURES}
 
 
-def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
+def _require_columns(frame: Frame, columns: Sequence[str], what: str) -> None:
+    names = frame.column_names if isinstance(frame, pa.Table) else frame.columns
+    missing = [c for c in columns if c not in names]
     if missing:
         raise FeatureComputationError(f"{what} lacks column(s) {missing}; expected {list(columns)}")
 
 
-def _stacked(history: pd.DataFrame, targets: pd.DataFrame, column: str) -> pd.Series:
+def _column(frame: Frame, name: str) -> pd.Series | pa.ChunkedArray:
+    return frame.column(name) if isinstance(frame, pa.Table) else frame[name]
+
+
+def _num_rows(frame: Frame) -> int:
+    return frame.num_rows if isinstance(frame, pa.Table) else len(frame)
+
+
+def _bool_array(values: pd.Series | pa.ChunkedArray) -> np.ndarray:
+    """A boolean column as numpy, missing values as ``False``."""
+    if isinstance(values, pa.ChunkedArray):
+        return np.asarray(pc.fill_null(values, False).to_numpy(), dtype=bool)
+    return values.to_numpy(dtype=bool, na_value=False)
+
+
+def _stacked(history: Frame, targets: Frame, column: str) -> pd.Series | pa.Array:
     """One column of history and targets end to end, as strings, for shared codes."""
-    return pd.concat([history[column], targets[column]], ignore_index=True).astype("str")
+    h, t = _column(history, column), _column(targets, column)
+    if isinstance(h, pa.ChunkedArray) and isinstance(t, pa.ChunkedArray):
+        chunks = [c.cast(pa.string()) for c in (*h.chunks, *t.chunks)]
+        return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
+    h, t = (c.to_pandas() if isinstance(c, pa.ChunkedArray) else c for c in (h, t))
+    return pd.concat([h, t], ignore_index=True).astype("str")
 
 
 def feature_vector(features: Mapping[str, float], columns: Sequence[str]) -> list[float]:

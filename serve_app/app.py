@@ -26,7 +26,12 @@ class AppArgs(BaseModel):
     risk_high_threshold: float | None = Field(default=None, gt=0, lt=1)
     lookup_timeout_s: float = Field(default=2.0, gt=0)
     inference_timeout_s: float = Field(default=1.0, gt=0)
-    feature_cache_ttl_s: float = Field(default=1.0, ge=0)
+    feature_refresh_interval_s: float = Field(
+        default=0.5, ge=0, description="How often FeatureLookup tails the store; 0: before every batch."
+    )
+    feature_max_staleness_s: float = Field(
+        default=5.0, gt=0, description="Older in-memory history fails the lookup (heuristics answer)."
+    )
     log_batch_size: int = Field(default=1000, gt=0)
     log_flush_interval_s: float = Field(default=0.25, gt=0)
     log_max_buffer: int = Field(default=20_000, gt=0)
@@ -36,6 +41,8 @@ class AppArgs(BaseModel):
         if self.risk_medium_threshold is not None and self.risk_high_threshold is not None:
             if self.risk_medium_threshold >= self.risk_high_threshold:
                 raise ValueError("risk_medium_threshold must be below risk_high_threshold")
+        if self.feature_refresh_interval_s >= self.feature_max_staleness_s:
+            raise ValueError("feature_refresh_interval_s must be below feature_max_staleness_s")
         return self
 
     def resolved(self, settings: Settings | None = None) -> dict[str, object]:
@@ -74,7 +81,9 @@ def build_graph(args: AppArgs, inference_user_config: dict[str, Any] | None = No
     from serve_app.ingress import Ingress
 
     options = args.resolved()
-    lookup = FeatureLookup.bind(options["database_url"], args.feature_cache_ttl_s)
+    lookup = FeatureLookup.bind(
+        options["database_url"], args.feature_refresh_interval_s, args.feature_max_staleness_s
+    )
     inference_deployment = ModelInference
     if inference_user_config is not None:
         inference_deployment = ModelInference.options(user_config=inference_user_config)

@@ -34,11 +34,23 @@ DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.005
     ray_actor_options={"num_cpus": 0.25},
 )
 class FeatureLookup:
-    """Batched online feature computation: one store query per batch of requests."""
+    """Batched online feature computation over an in-memory window of the store's history.
 
-    def __init__(self, database_url: str, cache_ttl_s: float = 1.0):
-        self.core = OnlineFeatureLookup(database_url, cache_ttl_s=cache_ttl_s)
+    The window is loaded when the replica starts and tailed every ``refresh_interval_s`` by a
+    background thread (:class:`serve_app.feature_lookup.OnlineFeatureLookup`), so a batch
+    never queries the store.
+    """
+
+    def __init__(self, database_url: str, refresh_interval_s: float = 0.5, max_staleness_s: float = 5.0):
+        self.core = OnlineFeatureLookup(
+            database_url, refresh_interval_s=refresh_interval_s, max_staleness_s=max_staleness_s
+        )
         self.metrics = ServeMetrics()
+
+    def __del__(self) -> None:
+        core = getattr(self, "core", None)
+        if core is not None:
+            core.close()
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         self.lookup.set_max_batch_size(int(user_config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))

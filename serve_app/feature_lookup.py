@@ -1,55 +1,196 @@
 """Online features: the recent history of the requesting users and entities, then the shared
-:func:`conflict_core.features.compute_features` with the request items as targets.
+:func:`conflict_core.features.feature_arrays` with the request items as targets.
 
-:class:`OnlineFeatureLookup` is plain Python (one store query per call, whatever the number
-of items); the Serve deployment in :mod:`serve_app.deployments` batches concurrent requests
-into one call. A short-TTL cache keeps each user's and entity's history for ``cache_ttl_s``
-seconds: a history at most that stale only misses syncs of the last second, which the
-5-minute and 30-day windows barely notice, and it saves a store round trip per burst.
+:class:`EventWindow` keeps the store's events of the last ``FeatureParams.lookback`` in
+memory, indexed by user and by entity. It is loaded once and then refreshed by tailing new
+``sync_log`` rows in ingest order (:func:`conflict_core.events_io.tail_events`), so a
+prediction never waits for the store. The cost is staleness bounded by the refresh
+interval: a sync recorded less than one interval ago is not yet counted. Every feature is a
+count over a 5-minute or 30-day window, so missing the last fraction of a second is harmless
+— the same trade the clients make, since a prediction is always made slightly before the
+sync it scores. If the store stops answering, the window is used only while it is fresher
+than ``max_staleness_s``; after that lookups fail and the graph answers with the heuristics
+(``feature_lookup_failed``) until a refresh succeeds.
+
+:class:`OnlineFeatureLookup` is plain Python; the Serve deployment in
+:mod:`serve_app.deployments` batches concurrent requests into one :meth:`compute_many`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy.engine import Engine
 
-from conflict_core.events_io import load_events
-from conflict_core.features import ALL_FEATURES, FeatureParams, compute_features
+from conflict_core.errors import ConflictPredictorError
+from conflict_core.events_io import load_events, tail_events
+from conflict_core.features import ALL_FEATURES, FeatureParams, feature_arrays
 from conflict_core.store import make_engine, utcnow
+
+log = logging.getLogger(__name__)
 
 FEATURE_NAMES: tuple[str, ...] = ALL_FEATURES
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MS = dt.timedelta(milliseconds=1)
+_TIME_MS = pa.timestamp("ms", tz="UTC")
+_FIELDS = pa.list_(pa.string())
+_MAX_GAPS = 1_000  # ids re-asked for at most; more gaps than that are mostly old imports
+_WINDOW_COLUMNS = ("row_id", "user_id", "entity_type", "entity_id", "changed_fields", "synced_at",
+                   "conflict", "resolved_at")
 
-class _TTLCache:
-    """Per-key history frames, each valid for ``ttl_s`` and for windows starting at or after ``since``."""
 
-    def __init__(self, ttl_s: float, max_keys: int = 50_000):
-        self.ttl_s = ttl_s
-        self.max_keys = max_keys
-        self._entries: dict[Hashable, tuple[float, dt.datetime, pd.DataFrame]] = {}
+class FeatureLookupUnavailable(ConflictPredictorError):
+    """The in-memory history is not loaded, or older than the allowed staleness."""
 
-    def get(self, key: Hashable, since: dt.datetime, now: float) -> pd.DataFrame | None:
-        entry = self._entries.get(key)
-        if entry is None or now - entry[0] > self.ttl_s or entry[1] > since:
-            return None
-        return entry[2]
 
-    def put(self, key: Hashable, since: dt.datetime, frame: pd.DataFrame, now: float) -> None:
-        if len(self._entries) >= self.max_keys:
-            self._entries = {k: v for k, v in self._entries.items() if now - v[0] <= self.ttl_s}
-            if len(self._entries) >= self.max_keys:
-                self._entries.clear()
-        self._entries[key] = (now, since, frame)
+def _epoch_ms(moment: dt.datetime) -> int:
+    return (moment - _EPOCH) // _MS
+
+
+class EventWindow:
+    """The store's events synced in the last ``lookback``, in memory, indexed by user and entity.
+
+    One thread calls :meth:`refresh` (it is the only writer); any thread calls
+    :meth:`history`. Rows whose ``synced_at`` fell out of the lookback stay until enough of
+    them accumulate to be worth a compaction: history may hold older events, the feature
+    definitions ignore them.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        lookback: dt.timedelta,
+        *,
+        page_rows: int = 50_000,
+        gap_recheck_s: float = 30.0,
+        max_chunks: int = 32,
+        compact_min_rows: int = 10_000,
+    ):
+        self.engine = engine
+        self.lookback = lookback
+        self.page_rows = page_rows
+        self.gap_recheck_s = gap_recheck_s
+        self.max_chunks = max_chunks
+        self.compact_min_rows = compact_min_rows
+        self._lock = threading.Lock()
+        self._table: pa.Table | None = None
+        self._by_user: dict[str, list[int]] = {}
+        self._by_entity: dict[tuple[str, str], list[int]] = {}
+        self._seen: set[int] = set()  # row ids of rows loaded since the last compaction
+        self._last_id = 0
+        self._gaps: dict[int, float] = {}  # ids skipped by the sequence, first seen missing at
+        self.covered_since: dt.datetime | None = None  # targets from covered_since + lookback on are exact
+        self.loaded_at: float | None = None  # time.monotonic() of the last successful refresh
+        self.last_error: str | None = None
+
+    @property
+    def rows(self) -> int:
+        table = self._table
+        return 0 if table is None else table.num_rows
+
+    def refresh(self, now: dt.datetime | None = None) -> int:
+        """Load the rows stored since the last refresh; returns how many. Raises if the store fails."""
+        now = now or utcnow()
+        cutoff = now - self.lookback
+        added = 0
+        while True:
+            expired = [i for i, first in self._gaps.items() if time.monotonic() - first > self.gap_recheck_s]
+            for i in expired:
+                del self._gaps[i]
+            page = tail_events(
+                self.engine, after_id=self._last_id, since=cutoff, recheck_ids=list(self._gaps), limit=self.page_rows
+            ).select(list(_WINDOW_COLUMNS))
+            added += self._append(page)
+            if page.num_rows < self.page_rows:
+                break
+        if self.covered_since is None:
+            self.covered_since = cutoff
+        self.loaded_at = time.monotonic()
+        self.last_error = None
+        self._compact_if_worth_it(cutoff)
+        return added
+
+    def _append(self, page: pa.Table) -> int:
+        ids = page.column("row_id").to_pylist()
+        fresh = [k for k, i in enumerate(ids) if i not in self._seen]
+        if len(fresh) < len(ids):
+            page = page.take(pa.array(fresh, pa.int64()))
+            ids = [ids[k] for k in fresh]
+        top = max(ids, default=self._last_id)
+        for i in ids:
+            self._gaps.pop(i, None)
+        if self.loaded_at is not None and top - self._last_id <= _MAX_GAPS:
+            # Ids skipped after the first load: rolled back, or not committed yet (PostgreSQL).
+            skipped = set(range(self._last_id + 1, top + 1)).difference(ids)
+            self._gaps.update(dict.fromkeys(skipped, time.monotonic()))
+            while len(self._gaps) > _MAX_GAPS:
+                del self._gaps[next(iter(self._gaps))]
+        self._last_id = max(self._last_id, top)
+        if not ids:
+            return 0
+        self._seen.update(ids)
+        users = page.column("user_id").to_pylist()
+        entities = zip(page.column("entity_type").to_pylist(), page.column("entity_id").to_pylist(), strict=True)
+        with self._lock:
+            base = self.rows
+            table = page if self._table is None else pa.concat_tables([self._table, page])
+            if table.column("row_id").num_chunks > self.max_chunks:
+                table = table.combine_chunks()
+            for offset, (user, entity) in enumerate(zip(users, entities, strict=True)):
+                self._by_user.setdefault(user, []).append(base + offset)
+                self._by_entity.setdefault(entity, []).append(base + offset)
+            self._table = table
+        return len(ids)
+
+    def _compact_if_worth_it(self, cutoff: dt.datetime) -> None:
+        table = self._table
+        if table is None:
+            return
+        keep = pc.greater_equal(table.column("synced_at"), pa.scalar(cutoff, type=table.schema.field("synced_at").type))
+        dropped = table.num_rows - pc.sum(keep).as_py()
+        if dropped == 0 or dropped < max(self.compact_min_rows, table.num_rows // 4):
+            return
+        kept = table.filter(keep).combine_chunks()
+        by_user: dict[str, list[int]] = {}
+        by_entity: dict[tuple[str, str], list[int]] = {}
+        entities = zip(kept.column("entity_type").to_pylist(), kept.column("entity_id").to_pylist(), strict=True)
+        for position, (user, entity) in enumerate(zip(kept.column("user_id").to_pylist(), entities, strict=True)):
+            by_user.setdefault(user, []).append(position)
+            by_entity.setdefault(entity, []).append(position)
+        seen = set(kept.column("row_id").to_pylist())
+        with self._lock:
+            self._table, self._by_user, self._by_entity, self._seen = kept, by_user, by_entity, seen
+        log.info("event window compacted: %d rows kept, %d older than the lookback dropped", kept.num_rows, dropped)
+
+    def history(self, users: Sequence[str], entities: Sequence[tuple[str, str]]) -> pa.Table:
+        """Every windowed event of ``users`` and of ``entities``, each once, in ingest order."""
+        with self._lock:
+            table = self._table
+            if table is None:
+                raise FeatureLookupUnavailable("the event window has not been loaded from the store yet")
+            lists = [self._by_user.get(u, ()) for u in users] + [self._by_entity.get(e, ()) for e in entities]
+            positions = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=sum(map(len, lists)))
+        return table.take(np.unique(positions))
 
 
 class OnlineFeatureLookup:
-    """Features of prospective syncs, computed from the store's recent history."""
+    """Features of prospective syncs, computed from an in-memory window of the store's history.
+
+    ``refresh_interval_s`` > 0: a background thread tails the store that often, and
+    :meth:`compute` refuses a window older than ``max_staleness_s``. ``refresh_interval_s``
+    == 0: every :meth:`compute` tails the store first (read-your-writes, one indexed query
+    per call; for tests and tiny deployments).
+    """
 
     def __init__(
         self,
@@ -57,78 +198,100 @@ class OnlineFeatureLookup:
         *,
         engine: Engine | None = None,
         params: FeatureParams = FeatureParams(),
-        cache_ttl_s: float = 1.0,
+        refresh_interval_s: float = 0.5,
+        max_staleness_s: float = 5.0,
     ):
         if engine is None:
             if database_url is None:
                 raise ValueError("OnlineFeatureLookup needs a database_url or an engine")
             engine = make_engine(database_url)
+        if refresh_interval_s < 0 or max_staleness_s <= refresh_interval_s:
+            raise ValueError(
+                f"need 0 <= refresh_interval_s < max_staleness_s, got {refresh_interval_s} and {max_staleness_s}"
+            )
         self.engine = engine
         self.params = params
-        self._cache = _TTLCache(cache_ttl_s) if cache_ttl_s > 0 else None
+        self.refresh_interval_s = refresh_interval_s
+        self.max_staleness_s = max_staleness_s
+        self.window = EventWindow(engine, params.lookback.to_pytimedelta())
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._try_refresh()
+        if refresh_interval_s > 0:
+            self._thread = threading.Thread(target=self._refresh_loop, name="event-window-refresh", daemon=True)
+            self._thread.start()
 
-    def targets_frame(self, items: Sequence[dict[str, Any]], now: dt.datetime) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                "user_id": [i["user_id"] for i in items],
-                "entity_type": [i["entity_type"] for i in items],
-                "entity_id": [i["entity_id"] for i in items],
-                "changed_fields": pd.Series([list(i["changed_fields"]) for i in items], dtype=object),
-                "synced_at": pd.to_datetime([i.get("at") or now for i in items], utc=True),
-            }
-        )
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
-    def history(self, users: Sequence[str], entities: Sequence[tuple[str, str]], since: dt.datetime) -> pd.DataFrame:
-        """Every stored event of ``users`` and ``entities`` from ``since`` on (one query at most)."""
-        now = time.monotonic()
-        cached: list[pd.DataFrame] = []
-        missing_users, missing_entities = [], []
-        for user in users:
-            hit = self._cache.get(("u", user), since, now) if self._cache else None
-            (missing_users.append(user) if hit is None else cached.append(hit))
-        for entity in entities:
-            hit = self._cache.get(("e", *entity), since, now) if self._cache else None
-            (missing_entities.append(entity) if hit is None else cached.append(hit))
-        if missing_users or missing_entities:
-            fresh = load_events(
-                self.engine, since=since, user_ids=missing_users or None, entity_keys=missing_entities or None
+    def _try_refresh(self) -> bool:
+        try:
+            with self._refresh_lock:
+                self.window.refresh()
+            return True
+        except Exception as exc:
+            if self.window.last_error is None:
+                log.warning("event window refresh failed: %s: %s", type(exc).__name__, exc)
+            self.window.last_error = f"{type(exc).__name__}: {exc}"
+            return False
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.refresh_interval_s):
+            self._try_refresh()
+
+    def _check_fresh(self) -> None:
+        if self.refresh_interval_s == 0:
+            with self._refresh_lock:
+                self.window.refresh()
+            return
+        loaded_at = self.window.loaded_at
+        if loaded_at is None:
+            raise FeatureLookupUnavailable(f"event window not loaded: {self.window.last_error}")
+        age = time.monotonic() - loaded_at
+        if age > self.max_staleness_s:
+            raise FeatureLookupUnavailable(
+                f"event window is {age:.1f}s old (limit {self.max_staleness_s}s): {self.window.last_error}"
             )
-            if self._cache is not None:
-                self._fill_cache(fresh, missing_users, missing_entities, since, now)
-            if not cached:
-                return fresh
-            cached.append(fresh)
-        history = pd.concat(cached, ignore_index=True)
-        return history.drop_duplicates("event_id", ignore_index=True)
 
-    def _fill_cache(
-        self, fresh: pd.DataFrame, users: list[str], entities: list[tuple[str, str]], since: dt.datetime, now: float
-    ) -> None:
-        # ``fresh`` holds every event of each missing user, and every event of each missing
-        # entity (by a missing user through the user branch, by anyone else through the entity one).
-        assert self._cache is not None
-        empty = fresh.iloc[0:0]
-        by_user = dict(tuple(fresh.groupby("user_id", sort=False))) if len(fresh) else {}
-        by_entity = dict(tuple(fresh.groupby(["entity_type", "entity_id"], sort=False))) if len(fresh) else {}
-        for user in users:
-            self._cache.put(("u", user), since, by_user.get(user, empty), now)
-        for entity in entities:
-            self._cache.put(("e", *entity), since, by_entity.get(entity, empty), now)
+    def targets_table(self, items: Sequence[dict[str, Any]], now: dt.datetime) -> pa.Table:
+        return pa.table({
+            "user_id": pa.array([i["user_id"] for i in items], pa.string()),
+            "entity_type": pa.array([i["entity_type"] for i in items], pa.string()),
+            "entity_id": pa.array([i["entity_id"] for i in items], pa.string()),
+            "changed_fields": pa.array([list(i["changed_fields"]) for i in items], _FIELDS),
+            "synced_at": pa.array([_epoch_ms(i.get("at") or now) for i in items], _TIME_MS),
+        })
 
     def compute(self, items: Sequence[dict[str, Any]], now: dt.datetime | None = None) -> np.ndarray:
         """An ``(len(items), len(FEATURE_NAMES))`` float matrix, rows in item order."""
         now = now or utcnow()
-        targets = self.targets_frame(items, now)
-        since = (targets["synced_at"].min() - self.params.lookback).to_pydatetime()
-        users = list(dict.fromkeys(targets["user_id"]))
-        entities = list(dict.fromkeys(zip(targets["entity_type"], targets["entity_id"], strict=True)))
-        history = self.history(users, entities, since)
-        features = compute_features(history, targets, self.params)
-        return features[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+        self._check_fresh()
+        targets = self.targets_table(items, now)
+        users = list(dict.fromkeys(i["user_id"] for i in items))
+        entities = list(dict.fromkeys((i["entity_type"], i["entity_id"]) for i in items))
+        earliest = min(i.get("at") or now for i in items) - self.params.lookback.to_pytimedelta()
+        covered = self.window.covered_since
+        if covered is not None and earliest >= covered:
+            history: Any = self.window.history(users, entities)
+        else:  # a target older than the window reaches (a client-supplied past `at`): ask the store
+            history = load_events(self.engine, since=earliest, user_ids=users, entity_keys=entities)
+        arrays = feature_arrays(history, targets, self.params)
+        return np.column_stack([np.asarray(arrays[name], dtype=np.float64) for name in FEATURE_NAMES])
 
     def compute_many(self, requests: Sequence[Sequence[dict[str, Any]]]) -> list[np.ndarray]:
-        """:meth:`compute` over several requests with one store query; one matrix per request."""
+        """:meth:`compute` over several requests at once; one matrix per request."""
         flat = [item for request in requests for item in request]
         matrix = self.compute(flat)
         bounds = np.cumsum([0, *(len(r) for r in requests)])
         return [matrix[bounds[i] : bounds[i + 1]] for i in range(len(requests))]
+
+    def status(self) -> dict[str, Any]:
+        loaded_at = self.window.loaded_at
+        return {
+            "rows": self.window.rows,
+            "age_s": None if loaded_at is None else round(time.monotonic() - loaded_at, 3),
+            "last_error": self.window.last_error,
+        }

@@ -188,6 +188,7 @@ class Ingress:
     ) -> list[dict[str, Any]]:
         predicted_at = _iso_utc(now)
         responses, records = [], []
+        levels: dict[str, int] = {}
         for item, features, probability in zip(items, feature_rows, probabilities, strict=True):
             probability = float(probability)
             level = risk_level(probability, medium_threshold=self.medium, high_threshold=self.high)
@@ -215,7 +216,9 @@ class Ingress:
                 "risk_level": level.value, "recommendation": recommendation.value, "features": features or {},
                 "fallback_reason": None if reason is None else reason.value, "created_at": now,
             })
-            self.metrics.predictions.inc(tags={"model_version": model_version, "risk_level": level.value})
+            levels[level.value] = levels.get(level.value, 0) + 1
+        for level_value, count in levels.items():  # one metric update per level, not per item
+            self.metrics.predictions.inc(count, tags={"model_version": model_version, "risk_level": level_value})
         if reason is not None:
             self.metrics.fallbacks.inc(len(items), tags={"reason": reason.value})
         self.writer.submit(records)

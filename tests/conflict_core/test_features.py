@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from conflict_core.features import (
@@ -224,3 +225,38 @@ def test_sides_partition_the_features_and_agree_with_all() -> None:
     assert set(user.columns).isdisjoint(entity.columns)
     assert set(user.columns) | set(entity.columns) == set(ALL_FEATURES)
     pd.testing.assert_frame_equal(pd.concat([user, entity], axis=1)[list(ALL_FEATURES)], both)
+
+
+def _as_arrow(frame: pd.DataFrame) -> pa.Table:
+    return pa.table(
+        {
+            "user_id": pa.array(frame.user_id.tolist(), pa.string()),
+            "entity_type": pa.array(frame.entity_type.tolist(), pa.string()),
+            "entity_id": pa.array(frame.entity_id.tolist(), pa.string()),
+            "changed_fields": pa.array([list(f) for f in frame.changed_fields], pa.list_(pa.string())),
+            "synced_at": pa.Array.from_pandas(frame.synced_at),
+            "conflict": pa.array(frame.conflict.tolist(), pa.bool_()),
+            "resolved_at": pa.Array.from_pandas(frame.resolved_at),
+        }
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 4])
+def test_arrow_inputs_give_exactly_the_pandas_features(seed: int) -> None:
+    history = random_history(seed)
+    targets = history.sample(80, random_state=seed).reset_index(drop=True)
+    targets["synced_at"] = targets.synced_at + pd.to_timedelta(np.arange(80) * 7, unit="s")
+    expected = compute_features(history, targets)
+    # a slice of a larger table (non-zero offsets), as the online window's take() yields
+    padded = pa.concat_tables([_as_arrow(history.iloc[:5]), _as_arrow(history)]).slice(5)
+    got = compute_features(padded, _as_arrow(targets).drop_columns(["conflict", "resolved_at"]))
+    pd.testing.assert_frame_equal(got, expected)
+    mixed = compute_features(history, _as_arrow(targets).drop_columns(["conflict", "resolved_at"]))
+    pd.testing.assert_frame_equal(mixed, expected)
+
+
+def test_arrow_naive_timestamps_are_refused() -> None:
+    history = _as_arrow(random_history(1))
+    naive = history.set_column(4, "synced_at", history.column("synced_at").cast(pa.timestamp("ns")))
+    with pytest.raises(FeatureComputationError, match="naive"):
+        compute_features(naive, history)

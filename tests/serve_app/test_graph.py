@@ -98,7 +98,7 @@ class Graph:
         self.config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
         self.config["applications"][0]["args"].update(
             database_url=url, log_spool_dir=str(spool), lookup_timeout_s=3.0, inference_timeout_s=1.0,
-            max_request_bytes=100_000, max_items_per_request=100, log_flush_interval_s=0.1, feature_cache_ttl_s=0.0,
+            max_request_bytes=100_000, max_items_per_request=100, log_flush_interval_s=0.1, feature_refresh_interval_s=0.0,
         )
         self.models = models
         self.v1 = _artifact(models, "v_test_1")

@@ -1,0 +1,169 @@
+"""The online feature lookup without Ray: the in-memory window against the store, tailing,
+gaps in the id sequence, staleness and compaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from conflict_core import db
+from conflict_core.events_io import insert_event_frame, load_events
+from conflict_core.features import ALL_FEATURES, FeatureParams, compute_features
+from conflict_core.store import SyncLog, make_engine, make_session_factory, session_scope
+from serve_app import feature_lookup
+from serve_app.feature_lookup import EventWindow, FeatureLookupUnavailable, OnlineFeatureLookup
+
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=123456)
+
+
+def _events(n: int, *, seed: int = 0, prefix: str = "ev", span_days: float = 20) -> pd.DataFrame:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        t = NOW - dt.timedelta(seconds=rng.uniform(0, span_days * 86400))
+        conflict = rng.random() < 0.2
+        rows.append({"event_id": f"{prefix}-{i}", "user_id": f"u{rng.randrange(6)}", "device_id": "d",
+                     "entity_type": rng.choice(["task", "form"]), "entity_id": f"e{rng.randrange(8)}",
+                     "changed_fields": rng.sample(["a", "b", "c", "d"], rng.randint(1, 3)), "synced_at": t,
+                     "conflict": conflict, "resolution_type": "manual" if conflict else None,
+                     "resolved_at": t + dt.timedelta(hours=rng.uniform(0, 48)) if conflict else None})
+    return pd.DataFrame(rows)
+
+
+def _store(url: str, frame: pd.DataFrame) -> sessionmaker[Session]:
+    db.upgrade(url)
+    factory = make_session_factory(make_engine(url))
+    with session_scope(factory) as session:
+        insert_event_frame(session, frame)
+    return factory
+
+
+def _items(n: int, seed: int = 1) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    return [{"user_id": f"u{rng.randrange(7)}", "entity_type": rng.choice(["task", "form"]),
+             "entity_id": f"e{rng.randrange(9)}", "changed_fields": rng.sample(["a", "b", "c", "x"], 2),
+             "at": NOW - dt.timedelta(seconds=rng.uniform(0, 3 * 86400))} for _ in range(n)]
+
+
+def _from_store(url: str, items: list[dict[str, Any]]) -> np.ndarray:
+    """The reference: the whole store as history, pandas targets, the shared definitions."""
+    targets = pd.DataFrame({
+        "user_id": [i["user_id"] for i in items], "entity_type": [i["entity_type"] for i in items],
+        "entity_id": [i["entity_id"] for i in items],
+        "changed_fields": pd.Series([list(i["changed_fields"]) for i in items], dtype=object),
+        "synced_at": pd.to_datetime([i["at"] for i in items], utc=True),
+    })
+    return compute_features(load_events(make_engine(url)), targets)[list(ALL_FEATURES)].to_numpy(np.float64)
+
+
+def test_window_features_equal_the_whole_store_computation(sqlite_url: str) -> None:
+    _store(sqlite_url, _events(600))
+    lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0)
+    items = _items(80)
+    np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)
+    parts = lookup.compute_many([items[:1], items[1:30], items[30:]])
+    np.testing.assert_allclose(np.concatenate(parts), lookup.compute(items), rtol=0, atol=0)
+
+
+def test_a_target_older_than_the_window_reads_the_store(sqlite_url: str) -> None:
+    _store(sqlite_url, _events(300, span_days=70))
+    lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0)
+    items = [dict(i, at=NOW - dt.timedelta(days=40)) for i in _items(20)]
+    np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)
+
+
+def test_new_events_are_seen_after_the_next_refresh(sqlite_url: str) -> None:
+    factory = _store(sqlite_url, _events(50))
+    lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0.05, max_staleness_s=2)
+    try:
+        item = {"user_id": "new-user", "entity_type": "task", "entity_id": "new-entity", "changed_fields": ["a"]}
+        before = lookup.compute([item])[0]
+        assert before[ALL_FEATURES.index("entity_edit_frequency")] == 0
+        extra = _events(5, seed=9, prefix="late", span_days=1).assign(entity_type="task", entity_id="new-entity")
+        with session_scope(factory) as session:
+            insert_event_frame(session, extra)
+        time.sleep(0.3)
+        after = lookup.compute([item])[0]
+        assert after[ALL_FEATURES.index("entity_edit_frequency")] == pytest.approx(5 / 30)
+        assert lookup.status()["rows"] == 55
+    finally:
+        lookup.close()
+
+
+def test_ids_committed_out_of_order_are_picked_up(sqlite_url: str) -> None:
+    factory = _store(sqlite_url, _events(10))
+    window = EventWindow(make_engine(sqlite_url), FeatureParams().lookback.to_pytimedelta())
+    assert window.refresh() == 10
+
+    def row(row_id: int) -> dict[str, Any]:
+        return {"id": row_id, "event_id": f"manual-{row_id}", "user_id": "u1", "device_id": "d",
+                "entity_type": "task", "entity_id": "e1", "changed_fields": ["a"], "synced_at": NOW,
+                "conflict": False}
+
+    with session_scope(factory) as session:
+        session.execute(insert(SyncLog), [row(13)])
+    assert window.refresh() == 1
+    with session_scope(factory) as session:  # a transaction that took an id earlier, committed later
+        session.execute(insert(SyncLog), [row(11)])
+    assert window.refresh() == 1
+    assert window.refresh() == 0
+    assert sorted(window.history(["u1"], []).column("row_id").to_pylist())[-2:] == [11, 13]
+
+
+def test_a_stale_window_fails_the_lookup_until_the_store_answers(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _store(sqlite_url, _events(50))
+    lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0.05, max_staleness_s=0.3)
+    try:
+        assert lookup.compute(_items(3)).shape == (3, len(ALL_FEATURES))
+        real_tail = feature_lookup.tail_events
+
+        def unreachable(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("store unreachable")
+
+        monkeypatch.setattr(feature_lookup, "tail_events", unreachable)
+        time.sleep(0.6)
+        with pytest.raises(FeatureLookupUnavailable, match="store unreachable"):
+            lookup.compute(_items(3))
+        monkeypatch.setattr(feature_lookup, "tail_events", real_tail)
+        time.sleep(0.3)
+        assert lookup.compute(_items(3)).shape == (3, len(ALL_FEATURES))
+    finally:
+        lookup.close()
+
+
+def test_synchronous_mode_fails_with_the_store(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _store(sqlite_url, _events(20))
+    lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0)
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("store unreachable")
+
+    monkeypatch.setattr(feature_lookup, "tail_events", unreachable)
+    with pytest.raises(ConnectionError):
+        lookup.compute(_items(1))
+
+
+def test_compaction_drops_events_older_than_the_lookback(sqlite_url: str) -> None:
+    _store(sqlite_url, _events(400, span_days=20))
+    window = EventWindow(make_engine(sqlite_url), dt.timedelta(days=30), compact_min_rows=0)
+    window.refresh()
+    assert window.rows == 400
+    users = [f"u{i}" for i in range(6)]
+    before = window.history(users, [])
+    window.lookback = dt.timedelta(days=10)  # as if twenty days had passed
+    window.refresh()
+    assert 0 < window.rows < 400
+    kept = window.history(users, [])
+    cutoff = pd.Timestamp(NOW - dt.timedelta(days=10))
+    assert kept.num_rows == (before.column("synced_at").to_pandas() >= cutoff).sum()
+    assert window.refresh() == 0  # the dropped rows are not loaded again
