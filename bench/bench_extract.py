@@ -25,8 +25,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=90)
-    parser.add_argument("--entity-buckets", type=int, default=3)
-    parser.add_argument("--user-buckets", type=int, default=1)
+    parser.add_argument("--entity-buckets", type=int, default=4)
+    parser.add_argument("--user-buckets", type=int, default=2)
     args = parser.parse_args()
 
     import pandas as pd

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     gate_min_relative_improvement: float = Field(default=0.05, ge=0)
     gate_quality_floor_roc_auc: float = Field(default=0.75, ge=0.5, le=1.0)
     sweep_num_samples: int = Field(default=12, gt=0)
+    job_task_cpus: float = Field(
+        default=1.0, gt=0, le=64,
+        description="Logical CPUs each extraction task and sweep trial reserves on Ray; below 1 lets the "
+        "jobs share a small machine with a running Serve app.",
+    )
 
     # Serving.
     max_items_per_request: int = Field(default=500, gt=0)

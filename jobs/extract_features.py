@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         init_ray(settings)
         frame = extract_with_ray(
-            files, window, params, progress=lambda done, total: print(f"feature tasks: {done}/{total}", flush=True)
+            files, window, params, task_cpus=settings.job_task_cpus,
+            progress=lambda done, total: print(f"feature tasks: {done}/{total}", flush=True),
         )
     elapsed = time.perf_counter() - started
     path, manifest = write_training_set(frame, out_root, window=window, params=params, files=files)

@@ -95,7 +95,8 @@ def train_and_register(
     progress(f"sweep: {n} configurations ({sweep})")
     if sweep == "ray":
         results = tune.sweep_with_ray(
-            n, features, split.fit, split.calibration, storage_path=settings.data_dir / "tune", name=version
+            n, features, split.fit, split.calibration, storage_path=settings.data_dir / "tune", name=version,
+            cpus_per_trial=settings.job_task_cpus,
         )
     elif sweep == "local":
         results = tune.sweep_local(tune.sample_configs(n), features, split.fit, split.calibration)

@@ -121,7 +121,11 @@ def extract_step(settings: Settings, *, now: dt.datetime, use_ray: bool) -> dict
     params = FeatureParams()
     window = ExtractionWindow.days_back(settings.training_days_back, end=now, params=params)
     files = partition_files(settings.events_dir, window)
-    frame = extract_with_ray(files, window, params) if use_ray else extract_local(files, window, params)
+    frame = (
+        extract_with_ray(files, window, params, task_cpus=settings.job_task_cpus)
+        if use_ray
+        else extract_local(files, window, params)
+    )
     path, manifest = write_training_set(frame, settings.features_dir, window=window, params=params, files=files)
     return {"training_set": str(path), "rows": manifest.rows, "positives": manifest.positives}
 
