@@ -50,6 +50,7 @@ def set_model(path: Path, *, version: str | None, artifact_path: str | None, art
 
     read(path)  # refuse a file that is not a Serve config before touching it
     round_trip = YAML()
+    round_trip.width = 4096  # keep long values (paths, checksums) on their key's line
     round_trip.preserve_quotes = True
     document = round_trip.load(path.read_text())
     user_config = inference_user_config(document)

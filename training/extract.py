@@ -259,6 +259,8 @@ def extract_with_ray(
     """
     import ray
 
+    if not ray.is_initialized():
+        ray.init()  # joins the job's cluster (RAY_ADDRESS) or starts a local one, as Ray Data would
     buckets = Buckets(entity=entity_buckets, user=user_buckets)
     n_blocks = max(1, min(len(files), int(ray.available_resources().get("CPU", 1) / task_cpus) or 1))
     with _parquet_datasource_v1():

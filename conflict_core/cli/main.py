@@ -28,6 +28,10 @@ class _Group(click.Group):
 def main(ctx: click.Context, database_url: str | None, data_dir: str | None, verbose: bool) -> None:
     """Predict sync edit conflicts: manage the store, train models, serve and monitor them."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # Per-request and per-plugin chatter of the libraries; their warnings still show.
+        for name in ("httpx", "httpcore", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     overrides = {k: v for k, v in {"database_url": database_url, "data_dir": data_dir}.items() if v}
     ctx.obj = AppContext(overrides=overrides)
 

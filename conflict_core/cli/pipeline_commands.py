@@ -16,24 +16,39 @@ def _step(title: str) -> None:
     click.secho(f"\n== {title}", bold=True)
 
 
+def _fmt(value: object, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 @click.command("run")
 @click.option("--users", type=int, default=200, show_default=True)
 @click.option("--entities", type=int, default=2000, show_default=True)
-@click.option("--days", type=int, default=90, show_default=True)
+@click.option("--days", type=int, default=90, show_default=True, help="days of history before the live day")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--num-samples", type=int, default=8, show_default=True, help="sweep size of the training job")
+@click.option("--num-samples", type=int, default=8, show_default=True, help="sweep size of the training jobs")
 @click.option("--dashboard-port", type=int, default=8265, show_default=True)
-@click.option("--traffic-seconds", type=float, default=20.0, show_default=True, help="simulated client burst")
+@click.option("--traffic-seconds", type=float, default=30.0, show_default=True,
+              help="how long devices replay the live day through the app")
+@click.option("--lifecycle/--no-lifecycle", default=True, show_default=True,
+              help="after serving: track outcomes and retrain on simulated time")
 @click.option("--keep-serving/--no-keep-serving", default=None,
               help="keep the app up until Ctrl-C at the end (default: when run from a terminal)")
 @pass_app
 def run_command(
     app: AppContext, users: int, entities: int, days: int, seed: int, num_samples: int, dashboard_port: int,
-    traffic_seconds: float, keep_serving: bool | None,
+    traffic_seconds: float, lifecycle: bool, keep_serving: bool | None,
 ) -> None:
-    """Migrate, simulate, import, export; extract and train as Ray Jobs; serve the model; drive traffic."""
+    """The product end to end on a simulated sync server.
+
+    Simulates ``days`` days of history and one live day after them; imports and exports the
+    history; extracts features and trains as Ray Jobs; serves the model on 127.0.0.1:8000;
+    replays the live day through it (predict each push, then record its outcome). Then, on
+    simulated time, the lifecycle: outcome tracking as it would run 25 hours later, and the
+    weekly retrain, whose gate decides whether the new model replaces the live one.
+    """
     from conflict_core import db, registry
     from conflict_core.cli.ray_jobs import (
+        SERVE_ENV,
         job_summary,
         local_ray,
         module_entrypoint,
@@ -51,29 +66,45 @@ def run_command(
     _step(f"store: {settings.database_url}")
     db.upgrade(settings.database_url)
 
-    _step(f"simulate {days} days of sync history ({users} users, {entities} entities, seed {seed})")
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    config = SimulationConfig(users=users, entities=entities, days=days, seed=seed, start=end - dt.timedelta(days=days))
+    data_end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    live_start = data_end - dt.timedelta(days=1)
+    _step(f"simulate {days} days of sync history and a live day ({users} users, {entities} entities, seed {seed})")
+    config = SimulationConfig(users=users, entities=entities, days=days + 1, seed=seed,
+                              start=data_end - dt.timedelta(days=days + 1))
     with progress_bar(None, "simulating", "events") as bar:
         table = simulate(config, progress=lambda n: bar.update(n - bar.n))
+    is_live = pc.greater_equal(table["synced_at"], pc.cast(live_start, table.schema.field("synced_at").type))
+    history, live = table.filter(pc.invert(is_live)), table.filter(is_live)
     simulated = data_dir / "simulated" / f"sync_events_seed{seed}.parquet"
     simulated.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, simulated)
-    click.echo(f"{table.num_rows:,} events written to {simulated}")
+    pq.write_table(history, simulated)
+    click.echo(f"{history.num_rows:,} events of history written to {simulated}; "
+               f"{live.num_rows:,} events on the live day {live_start:%Y-%m-%d}")
 
-    _step("import into the store (idempotent on event id)")
-    with progress_bar(table.num_rows, "importing") as bar:
+    _step("import the history into the store (idempotent on event id)")
+    with progress_bar(history.num_rows, "importing") as bar:
         imported = import_events(app.session_factory, simulated, progress=bar.update)
     click.echo(f"{imported.inserted:,} inserted, {imported.skipped_existing:,} already there")
 
     _step("export date-partitioned Parquet")
     with progress_bar(None, "exporting") as bar:
-        exported = export_events(app.engine, settings.events_dir, progress=bar.update)
+        exported = export_events(app.engine, settings.events_dir, until=live_start, progress=bar.update)
     click.echo(f"{exported.rows:,} events in {len(exported.partitions)} partitions under {exported.out_dir}")
 
-    with local_ray(dashboard_port=dashboard_port) as dashboard:
+    from conflict_core.cli.serve_commands import (
+        deploy_config,
+        echo_traffic,
+        load_config,
+        replay_events,
+        wait_until_running,
+    )
+
+    tracking: dict | None = None
+    retraining: dict | None = None
+    with local_ray(dashboard_port=dashboard_port, env=SERVE_ENV) as dashboard:
         _step(f"Ray Job: extract features (dashboard {dashboard})")
         logs = submit_and_wait(
             dashboard, module_entrypoint("jobs.extract_features", [*job_args, "--days-back", str(days)]),
@@ -90,24 +121,40 @@ def run_command(
         training = job_summary(logs)
 
         _step(f"Ray Serve: deploy {settings.serve_config_path} on 127.0.0.1:8000")
-        from conflict_core.cli.serve_commands import (
-            deploy_config,
-            drive_traffic,
-            echo_traffic,
-            load_config,
-            wait_until_running,
-        )
-
         deploy_config(load_config(settings.serve_config_path, settings.database_url))
         wait_until_running()
-        users_seen = sorted(set(table["user_id"].to_pylist()))
-        tasks = sorted({e for t, e in zip(table["entity_type"].to_pylist(), table["entity_id"].to_pylist(), strict=True) if t == "task"})
-        click.echo(f"serving at {settings.serve_url}; {traffic_seconds:.0f} s of simulated clients (predict → sync → record)")
-        report = drive_traffic(settings.serve_url, seconds=traffic_seconds, users=users_seen, entities=tasks[:500],
-                               conflict_rate=0.06, seed=seed)
+        click.echo(f"serving at {settings.serve_url}; devices replay the live day for up to {traffic_seconds:.0f} s "
+                   "(predict each push as of its instant, then record its outcome)")
+        report = replay_events(settings.serve_url, live, seconds=traffic_seconds)
         echo_traffic(report)
+        click.echo(f"{report['pushes']:,} pushes, {report['recorded_without_prediction']:,} events recorded "
+                   "without a prediction when the replay time ran out")
+
+        if lifecycle:
+            # The app flushes its prediction log asynchronously; give it a moment to land.
+            time.sleep(2.0)
+            tracked_at = dt.datetime.now(dt.UTC) + dt.timedelta(hours=25)
+            _step(f"Ray Job: outcome tracking as of {tracked_at:%Y-%m-%d %H:%M} UTC (simulated clock, +25 h)")
+            logs = submit_and_wait(
+                dashboard,
+                module_entrypoint("jobs.track_outcomes", [*job_args, "--now", tracked_at.isoformat()]),
+                echo=click.echo,
+            )
+            tracking = job_summary(logs)
+
+            _step(f"Ray Job: weekly retrain on the data up to {data_end:%Y-%m-%d %H:%M} UTC, beside the live app")
+            # The app holds most of the two cores' logical CPUs; the retrain's tasks take small shares.
+            logs = submit_and_wait(
+                dashboard,
+                module_entrypoint("jobs.retrain", [*job_args, "--now", data_end.isoformat(),
+                                                   "--num-samples", str(num_samples)]),
+                echo=click.echo,
+                runtime_env={"env_vars": {"CONFLICT_JOB_TASK_CPUS": "0.25"}},
+            )
+            retraining = job_summary(logs)
+
         if keep_serving if keep_serving is not None else sys.stdin.isatty():
-            click.echo(f"serving {training['version']} at {settings.serve_url} until Ctrl-C")
+            click.echo(f"serving at {settings.serve_url} until Ctrl-C")
             try:
                 while True:
                     time.sleep(3600)
@@ -128,10 +175,27 @@ def run_command(
                f"Brier {holdout['brier']:.4f}  ECE {holdout['ece']:.4f}")
     click.echo(f"seed baseline    ROC-AUC {baseline['roc_auc']:.4f}  PR-AUC {baseline['pr_auc']:.4f}  "
                f"Brier {baseline['brier']:.4f}  ECE {baseline['ece']:.4f}")
-    click.echo(f"active model     {active.version if active else 'none (heuristics answer)'}")
     click.echo(f"report           {Path(training['report_path'])}")
-    click.echo(f"live traffic     {report['requests']:.0f} requests, p50 {report['p50_ms']:.0f} ms, "
-               f"p95 {report['p95_ms']:.0f} ms, fallback rate {report['fallback_rate']:.1%}, errors {report['errors']:.0f}")
+    click.echo(f"live day         {report['requests']:.0f} pushes predicted ({report['predictions']:.0f} items), "
+               f"p50 {report['p50_ms']:.0f} ms, p95 {report['p95_ms']:.0f} ms, "
+               f"fallback rate {report['fallback_rate']:.1%}, errors {report['errors']:.0f}")
+    if tracking is not None:
+        m = tracking["metrics"]
+        q = m.get("model") or {}
+        psi = (m.get("drift") or {}).get("psi") or {}
+        click.echo(f"outcomes         {tracking['labelled']:,} labelled ({tracking['by_sync_id']:,} by sync id, "
+                   f"{tracking['by_nearest']:,} by nearest sync, {tracking['no_sync']:,} without a sync), "
+                   f"{tracking['conflicts']:,} conflicts")
+        click.echo(f"live metrics     accuracy {_fmt(m.get('accuracy'))}  precision {_fmt(q.get('precision'))}  "
+                   f"recall {_fmt(q.get('recall'))}  PR-AUC {_fmt(q.get('pr_auc'))}  Brier {_fmt(q.get('brier'))}  "
+                   f"ECE {_fmt(q.get('ece'))}  fallback rate {_fmt(m.get('fallback_rate'), '.1%')}")
+        if psi:
+            click.echo("feature drift    PSI " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(psi.items())))
+        click.echo(f"alerts firing    {', '.join(tracking['alerts_firing']) or 'none'}")
+    if retraining is not None:
+        click.echo(f"retrain          {retraining['version']}: "
+                   f"{'activated' if retraining['activated'] else 'kept as a candidate'} ({retraining['gate_reason']})")
+    click.echo(f"active model     {active.version if active else 'none (heuristics answer)'}")
     click.echo(f"done in {time.perf_counter() - started:.0f} s")
 
 

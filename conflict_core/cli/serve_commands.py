@@ -61,8 +61,14 @@ def serve_up(app: AppContext, config_path: str | None, wait: bool) -> None:
     import ray
     from ray import serve
 
+    import os
+
+    from conflict_core.cli.ray_jobs import SERVE_ENV
+
     path = Path(config_path or app.settings.serve_config_path)
     config = load_config(path, app.settings.database_url)
+    for key, value in SERVE_ENV.items():
+        os.environ.setdefault(key, value)
     ray.init(address=app.settings.ray_address or "local", include_dashboard=False, ignore_reinit_error=True)
     try:
         deploy_config(config)
@@ -142,6 +148,84 @@ def drive_traffic(
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
     return {"requests": len(latencies), "predictions": predictions, "errors": errors,
             "p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "fallback_rate": fallbacks / max(predictions, 1)}
+
+
+def _percentiles(latencies: list[float]) -> list[float]:
+    """Percentiles 1..99 of the latencies (NaN when there are none)."""
+    if len(latencies) > 1:
+        return statistics.quantiles(latencies, n=100)
+    return (latencies or [float("nan")]) * 99
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None or value != value else value.isoformat()
+
+
+def replay_events(
+    base_url: str, events: Any, *, seconds: float, concurrency: int = 4, record_batch: int = 500,
+) -> dict[str, float]:
+    """Replay a simulated day through the app as devices would: predict each push, then record it.
+
+    ``events`` is a table in the import format. Its rows are grouped into pushes (one device's
+    syncs at one instant) and replayed in time order, ``concurrency`` devices at a time: each
+    push is predicted as of its own instant (``at``, so features see only what preceded it) with
+    the event ids as sync ids, then recorded through ``/v1/sync-events`` with its real outcome.
+    Pushes left when ``seconds`` run out are recorded without a prediction, so the store ends
+    up complete either way. Returns the tallies of :func:`drive_traffic`.
+    """
+    import pandas as pd
+    from concurrent.futures import ThreadPoolExecutor
+
+    frame = events.to_pandas() if hasattr(events, "to_pandas") else pd.DataFrame(events)
+    frame = frame.sort_values(["synced_at", "event_id"], kind="stable")
+    pushes = [group for _, group in frame.groupby(["synced_at", "device_id"], sort=True)]
+    deadline = time.monotonic() + seconds
+    latencies: list[float] = []
+    tallies = {"predictions": 0, "fallbacks": 0, "conflicts": 0, "errors": 0}
+
+    def records(push: pd.DataFrame) -> list[dict[str, Any]]:
+        return [
+            {"event_id": r.event_id, "user_id": r.user_id, "device_id": r.device_id, "entity_type": r.entity_type,
+             "entity_id": r.entity_id, "changed_fields": list(r.changed_fields), "synced_at": _iso(r.synced_at),
+             "conflict": bool(r.conflict), "resolution_type": r.resolution_type if r.conflict else None,
+             "resolved_at": _iso(r.resolved_at) if r.conflict else None}
+            for r in push.itertuples(index=False)
+        ]
+
+    def one(client: httpx.Client, push: pd.DataFrame) -> tuple[float | None, int, int, int]:
+        items = [{"user_id": r.user_id, "device_id": r.device_id, "entity_type": r.entity_type,
+                  "entity_id": r.entity_id, "changed_fields": list(r.changed_fields), "sync_id": r.event_id,
+                  "at": _iso(r.synced_at)} for r in push.itertuples(index=False)]
+        started = time.perf_counter()
+        response = client.post("/v1/predict", json=items)
+        latency = (time.perf_counter() - started) * 1000
+        if response.status_code != 200:
+            return latency, 0, 0, 1
+        predictions = response.json()["predictions"]
+        fallbacks = sum("fallback_reason" in p for p in predictions)
+        failed = client.post("/v1/sync-events", json={"events": records(push)}).status_code != 200
+        return latency, len(predictions), fallbacks, int(failed)
+
+    replayed = 0
+    with httpx.Client(base_url=base_url.rstrip("/"), timeout=30) as client, \
+            ThreadPoolExecutor(max_workers=concurrency) as pool:
+        while replayed < len(pushes) and time.monotonic() < deadline:
+            wave = pushes[replayed : replayed + concurrency]
+            for latency, predicted, fallbacks, failed in pool.map(lambda p: one(client, p), wave):
+                latencies.append(latency)
+                tallies["predictions"] += predicted
+                tallies["fallbacks"] += fallbacks
+                tallies["errors"] += failed
+            replayed += len(wave)
+        rest = pd.concat(pushes[replayed:]) if replayed < len(pushes) else frame.iloc[0:0]
+        for start in range(0, len(rest), record_batch):
+            if client.post("/v1/sync-events", json={"events": records(rest.iloc[start : start + record_batch])}).status_code != 200:
+                tallies["errors"] += 1
+    q = _percentiles(latencies)
+    return {"requests": len(latencies), "pushes": len(pushes), "predictions": tallies["predictions"],
+            "recorded_without_prediction": len(rest), "errors": tallies["errors"],
+            "p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98],
+            "fallback_rate": tallies["fallbacks"] / max(tallies["predictions"], 1)}
 
 
 def echo_traffic(report: dict[str, float]) -> None:

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from conflict_core import registry
-from conflict_core.cli.ray_jobs import job_summary, local_ray, module_entrypoint, submit_and_wait
+from conflict_core.cli.ray_jobs import job_summary, module_entrypoint, submit_and_wait
 from conflict_core.store import make_engine, make_session_factory
 from training.extract import ExtractionWindow, extract_local, extract_with_ray, load_training_set
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def dashboard() -> str:
-    with local_ray(dashboard_port=_free_port(), num_cpus=2) as url:
-        yield url
 
 
 def test_ray_extraction_equals_the_single_process_one(
@@ -54,7 +41,7 @@ def test_extract_and_train_jobs_submitted_to_ray(
         )
     )
     assert extraction["status"] == "succeeded" and extraction["rows"] > 1000
-    assert any("feature tasks: 4/4" in line for line in lines)  # progress is shown
+    assert any("feature tasks: 6/6" in line for line in lines)  # progress is shown (4 entity + 2 user buckets)
 
     training = job_summary(
         submit_and_wait(dashboard, module_entrypoint("jobs.train", [*args, "--num-samples", "2"]), echo=lines.append)
