@@ -162,7 +162,7 @@ def _iso(value: Any) -> str | None:
 
 
 def replay_events(
-    base_url: str, events: Any, *, seconds: float, concurrency: int = 4, record_batch: int = 500,
+    base_url: str, events: Any, *, seconds: float, concurrency: int = 8, record_batch: int = 500,
 ) -> dict[str, float]:
     """Replay a simulated day through the app as devices would: predict each push, then record it.
 
