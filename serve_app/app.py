@@ -35,6 +35,12 @@ class AppArgs(BaseModel):
     log_batch_size: int = Field(default=1000, gt=0)
     log_flush_interval_s: float = Field(default=0.25, gt=0)
     log_max_buffer: int = Field(default=20_000, gt=0)
+    ingress_max_batch_size: int = Field(
+        default=64, gt=0, description="Concurrent requests the ingress sends to FeatureLookup as one call."
+    )
+    ingress_batch_wait_timeout_s: float = Field(
+        default=0.002, ge=0, description="How long the ingress waits for more requests to join a call."
+    )
 
     @model_validator(mode="after")
     def _thresholds(self) -> AppArgs:
@@ -69,6 +75,10 @@ class AppArgs(BaseModel):
 def build_app(args: AppArgs | dict[str, Any]) -> Application:
     """Ingress → FeatureLookup → ModelInference, with FallbackHeuristics beside them.
 
+    The ingress coalesces concurrent requests into one FeatureLookup call, and FeatureLookup
+    scores each batch with one ModelInference call, so a request costs one HTTP round trip
+    and a share of two handle calls.
+
     Deployment options (replicas, CPUs, ``user_config``) come from ``serve_config.yaml``;
     ``args`` (the config's ``args``) are validated here, so a typo fails the deploy.
     """
@@ -81,13 +91,14 @@ def build_graph(args: AppArgs, inference_user_config: dict[str, Any] | None = No
     from serve_app.ingress import Ingress
 
     options = args.resolved()
-    lookup = FeatureLookup.bind(
-        options["database_url"], args.feature_refresh_interval_s, args.feature_max_staleness_s
-    )
     inference_deployment = ModelInference
     if inference_user_config is not None:
         inference_deployment = ModelInference.options(user_config=inference_user_config)
-    inference = inference_deployment.bind()
+    inference = inference_deployment.bind(options["database_url"])
+    lookup = FeatureLookup.bind(
+        options["database_url"], args.feature_refresh_interval_s, args.feature_max_staleness_s,
+        inference, args.lookup_timeout_s, args.inference_timeout_s,
+    )
     fallback = FallbackHeuristics.bind()
     return Ingress.bind(lookup, inference, fallback, options)
 

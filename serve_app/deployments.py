@@ -12,14 +12,15 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from serve_app.feature_lookup import OnlineFeatureLookup
-from serve_app.heuristics import heuristic_probabilities
+from serve_app.heuristics import FallbackReason, heuristic_probabilities
 from serve_app.inference import ModelHolder, ModelUnavailable
 from serve_app.metrics import ServeMetrics
 
@@ -27,6 +28,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.005
+T = TypeVar("T")
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
 
 
 @serve.deployment(
@@ -34,18 +40,34 @@ DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.005
     ray_actor_options={"num_cpus": 0.25},
 )
 class FeatureLookup:
-    """Batched online feature computation over an in-memory window of the store's history.
+    """Batched online features, then one ``ModelInference`` call for the whole batch.
 
     The window is loaded when the replica starts and tailed every ``refresh_interval_s`` by a
     background thread (:class:`serve_app.feature_lookup.OnlineFeatureLookup`), so a batch
-    never queries the store.
+    never queries the store. Scoring the batch here, rather than from the ingress per
+    request, makes it one inference round trip per batch instead of one per request; the
+    outcome still says which stage failed, so the ingress answers each failure with its own
+    fallback reason (a lookup error or timeout raises; an inference problem comes back as
+    ``unavailable``).
     """
 
-    def __init__(self, database_url: str, refresh_interval_s: float = 0.5, max_staleness_s: float = 5.0):
+    def __init__(
+        self,
+        database_url: str,
+        refresh_interval_s: float = 0.5,
+        max_staleness_s: float = 5.0,
+        inference: DeploymentHandle | None = None,
+        lookup_timeout_s: float = 2.0,
+        inference_timeout_s: float = 1.0,
+    ):
         self.core = OnlineFeatureLookup(
             database_url, refresh_interval_s=refresh_interval_s, max_staleness_s=max_staleness_s
         )
+        self.inference = inference
+        self.lookup_timeout_s = lookup_timeout_s
+        self.inference_timeout_s = inference_timeout_s
         self.metrics = ServeMetrics()
+        self._tags = {"deployment": "FeatureLookup"}
 
     def __del__(self) -> None:
         core = getattr(self, "core", None)
@@ -53,18 +75,59 @@ class FeatureLookup:
             core.close()
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
-        self.lookup.set_max_batch_size(int(user_config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))
-        self.lookup.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S)))
+        for method in (self.lookup, self.score):
+            method.set_max_batch_size(int(user_config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))
+            method.set_batch_wait_timeout_s(
+                float(user_config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S))
+            )
+
+    async def _features(self, requests: list[list[dict[str, Any]]]) -> list[np.ndarray]:
+        started = time.perf_counter()
+        self.metrics.batch_size.observe(len(requests), tags=self._tags)
+        self.metrics.batch_items.observe(sum(len(r) for r in requests), tags=self._tags)
+        result = await asyncio.wait_for(asyncio.to_thread(self.core.compute_many, requests), self.lookup_timeout_s)
+        self.metrics.lookup_latency.observe((time.perf_counter() - started) * 1000)
+        return result
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
     async def lookup(self, requests: list[list[dict[str, Any]]]) -> list[np.ndarray]:
-        started = time.perf_counter()
-        tags = {"deployment": "FeatureLookup"}
-        self.metrics.batch_size.observe(len(requests), tags=tags)
-        self.metrics.batch_items.observe(sum(len(r) for r in requests), tags=tags)
-        result = await asyncio.to_thread(self.core.compute_many, requests)
-        self.metrics.lookup_latency.observe((time.perf_counter() - started) * 1000)
-        return result
+        """Features only: one matrix per request."""
+        return await self._features(requests)
+
+    @serve.batch(
+        max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S,
+        max_concurrent_batches=2,  # the next batch's features overlap this batch's inference
+    )
+    async def score(self, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Per request: ``{"features", "model_version", "probabilities"}`` or ``{"features", "unavailable"}``.
+
+        Raises when the features cannot be computed (the ingress answers ``feature_lookup_failed``).
+        """
+        matrices = await self._features(requests)
+        outcome = await self._infer(np.concatenate(matrices) if len(matrices) > 1 else matrices[0])
+        if "probabilities" not in outcome:
+            return [{"features": m, **outcome} for m in matrices]
+        probabilities, version = outcome["probabilities"], outcome["model_version"]
+        answers, start = [], 0
+        for matrix in matrices:
+            end = start + len(matrix)
+            answers.append({"features": matrix, "model_version": version, "probabilities": probabilities[start:end]})
+            start = end
+        return answers
+
+    async def _infer(self, matrix: np.ndarray) -> dict[str, Any]:
+        if self.inference is None:
+            return {"unavailable": FallbackReason.NO_ACTIVE_MODEL.value}
+        try:
+            answer: dict[str, Any] = await asyncio.wait_for(
+                _awaited(self.inference.predict.remote(matrix)), self.inference_timeout_s
+            )
+        except TimeoutError:
+            return {"unavailable": FallbackReason.INFERENCE_TIMEOUT.value}
+        except Exception as exc:
+            log.warning("inference failed: %s: %s", type(exc).__name__, exc)
+            return {"unavailable": FallbackReason.INFERENCE_FAILED.value}
+        return answer
 
 
 @serve.deployment(
@@ -74,13 +137,15 @@ class FeatureLookup:
 class ModelInference:
     """Batched ``predict_proba`` of the active model; the model comes from ``user_config``.
 
-    ``user_config``: ``model_version``, ``artifact_path``, ``artifact_sha256`` (all null: no
-    model), ``max_batch_size``, ``batch_wait_timeout_s``. Re-deploying with a changed
+    ``user_config``: ``model_version``, ``artifact_path``, ``artifact_sha256`` (all null: the
+    registry's active model in the store, if any, as of this deploy), ``max_batch_size``,
+    ``batch_wait_timeout_s``. Re-deploying with a changed
     ``user_config`` calls :meth:`reconfigure` on the running replicas: the new model is
     loaded next to the old one and swapped in by one assignment.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, database_url: str | None = None) -> None:
+        self.database_url = database_url
         self.holder = ModelHolder()
         self.metrics = ServeMetrics()
         self.delay_s = 0.0
@@ -93,9 +158,11 @@ class ModelInference:
         self.delay_s = float(user_config.get("fault_injection_delay_s", 0.0))
         # An optional label of the config revision, so operators can tell which one a replica runs.
         self.revision = user_config.get("revision")
-        self.holder.configure(
-            user_config.get("model_version"), user_config.get("artifact_path"), user_config.get("artifact_sha256")
-        )
+        named = (user_config.get("model_version"), user_config.get("artifact_path"), user_config.get("artifact_sha256"))
+        if not all(named) and self.database_url is not None:
+            self.holder.configure_from_registry(self.database_url)
+        else:
+            self.holder.configure(*named)
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
     async def predict(self, matrices: list[np.ndarray]) -> list[dict[str, Any]]:

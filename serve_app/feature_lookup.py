@@ -137,6 +137,9 @@ class EventWindow:
                 del self._gaps[next(iter(self._gaps))]
         self._last_id = max(self._last_id, top)
         if not ids:
+            if self._table is None:  # an empty store: no history yet, which is not a failure
+                with self._lock:
+                    self._table = page
             return 0
         self._seen.update(ids)
         users = page.column("user_id").to_pylist()

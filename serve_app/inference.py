@@ -91,6 +91,34 @@ class ModelHolder:
         self.model, self.unavailable = loaded, None
         log.info("now serving model %s", version)
 
+    def configure_from_registry(self, database_url: str) -> None:
+        """Serve the store registry's active model (``user_config`` named none), or none.
+
+        This is what a plain ``serve run``/``serve deploy`` of the committed
+        ``serve_config.yaml`` serves. The registry's artifact path and sha256 go through the
+        same verified load as a named model.
+        """
+        from conflict_core import registry
+        from conflict_core.store import make_engine, make_session_factory, session_scope
+
+        try:
+            engine = make_engine(database_url)
+            try:
+                with session_scope(make_session_factory(engine)) as session:
+                    row = registry.active(session)
+                    named = None if row is None else (row.version, row.artifact_path, row.artifact_sha256)
+            finally:
+                engine.dispose()
+        except Exception as exc:
+            log.error("registry unreadable, serving no model: %s: %s", type(exc).__name__, exc)
+            self.model = None
+            self.unavailable = ModelUnavailable(FallbackReason.NO_ACTIVE_MODEL, f"registry unreadable: {exc}")
+            return
+        if named is None:
+            self.configure(None, None, None)
+        else:
+            self.configure(*named)
+
     def predict(self, matrix: np.ndarray) -> tuple[str, np.ndarray]:
         model = self.model  # one read: a concurrent swap does not affect this call
         if model is None:

@@ -11,7 +11,6 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -36,7 +35,13 @@ from serve_app.heuristics import (
 )
 from serve_app.metrics import ServeMetrics
 from serve_app.prediction_log import PredictionLogWriter
-from serve_app.schemas import PredictItem, RequestError, parse_event_records, parse_json, parse_predict_body
+from serve_app.schemas import (
+    PredictItem,
+    RequestError,
+    parse_event_records,
+    parse_json,
+    parse_predict_body,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,6 +79,10 @@ class Ingress:
         self.high: float = options["risk_high_threshold"]
         self.lookup_timeout_s: float = options["lookup_timeout_s"]
         self.inference_timeout_s: float = options["inference_timeout_s"]
+        # FeatureLookup enforces both limits itself; this one only covers a lost or stuck call.
+        self.score_timeout_s = self.lookup_timeout_s + self.inference_timeout_s + 1.0
+        self._score.set_max_batch_size(int(options.get("ingress_max_batch_size", 64)))
+        self._score.set_batch_wait_timeout_s(float(options.get("ingress_batch_wait_timeout_s", 0.002)))
         self.engine = make_engine(options["database_url"])
         self.sessions = make_session_factory(self.engine)
         self.metrics = ServeMetrics()
@@ -137,37 +146,47 @@ class Ingress:
              "changed_fields": i.changed_fields, "at": i.at or now}
             for i in items
         ]
-        matrix: np.ndarray | None = None
-        reason: FallbackReason | None = None
-        model_version = HEURISTIC_VERSION
-        probabilities: np.ndarray | list[float] | None = None
-        try:
-            matrix = await asyncio.wait_for(_awaited(self.lookup.lookup.remote(targets)), self.lookup_timeout_s)
-        except Exception as exc:
-            log.warning("feature lookup failed: %s: %s", type(exc).__name__, exc)
-            reason = FallbackReason.FEATURE_LOOKUP_FAILED
-        if matrix is not None:
-            try:
-                answer = await asyncio.wait_for(
-                    _awaited(self.inference.predict.remote(matrix)), self.inference_timeout_s
-                )
-                if "unavailable" in answer:
-                    reason = FallbackReason(answer["unavailable"])
-                else:
-                    model_version, probabilities = answer["model_version"], answer["probabilities"]
-            except TimeoutError:
-                reason = FallbackReason.INFERENCE_TIMEOUT
-            except Exception as exc:
-                log.warning("inference failed: %s: %s", type(exc).__name__, exc)
-                reason = FallbackReason.INFERENCE_FAILED
+        scored = await self._score(targets)
+        matrix: np.ndarray | None = scored.get("features")
+        probabilities: np.ndarray | list[float] | None = scored.get("probabilities")
+        model_version: str = scored.get("model_version") or HEURISTIC_VERSION
+        unavailable = scored.get("unavailable")
+        reason = None if unavailable is None else FallbackReason(unavailable)
         feature_rows: list[dict[str, float] | None] = (
-            [dict(zip(FEATURE_NAMES, map(float, row), strict=True)) for row in matrix]
+            [dict(zip(FEATURE_NAMES, row, strict=True)) for row in matrix.tolist()]
             if matrix is not None
             else [None] * len(items)
         )
         if probabilities is None:
+            model_version = HEURISTIC_VERSION
             probabilities = await self._heuristics(feature_rows)
         return self._respond(items, feature_rows, probabilities, model_version, reason, now)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=8)
+    async def _score(self, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Concurrent requests' items as one FeatureLookup call (features and model scores).
+
+        Per request: ``features`` (or none when the lookup failed), and ``model_version`` with
+        ``probabilities`` or the ``unavailable`` reason.
+        """
+        flat = requests[0] if len(requests) == 1 else [item for request in requests for item in request]
+        try:
+            answer = await asyncio.wait_for(_awaited(self.lookup.score.remote(flat)), self.score_timeout_s)
+        except Exception as exc:
+            log.warning("feature lookup failed: %s: %s", type(exc).__name__, exc)
+            return [{"unavailable": FallbackReason.FEATURE_LOOKUP_FAILED.value}] * len(requests)
+        if len(requests) == 1:
+            return [answer]
+        features, probabilities = answer["features"], answer.get("probabilities")
+        answers, start = [], 0
+        for request in requests:
+            end = start + len(request)
+            part = dict(answer, features=features[start:end])
+            if probabilities is not None:
+                part["probabilities"] = probabilities[start:end]
+            answers.append(part)
+            start = end
+        return answers
 
     async def _heuristics(self, rows: list[dict[str, float] | None]) -> list[float]:
         try:

@@ -55,6 +55,7 @@ class PredictItem(BaseModel):
 
 
 _ITEM = TypeAdapter(PredictItem)
+_ITEMS = TypeAdapter(list[PredictItem])  # one validator call per request, not one per item
 
 
 def _location(loc: tuple[int | str, ...], prefix: str) -> str:
@@ -97,14 +98,11 @@ def parse_predict_body(payload: Any, *, max_items: int) -> tuple[list[PredictIte
         raise RequestError(422, prefix or "body", "expected at least one item, got an empty list")
     if len(raw_items) > max_items:
         raise RequestError(413, prefix or "body", f"{len(raw_items)} items, the limit is {max_items} per request")
-    items = []
-    for index, raw in enumerate(raw_items):
-        where = "" if single else f"{prefix}[{index}]"
-        try:
-            items.append(_ITEM.validate_python(raw))
-        except PydanticValidationError as exc:
-            first = exc.errors()[0]
-            raise RequestError(422, _location(tuple(first["loc"]), where), first["msg"]) from None
+    try:
+        items = [_ITEM.validate_python(payload)] if single else _ITEMS.validate_python(raw_items)
+    except PydanticValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        raise RequestError(422, _location(tuple(first["loc"]), prefix), first["msg"]) from None
     return items, single
 
 

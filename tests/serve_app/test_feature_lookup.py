@@ -167,3 +167,16 @@ def test_compaction_drops_events_older_than_the_lookback(sqlite_url: str) -> Non
     cutoff = pd.Timestamp(NOW - dt.timedelta(days=10))
     assert kept.num_rows == (before.column("synced_at").to_pandas() >= cutoff).sum()
     assert window.refresh() == 0  # the dropped rows are not loaded again
+
+
+def test_an_empty_store_gives_zero_history_features(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    db.upgrade(url)
+    lookup = OnlineFeatureLookup(url, refresh_interval_s=0.5)
+    try:
+        item = {"user_id": "u1", "entity_type": "task", "entity_id": "t1", "changed_fields": ["title"]}
+        matrix = lookup.compute([item, dict(item, user_id="u2")])
+        assert matrix.shape == (2, len(ALL_FEATURES)) and np.isfinite(matrix).all()
+        assert lookup.window.rows == 0
+    finally:
+        lookup.close()

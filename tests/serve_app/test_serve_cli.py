@@ -1,0 +1,184 @@
+"""The committed ``serve_config.yaml`` through Ray's own CLIs: ``serve run`` and ``serve deploy``.
+
+Both bring the graph up on 127.0.0.1:8000 (the config's port; ``serve run`` of a config file
+takes its HTTP options from the file). The store comes from ``DATABASE_URL`` in the
+environment of the process that starts Ray, and the model from the store's registry, since
+the committed ``user_config`` names none. Each test stops what it started by PID (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import joblib
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from conflict_core import db, registry
+from conflict_core.features import ALL_FEATURES
+from conflict_core.store import make_engine, make_session_factory, session_scope
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+SERVE = str(Path(sys.executable).with_name("serve"))
+BASE = "http://127.0.0.1:8000"
+ITEM = {"user_id": "u1", "device_id": "d1", "entity_type": "task", "entity_id": "t1", "changed_fields": ["title"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> str:
+    """A migrated SQLite store whose registry has one active model."""
+    url = f"sqlite:///{tmp_path / 'conflicts.db'}"
+    db.upgrade(url)
+    rng = np.random.default_rng(0)
+    x = rng.random((200, len(ALL_FEATURES)))
+    model = LogisticRegression().fit(x, (x[:, 0] > 0.5).astype(int))
+    artifact = tmp_path / "model.joblib"
+    joblib.dump({"estimator": model, "feature_columns": list(ALL_FEATURES), "version": "v_cli"}, artifact)
+    now = dt.datetime.now(dt.UTC)
+    engine = make_engine(url)
+    with session_scope(make_session_factory(engine)) as session:
+        registry.register(
+            session, version="v_cli", algorithm="logistic_regression", params={}, metrics={},
+            feature_columns=list(ALL_FEATURES), train_samples=200, holdout_samples=0,
+            training_window_start=now - dt.timedelta(days=1), training_window_end=now,
+            artifact_path=str(artifact), artifact_sha256=registry.sha256_file(artifact),
+        )
+        registry.activate(session, "v_cli", by="test")
+    engine.dispose()
+    return url
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_SERVE_"))}
+    env.update(extra)
+    return env
+
+
+def _wait_for(path: str, status: int, proc: subprocess.Popen[Any], timeout_s: float = 180) -> httpx.Response:
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process {proc.pid} exited with {proc.returncode} before {path} answered")
+        try:
+            response = httpx.get(BASE + path, timeout=5)
+            if response.status_code == status:
+                return response
+            last = response.status_code
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.5)
+    raise AssertionError(f"{path} did not answer {status} within {timeout_s}s (last: {last!r})")
+
+
+def _stop(proc: subprocess.Popen[Any], timeout_s: float = 60) -> int:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        raise AssertionError(f"process {proc.pid} ignored SIGTERM for {timeout_s}s") from None
+
+
+def _assert_port_closed(timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(BASE + "/healthz", timeout=1)
+        except httpx.HTTPError:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the app still answers after its Ray instance was stopped")
+
+
+def _predict_with_registry_model() -> None:
+    response = httpx.post(BASE + "/v1/predict", json=ITEM, timeout=10)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == "v_cli" and "fallback_reason" not in body, body
+
+
+@pytest.fixture()
+def logfile(tmp_path: Path) -> Iterator[Any]:
+    with open(tmp_path / "process.log", "w+") as f:
+        yield f
+        f.seek(0)
+        tail = f.read()[-4000:]
+        if tail:
+            print(tail)
+
+
+def test_serve_run_brings_up_the_graph(store: str, logfile: Any) -> None:
+    proc = subprocess.Popen(
+        [SERVE, "run", "serve_config.yaml"], cwd=REPO, env=_env(DATABASE_URL=store),
+        stdout=logfile, stderr=subprocess.STDOUT,
+    )
+    try:
+        assert _wait_for("/healthz", 200, proc).json() == {"status": "ok"}
+        ready = _wait_for("/readyz", 200, proc, timeout_s=60).json()
+        assert ready["model_version"] == "v_cli" and ready["store_reachable"]
+        _predict_with_registry_model()
+    finally:
+        code = _stop(proc)
+    assert proc.poll() is not None, code
+    _assert_port_closed()
+
+
+def test_serve_deploy_onto_a_running_ray(store: str, tmp_path: Path, logfile: Any) -> None:
+    port = _free_port()
+    starter = (
+        "import time, ray\n"
+        f"ray.init(address='local', include_dashboard=True, dashboard_host='127.0.0.1', dashboard_port={port})\n"
+        "print('ray up', flush=True)\n"
+        "while True:\n"
+        "    time.sleep(3600)\n"
+    )
+    ray_proc = subprocess.Popen(
+        [sys.executable, "-c", starter], cwd=REPO, env=_env(DATABASE_URL=store),
+        stdout=logfile, stderr=subprocess.STDOUT,
+    )
+    try:
+        address = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert ray_proc.poll() is None, "the Ray starter exited"
+            try:
+                if httpx.get(address + "/api/version", timeout=2).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the dashboard did not come up"
+            time.sleep(0.5)
+        # The CLI sends ~/.ray/auth_token only when token auth is on in its own environment.
+        deployed = subprocess.run(
+            [SERVE, "deploy", "serve_config.yaml", "--address", address], cwd=REPO,
+            env=_env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=120,
+        )
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        _wait_for("/healthz", 200, ray_proc)
+        assert _wait_for("/readyz", 200, ray_proc, timeout_s=60).json()["model_version"] == "v_cli"
+        _predict_with_registry_model()
+    finally:
+        _stop(ray_proc)
+    _assert_port_closed()
