@@ -161,19 +161,49 @@ def _custom_metrics(timeout_s: float = 40) -> list[str]:
     return sorted(names)
 
 
+_COMPONENTS = ("Ingress", "FeatureLookup", "ModelInference", "FallbackHeuristics", "ProxyActor", "ServeController",
+               "serve_baseline", "raylet", "gcs_server", "wrk")
+
+
+def _cpu_by_component() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the processes of each component on this machine."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = next((c for c in _COMPONENTS if c in line), "other")
+        totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return totals
+
+
 def _scenarios(url: str, work: Path, concurrencies: list[int], duration: float, label: str) -> list[dict[str, Any]]:
+    """Each load point, with the CPU each component spent per request during it (profile by process)."""
     rows = []
     for items in (1, 50):
         bodies = work / f"bodies_{items}.jsonl"
         lua = work / f"post_{items}.lua"
         lua.write_text(LUA % bodies)
         for c in concurrencies:
+            cpu_before = _cpu_by_component()
             r = _wrk(url, lua, c, duration)
-            r.update(target=label, items=items, concurrency=c, predictions_per_s=r["requests_per_s"] * items)
+            cpu_after = _cpu_by_component()
+            requests = max(r["requests_per_s"] * duration, 1.0)
+            cpu_ms = {k: round((v - cpu_before.get(k, 0.0)) * 1000 / requests, 3) for k, v in cpu_after.items()
+                      if v - cpu_before.get(k, 0.0) > 0.05 and k != "wrk"}
+            r.update(target=label, items=items, concurrency=c, predictions_per_s=r["requests_per_s"] * items,
+                     cpu_ms_per_request=cpu_ms)
             print(f"{label:9s} items={items:3d} c={c:3d}  req/s={r['requests_per_s']:8.1f}  "
                   f"pred/s={r['predictions_per_s']:9.1f}  p50={r.get('p50_ms', 0):7.1f}ms  "
                   f"p95={r.get('p95_ms', 0):7.1f}ms  p99={r.get('p99_ms', 0):7.1f}ms  errors={int(r['errors'])}",
                   flush=True)
+            print(f"{'':9s} CPU ms/request: total {sum(v for k, v in cpu_ms.items() if k != 'other'):.2f}  "
+                  + "  ".join(f"{k} {v:.2f}" for k, v in sorted(cpu_ms.items(), key=lambda kv: -kv[1])), flush=True)
             rows.append(r)
     return rows
 
