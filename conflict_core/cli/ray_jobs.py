@@ -18,9 +18,13 @@ from conflict_core.errors import ConflictPredictorError
 
 # Ray Serve's throughput-optimized mode (direct ingress into the ingress replica, gRPC between
 # replicas, no per-request log lines): about 1.2x the default on 50-item requests here (see
-# BENCHMARKS.md). The HTTP ports stay on the serve config's host (127.0.0.1). Read when Ray
-# starts; an explicit RAY_SERVE_THROUGHPUT_OPTIMIZED=0 in the environment wins.
-SERVE_ENV: dict[str, str] = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# BENCHMARKS.md). The HTTP ports stay on the serve config's host (127.0.0.1). A draining
+# ingress replica then waits 30 s by default for an external load balancer to notice; a local
+# instance has none, so 2 s. Read when Ray starts; values already in the environment win.
+SERVE_ENV: dict[str, str] = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+}
 
 
 class JobFailedError(ConflictPredictorError):
