@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(default=None, description="Ray cluster address; None starts or joins a local instance.")
     serve_config_path: Path = Field(default=Path("serve_config.yaml"))
     serve_url: str = Field(default="http://127.0.0.1:8000", description="Base URL of the running prediction app.")
+    serve_ingress_mode: Literal["throughput", "haproxy", "default"] = Field(
+        default="throughput",
+        description="Ray Serve's HTTP path when conflictctl starts Ray: throughput-optimized (loopback "
+        "only), HAProxy (fastest; Ray 2.60 binds its stats, metrics and replica ports on every "
+        "interface) or the default Python proxy.",
+    )
     dashboard_url: str = Field(default="http://127.0.0.1:8265", description="Ray dashboard, for Serve deploys and job submission.")
 
     # Risk bands and the operating threshold of the classifier.

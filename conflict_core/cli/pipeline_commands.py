@@ -48,10 +48,10 @@ def run_command(
     """
     from conflict_core import db, registry
     from conflict_core.cli.ray_jobs import (
-        SERVE_ENV,
         job_summary,
         local_ray,
         module_entrypoint,
+        serve_env,
         submit_and_wait,
     )
     from conflict_core.events_io import export_events, import_events
@@ -104,7 +104,7 @@ def run_command(
 
     tracking: dict | None = None
     retraining: dict | None = None
-    with local_ray(dashboard_port=dashboard_port, env=SERVE_ENV) as dashboard:
+    with local_ray(dashboard_port=dashboard_port, env=serve_env(settings.serve_ingress_mode)) as dashboard:
         _step(f"Ray Job: extract features (dashboard {dashboard})")
         logs = submit_and_wait(
             dashboard, module_entrypoint("jobs.extract_features", [*job_args, "--days-back", str(days)]),

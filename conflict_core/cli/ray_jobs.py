@@ -16,15 +16,28 @@ from typing import Any
 from conflict_core.errors import ConflictPredictorError
 
 
-# Ray Serve's throughput-optimized mode (direct ingress into the ingress replica, gRPC between
-# replicas, no per-request log lines): about 1.2x the default on 50-item requests here (see
-# BENCHMARKS.md). The HTTP ports stay on the serve config's host (127.0.0.1). A draining
-# ingress replica then waits 30 s by default for an external load balancer to notice; a local
-# instance has none, so 2 s. Read when Ray starts; values already in the environment win.
-SERVE_ENV: dict[str, str] = {
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
-}
+def serve_env(mode: str) -> dict[str, str]:
+    """Environment that puts Ray Serve's HTTP path in ``mode``; it must be set before Ray starts.
+
+    ``throughput`` (the default): Ray Serve's throughput-optimized mode — direct ingress into
+    the ingress replica, gRPC between replicas, no per-request log lines; about 1.2x the
+    default proxy on 50-item requests here. Every HTTP port stays on the serve config's host
+    (127.0.0.1). ``haproxy``: the bundled HAProxy replaces the Python proxy (several times the
+    requests/s here, see BENCHMARKS.md), but in Ray 2.60 its stats and Prometheus listeners
+    and the replicas' direct-ingress ports bind every interface, so it is an explicit opt-in
+    for hosts whose firewall closes them. ``default``: Ray Serve's Python proxy.
+
+    A draining ingress replica waits 30 s by default for an external load balancer to notice;
+    a local instance has none, so 2 s. Values already in the environment win.
+    """
+    modes = {
+        "default": {},
+        "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+        "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    }
+    if mode not in modes:
+        raise ValueError(f"serve ingress mode must be one of {sorted(modes)}, got {mode!r}")
+    return {**modes[mode], "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"} if modes[mode] else {}
 
 
 class JobFailedError(ConflictPredictorError):

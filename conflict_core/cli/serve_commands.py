@@ -63,11 +63,11 @@ def serve_up(app: AppContext, config_path: str | None, wait: bool) -> None:
 
     import os
 
-    from conflict_core.cli.ray_jobs import SERVE_ENV
+    from conflict_core.cli.ray_jobs import serve_env
 
     path = Path(config_path or app.settings.serve_config_path)
     config = load_config(path, app.settings.database_url)
-    for key, value in SERVE_ENV.items():
+    for key, value in serve_env(app.settings.serve_ingress_mode).items():
         os.environ.setdefault(key, value)
     ray.init(address=app.settings.ray_address or "local", include_dashboard=False, ignore_reinit_error=True)
     try:

@@ -124,3 +124,27 @@ def test_replay_records_the_rest_when_time_runs_out(fake_app: tuple[str, _FakeAp
     recorded = [e["event_id"] for kind, body in fake.calls if kind == "events" for e in body]
     assert sorted(recorded) == sorted(day["event_id"])  # nothing lost, nothing twice
     assert report["recorded_without_prediction"] == len(day) - report["predictions"]
+
+
+def test_serve_env_names_each_ingress_mode_and_refuses_others() -> None:
+    from conflict_core.cli.ray_jobs import serve_env
+
+    assert serve_env("default") == {}
+    assert serve_env("throughput")["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in serve_env("throughput")  # loopback-only by default
+    assert serve_env("haproxy")["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    with pytest.raises(ValueError, match="serve ingress mode"):
+        serve_env("nginx")
+
+
+def test_the_ingress_mode_is_a_validated_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from conflict_core.settings import Settings
+
+    assert Settings().serve_ingress_mode == "throughput"
+    monkeypatch.setenv("CONFLICT_SERVE_INGRESS_MODE", "haproxy")
+    assert Settings().serve_ingress_mode == "haproxy"
+    monkeypatch.setenv("CONFLICT_SERVE_INGRESS_MODE", "fast")
+    with pytest.raises(ValidationError, match="serve_ingress_mode"):
+        Settings()
