@@ -36,7 +36,10 @@ def main() -> None:
     from conflict_core.simulator import simulate, simulation_size_for_events
     from training.extract import ExtractionWindow, extract_local, extract_with_ray, latest_event_time, partition_files
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         events_dir = Path(tmp) / "events"
         config = simulation_size_for_events(args.events, days=args.days)

@@ -58,9 +58,7 @@ def _batch(rng: np.random.Generator, offset: int, rows: int) -> pa.Table:
         "synced_at": pa.array(synced_us, pa.int64()).cast(EVENT_SCHEMA.field("synced_at").type),
         "conflict": pa.array(conflict),
         "resolution_type": pa.array(np.full(rows, "server_wins"), mask=~resolved),
-        "resolved_at": pa.array(resolved_us, pa.int64(), mask=~resolved).cast(
-            EVENT_SCHEMA.field("resolved_at").type
-        ),
+        "resolved_at": pa.array(resolved_us, pa.int64(), mask=~resolved).cast(EVENT_SCHEMA.field("resolved_at").type),
         "base_version": pa.array(base_version),
         "server_version": pa.array(base_version + conflict.astype(np.int64)),
     }

@@ -25,12 +25,8 @@ def _peak_rss_mib() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--events", type=int, default=1_000_000, help="approximate number of events"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000, help="approximate number of events")
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -37,7 +37,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlalchemy import ColumnElement, Select, Table, insert, select, tuple_, union_all
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine, Row
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core.errors import ImportFormatError, StoreError
@@ -343,9 +343,7 @@ def _cross_field_issues(columns: Mapping[str, pa.Array]) -> list[_Issue]:
     return issues
 
 
-def _validate_chunk(
-    chunk: pa.Table, *, source: str, first_row: int, seen_ids: set[str]
-) -> pa.Table:
+def _validate_chunk(chunk: pa.Table, *, source: str, first_row: int, seen_ids: set[str]) -> pa.Table:
     """The chunk parsed into ``EVENT_SCHEMA``, or the row-wise first problem as an error.
 
     ``first_row`` is the 1-based file row of the chunk's first row; ``seen_ids`` carries the
@@ -360,9 +358,7 @@ def _validate_chunk(
             raw = pa.nulls(chunk.num_rows)
         parse = _PARSERS[field.name]
         try:
-            columns[field.name] = parse(
-                raw, column=field.name, required=field.name in REQUIRED_COLUMNS
-            )
+            columns[field.name] = parse(raw, column=field.name, required=field.name in REQUIRED_COLUMNS)
         except _CellError as error:
             issues.append((error.index, position, field.name, error.problem))
     if "event_id" in columns:
@@ -371,9 +367,7 @@ def _validate_chunk(
     if issues:
         index, _, column, problem = min(issues)
         raise ImportFormatError(source, problem, row=first_row + index, column=column)
-    return pa.Table.from_arrays(
-        [columns[field.name] for field in EVENT_SCHEMA], schema=EVENT_SCHEMA
-    )
+    return pa.Table.from_arrays([columns[field.name] for field in EVENT_SCHEMA], schema=EVENT_SCHEMA)
 
 
 def _validate_chunks(chunks: Iterable[pa.Table], *, source: str) -> Iterator[pa.Table]:
@@ -455,9 +449,7 @@ def _raw_chunks(path: Path, chunk_rows: int) -> Iterator[pa.Table]:
     elif suffix == ".csv":
         batches = _csv_batches(path)
     else:
-        raise ImportFormatError(
-            str(path), f"unsupported extension {suffix!r}; expected .parquet or .csv"
-        )
+        raise ImportFormatError(str(path), f"unsupported extension {suffix!r}; expected .parquet or .csv")
     if not path.is_file():
         raise ImportFormatError(str(path), "no such file")
     return _rechunk(batches, chunk_rows)
@@ -544,9 +536,7 @@ def _insert_chunk(session: Session, events: pa.Table) -> int:
     """
     if events.num_rows == 0:
         return 0
-    statement = _insert_ignoring_existing(session, _SYNC_TABLE).returning(
-        _SYNC_TABLE.c.event_id, _SYNC_TABLE.c.id
-    )
+    statement = _insert_ignoring_existing(session, _SYNC_TABLE).returning(_SYNC_TABLE.c.event_id, _SYNC_TABLE.c.id)
     new_ids: dict[str, int] = {}
     for start in range(0, events.num_rows, _STATEMENT_ROWS):
         rows = _parameter_rows(events.slice(start, _STATEMENT_ROWS), _SYNC_COLUMNS)
@@ -568,11 +558,7 @@ def _insert_chunk(session: Session, events: pa.Table) -> int:
 
 def _conform(events: pa.Table | pd.DataFrame) -> pa.Table:
     """Already-validated events as an ``EVENT_SCHEMA`` table; absent optional columns are null."""
-    table = (
-        pa.Table.from_pandas(events, preserve_index=False)
-        if isinstance(events, pd.DataFrame)
-        else events
-    )
+    table = pa.Table.from_pandas(events, preserve_index=False) if isinstance(events, pd.DataFrame) else events
     columns = []
     for field in EVENT_SCHEMA:
         if field.name not in table.column_names:
@@ -643,9 +629,7 @@ def import_events(
             inserted += _insert_chunk(session, chunk)
             if progress is not None:
                 progress(chunk.num_rows)
-    return ImportResult(
-        path=path, rows_read=rows_read, inserted=inserted, skipped_existing=rows_read - inserted
-    )
+    return ImportResult(path=path, rows_read=rows_read, inserted=inserted, skipped_existing=rows_read - inserted)
 
 
 # --------------------------------------------------------------------------- reading the store
@@ -678,13 +662,9 @@ def _time_window(since: dt.datetime | None, until: dt.datetime | None) -> list[C
     return window
 
 
-def _rows_to_table(rows: Sequence[Row[Any]]) -> pa.Table:
-    columns: Iterable[Sequence[Any]] = (
-        zip(*rows, strict=True) if rows else ([] for _ in EVENT_SCHEMA)
-    )
-    arrays = [
-        pa.array(values, field.type) for values, field in zip(columns, EVENT_SCHEMA, strict=True)
-    ]
+def _rows_to_table(rows: Sequence[Sequence[Any]]) -> pa.Table:
+    columns: Iterable[Sequence[Any]] = zip(*rows, strict=True) if rows else ([] for _ in EVENT_SCHEMA)
+    arrays = [pa.array(values, field.type) for values, field in zip(columns, EVENT_SCHEMA, strict=True)]
     return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
 
 
@@ -754,7 +734,9 @@ def tail_events(
     if recheck_ids:
         newer = newer | SyncLog.id.in_(sorted(recheck_ids))
     statement = (
-        _event_select().add_columns(SyncLog.id.label("row_id")).where(newer, *_time_window(since, None))
+        _event_select()
+        .add_columns(SyncLog.id.label("row_id"))
+        .where(newer, *_time_window(since, None))
         .order_by(SyncLog.id)
     )
     if limit is not None:
@@ -769,9 +751,7 @@ def tail_events(
 # --------------------------------------------------------------------------- export
 
 
-def _whole_days(
-    since: dt.datetime | None, until: dt.datetime | None
-) -> tuple[dt.datetime | None, dt.datetime | None]:
+def _whole_days(since: dt.datetime | None, until: dt.datetime | None) -> tuple[dt.datetime | None, dt.datetime | None]:
     """The bounds widened to UTC midnights: partitions are replaced whole, so written whole."""
     _require_utc(since, "since")
     _require_utc(until, "until")
@@ -868,9 +848,7 @@ def export_events(
     """
     out_dir = Path(out_dir)
     start, end = _whole_days(since, until)
-    statement = (
-        _event_select().where(*_time_window(start, end)).order_by(SyncLog.synced_at, SyncLog.id)
-    )
+    statement = _event_select().where(*_time_window(start, end)).order_by(SyncLog.synced_at, SyncLog.id)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))
     rows = 0
@@ -892,6 +870,4 @@ def export_events(
         _swap_in(staging, out_dir, days)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ExportResult(
-        out_dir=out_dir, rows=rows, partitions=sorted(_partition_name(day) for day in days)
-    )
+    return ExportResult(out_dir=out_dir, rows=rows, partitions=sorted(_partition_name(day) for day in days))

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -88,7 +88,7 @@ _MS_PER_DAY = 24 * _MS_PER_HOUR
 _NONE = np.int64(-1)  # "no such event"; below every window bound, which are all >= 1
 
 
-Frame = pd.DataFrame | pa.Table
+Frame: TypeAlias = pd.DataFrame | pa.Table
 """History and targets are pandas frames or Arrow tables; both give identical features.
 
 Arrow tables (UTC timestamps, ``list<string>`` fields) skip pandas' per-call overhead, which
@@ -240,8 +240,13 @@ def _take(values: np.ndarray, positions: np.ndarray, missing: Any = _NONE) -> np
 
 
 def _count_covering(
-    codes: np.ndarray, opens: np.ndarray, closes: np.ndarray, stride: np.int64, n_codes: int,
-    queries: _Queries, times: np.ndarray,
+    codes: np.ndarray,
+    opens: np.ndarray,
+    closes: np.ndarray,
+    stride: np.int64,
+    n_codes: int,
+    queries: _Queries,
+    times: np.ndarray,
 ) -> np.ndarray:
     """For each query, how many intervals ``(open, close]`` of its code contain its time."""
     started = _KeyedTimes(codes, opens, stride, n_codes).count_before(queries, times)
@@ -373,9 +378,7 @@ def _user_side(f: _Frame) -> dict[str, np.ndarray]:
     known = f.h_conflict & (f.h_resolved >= 0)
     opens, closes = f.h_resolved[known], f.h_time[known] + p.history_window_ms
     valid = opens < closes
-    conflicts = _count_covering(
-        h_user[known][valid], opens[valid], closes[valid], f.stride, n_users, q_user, f.t_time
-    )
+    conflicts = _count_covering(h_user[known][valid], opens[valid], closes[valid], f.stride, n_users, q_user, f.t_time)
     syncs = by_user.count_between(q_user, f.window_start, f.t_time)
     rate = (conflicts + p.prior_strength * p.prior_conflict_rate) / (syncs + p.prior_strength)
     return {"hours_since_last_sync": np.minimum(hours, p.hours_since_cap), "user_conflict_rate": rate}
@@ -408,8 +411,7 @@ def _entity_side(f: _Frame, history: Frame, targets: Frame) -> dict[str, np.ndar
     )
     return {
         "concurrent_editors": editors.astype(np.int64),
-        "entity_edit_frequency": by_entity.count_between(q_ent, window_start, f.t_time)
-        / f.params.history_window_days,
+        "entity_edit_frequency": by_entity.count_between(q_ent, window_start, f.t_time) / f.params.history_window_days,
         "field_overlap_score": overlap_30,
         "edits_since_own_last_sync": by_entity.count_between(q_ent, since_own, f.t_time).astype(np.int64),
         "overlap_since_own_last_sync": overlap_own,
@@ -417,10 +419,17 @@ def _entity_side(f: _Frame, history: Frame, targets: Frame) -> dict[str, np.ndar
 
 
 def _field_overlap(
-    history: Frame, targets: Frame,
-    h_ent: np.ndarray, h_user: np.ndarray, h_time: np.ndarray,
-    t_ent: np.ndarray, t_user: np.ndarray, t_time: np.ndarray,
-    window_start: np.ndarray, since_own: np.ndarray, stride: np.int64,
+    history: Frame,
+    targets: Frame,
+    h_ent: np.ndarray,
+    h_user: np.ndarray,
+    h_time: np.ndarray,
+    t_ent: np.ndarray,
+    t_user: np.ndarray,
+    t_time: np.ndarray,
+    window_start: np.ndarray,
+    since_own: np.ndarray,
+    stride: np.int64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Share of each target's fields that another user changed on the entity since a bound.
 
@@ -462,8 +471,14 @@ def _field_overlap(
 
 
 def features_for_request(
-    history: pd.DataFrame, *, user_id: str, entity_type: str, entity_id: str,
-    changed_fields: Sequence[str], at: pd.Timestamp, params: FeatureParams = FeatureParams(),
+    history: pd.DataFrame,
+    *,
+    user_id: str,
+    entity_type: str,
+    entity_id: str,
+    changed_fields: Sequence[str],
+    at: pd.Timestamp,
+    params: FeatureParams = FeatureParams(),
 ) -> dict[str, float]:
     """The features of one prospective sync at instant ``at`` (one row of :func:`compute_features`)."""
     target = pd.DataFrame(

@@ -72,12 +72,14 @@ def acquire(
     except IntegrityError:
         pass  # held (or once held): fall through to the take-over of an expired lock
     with session_factory.begin() as session:
-        taken = _rowcount(session.execute(
-            update(JobLock)
-            .where(JobLock.name == name, JobLock.expires_at < now)
-            .values(holder=holder, acquired_at=now, expires_at=expires)
-            .execution_options(synchronize_session=False)
-        ))
+        taken = _rowcount(
+            session.execute(
+                update(JobLock)
+                .where(JobLock.name == name, JobLock.expires_at < now)
+                .values(holder=holder, acquired_at=now, expires_at=expires)
+                .execution_options(synchronize_session=False)
+            )
+        )
     if taken == 1:
         log.warning("lock %s had expired; taken over by %s", name, holder)
         return LockHandle(name, holder, now, expires)
@@ -92,25 +94,31 @@ def refresh(
     """Push the expiry of a lock the caller holds to ``now + ttl``; raise if it was lost."""
     now = now or utcnow()
     with session_factory.begin() as session:
-        updated = _rowcount(session.execute(
-            update(JobLock)
-            .where(JobLock.name == lock.name, JobLock.holder == lock.holder)
-            .values(expires_at=now + ttl)
-            .execution_options(synchronize_session=False)
-        ))
+        updated = _rowcount(
+            session.execute(
+                update(JobLock)
+                .where(JobLock.name == lock.name, JobLock.holder == lock.holder)
+                .values(expires_at=now + ttl)
+                .execution_options(synchronize_session=False)
+            )
+        )
     if updated != 1:
-        raise JobLockedError(f"job lock {lock.name!r} is no longer held by {lock.holder}; it expired and was taken over")
+        raise JobLockedError(
+            f"job lock {lock.name!r} is no longer held by {lock.holder}; it expired and was taken over"
+        )
     return LockHandle(lock.name, lock.holder, lock.acquired_at, now + ttl)
 
 
 def release(session_factory: sessionmaker[Session], lock: LockHandle) -> bool:
     """Delete the lock if the caller still holds it; ``False`` when it had been taken over."""
     with session_factory.begin() as session:
-        deleted = _rowcount(session.execute(
-            delete(JobLock)
-            .where(JobLock.name == lock.name, JobLock.holder == lock.holder)
-            .execution_options(synchronize_session=False)
-        ))
+        deleted = _rowcount(
+            session.execute(
+                delete(JobLock)
+                .where(JobLock.name == lock.name, JobLock.holder == lock.holder)
+                .execution_options(synchronize_session=False)
+            )
+        )
     if deleted != 1:
         log.warning("lock %s was no longer held by %s at release", lock.name, lock.holder)
     return deleted == 1

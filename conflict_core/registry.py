@@ -74,9 +74,13 @@ def gate(
     ROC-AUC, e.g. 0.05 for 5%).
     """
     if candidate_roc_auc < quality_floor:
-        return GateDecision(False, f"holdout ROC-AUC {candidate_roc_auc:.4f} is below the quality floor {quality_floor:.2f}")
+        return GateDecision(
+            False, f"holdout ROC-AUC {candidate_roc_auc:.4f} is below the quality floor {quality_floor:.2f}"
+        )
     if active_roc_auc is None:
-        return GateDecision(True, f"first model; holdout ROC-AUC {candidate_roc_auc:.4f} clears the floor {quality_floor:.2f}")
+        return GateDecision(
+            True, f"first model; holdout ROC-AUC {candidate_roc_auc:.4f} clears the floor {quality_floor:.2f}"
+        )
     improvement = (candidate_roc_auc - active_roc_auc) / active_roc_auc
     verdict = (
         f"holdout ROC-AUC {candidate_roc_auc:.4f} vs active {active_roc_auc:.4f} "

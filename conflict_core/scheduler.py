@@ -75,20 +75,30 @@ def load_schedules(path: Path = DEFAULT_SCHEDULES) -> ScheduleFile:
     schedules = []
     for name, entry in raw["jobs"].items():
         if not isinstance(entry, Mapping) or not {"cron", "module"} <= set(entry) or set(entry) - _JOB_KEYS:
-            raise ConfigurationError(f"schedule file {path}: job {name!r} needs 'cron' and 'module' (and optional 'args') only")
-        schedule = Schedule(str(name), str(entry["cron"]), str(entry["module"]), tuple(str(a) for a in entry.get("args") or ()))
+            raise ConfigurationError(
+                f"schedule file {path}: job {name!r} needs 'cron' and 'module' (and optional 'args') only"
+            )
+        schedule = Schedule(
+            str(name), str(entry["cron"]), str(entry["module"]), tuple(str(a) for a in entry.get("args") or ())
+        )
         try:
             schedule.trigger()
         except ValueError as exc:
-            raise ConfigurationError(f"schedule file {path}: job {name!r} has an invalid cron {schedule.cron!r}: {exc}") from exc
+            raise ConfigurationError(
+                f"schedule file {path}: job {name!r} has an invalid cron {schedule.cron!r}: {exc}"
+            ) from exc
         schedules.append(schedule)
     grace = raw.get("misfire_grace_time_seconds", 3600)
     if not isinstance(grace, int) or grace <= 0:
-        raise ConfigurationError(f"schedule file {path}: misfire_grace_time_seconds must be a positive integer, got {grace!r}")
+        raise ConfigurationError(
+            f"schedule file {path}: misfire_grace_time_seconds must be a positive integer, got {grace!r}"
+        )
     return ScheduleFile(tuple(schedules), grace, bool(raw.get("coalesce", True)), path)
 
 
-def next_run_times(schedules: Sequence[Schedule], *, after: dt.datetime, count: int = 3) -> dict[str, list[dt.datetime]]:
+def next_run_times(
+    schedules: Sequence[Schedule], *, after: dt.datetime, count: int = 3
+) -> dict[str, list[dt.datetime]]:
     """The next ``count`` firing times of each schedule strictly after ``after`` (UTC)."""
     if after.tzinfo is None:
         raise ValueError("after must be timezone-aware")
@@ -169,26 +179,42 @@ class JobSubmitter:
         command = entrypoint(schedule, python=self.python)
         try:
             returned = self._client().submit_job(
-                entrypoint=command, submission_id=sid, runtime_env=runtime_env(self.settings, self.project_dir),
+                entrypoint=command,
+                submission_id=sid,
+                runtime_env=runtime_env(self.settings, self.project_dir),
                 metadata={"schedule": schedule.name, "cron": schedule.cron},
             )
         except Exception as exc:  # Ray raises plain RuntimeError/ConnectionError; keep scheduling
-            log.error("schedule %s: submission %s to %s failed: %s", schedule.name, sid, self.settings.dashboard_url, exc)
+            log.error(
+                "schedule %s: submission %s to %s failed: %s", schedule.name, sid, self.settings.dashboard_url, exc
+            )
             return None
-        log.info("schedule %s: submitted Ray Job %s to %s: %s", schedule.name, returned, self.settings.dashboard_url, command)
+        log.info(
+            "schedule %s: submitted Ray Job %s to %s: %s", schedule.name, returned, self.settings.dashboard_url, command
+        )
         return str(returned)
 
 
 def build_scheduler(schedule_file: ScheduleFile, submit: Callable[[Schedule], Any]) -> BlockingScheduler:
     scheduler = BlockingScheduler(
         timezone=dt.UTC,
-        job_defaults={"misfire_grace_time": schedule_file.misfire_grace_time_s, "coalesce": schedule_file.coalesce,
-                      "max_instances": 1},
+        job_defaults={
+            "misfire_grace_time": schedule_file.misfire_grace_time_s,
+            "coalesce": schedule_file.coalesce,
+            "max_instances": 1,
+        },
     )
     for schedule in schedule_file.schedules:
         scheduler.add_job(
-            submit, schedule.trigger(), args=[schedule], id=schedule.name, name=schedule.name, replace_existing=True,
-            misfire_grace_time=schedule_file.misfire_grace_time_s, coalesce=schedule_file.coalesce, max_instances=1,
+            submit,
+            schedule.trigger(),
+            args=[schedule],
+            id=schedule.name,
+            name=schedule.name,
+            replace_existing=True,
+            misfire_grace_time=schedule_file.misfire_grace_time_s,
+            coalesce=schedule_file.coalesce,
+            max_instances=1,
         )
     return scheduler
 

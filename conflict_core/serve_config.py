@@ -39,7 +39,9 @@ def inference_user_config(config: dict[str, Any]) -> dict[str, Any]:
     raise ConfigurationError(f"serve config has no deployment named {INFERENCE_DEPLOYMENT!r}")
 
 
-def set_model(path: Path, *, version: str | None, artifact_path: str | None, artifact_sha256: str | None) -> dict[str, Any]:
+def set_model(
+    path: Path, *, version: str | None, artifact_path: str | None, artifact_sha256: str | None
+) -> dict[str, Any]:
     """Point the inference deployment at a model (``None`` everywhere: no model) and save atomically.
 
     The file is edited round-trip, so its comments and key order survive.

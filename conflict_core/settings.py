@@ -36,7 +36,9 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the sync event store.",
     )
     data_dir: Path = Field(default=DEFAULT_DATA_DIR, description="Root of exported events, features and artifacts.")
-    ray_address: str | None = Field(default=None, description="Ray cluster address; None starts or joins a local instance.")
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster address; None starts or joins a local instance."
+    )
     serve_config_path: Path = Field(default=Path("serve_config.yaml"))
     serve_url: str = Field(default="http://127.0.0.1:8000", description="Base URL of the running prediction app.")
     serve_ingress_mode: Literal["throughput", "haproxy", "default"] = Field(
@@ -45,7 +47,9 @@ class Settings(BaseSettings):
         "only), HAProxy (fastest; Ray 2.60 binds its stats, metrics and replica ports on every "
         "interface) or the default Python proxy.",
     )
-    dashboard_url: str = Field(default="http://127.0.0.1:8265", description="Ray dashboard, for Serve deploys and job submission.")
+    dashboard_url: str = Field(
+        default="http://127.0.0.1:8265", description="Ray dashboard, for Serve deploys and job submission."
+    )
 
     # Risk bands and the operating threshold of the classifier.
     risk_medium_threshold: float = Field(default=0.2, gt=0, lt=1)
@@ -59,7 +63,9 @@ class Settings(BaseSettings):
     gate_quality_floor_roc_auc: float = Field(default=0.75, ge=0.5, le=1.0)
     sweep_num_samples: int = Field(default=12, gt=0)
     job_task_cpus: float = Field(
-        default=1.0, gt=0, le=64,
+        default=1.0,
+        gt=0,
+        le=64,
         description="Logical CPUs each extraction task and sweep trial reserves on Ray; below 1 lets the "
         "jobs share a small machine with a running Serve app.",
     )

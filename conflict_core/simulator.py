@@ -197,17 +197,11 @@ def _fail(name: str, expected: str, got: object) -> ConfigurationError:
 
 def _check_int(config: SimulationConfig, name: str, low: int, high: int) -> None:
     value = getattr(config, name)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | np.integer)
-        or not low <= value <= high
-    ):
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
         raise _fail(name, f"an integer in [{low}, {high}]", value)
 
 
-def _check_float(
-    config: SimulationConfig, name: str, low: float, high: float, *, open_low: bool = False
-) -> None:
+def _check_float(config: SimulationConfig, name: str, low: float, high: float, *, open_low: bool = False) -> None:
     value = getattr(config, name)
     ok = isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
     ok = ok and (low < value if open_low else low <= value) and value <= high
@@ -271,11 +265,7 @@ def validate_config(config: SimulationConfig) -> None:
 def _check_entity_types(config: SimulationConfig) -> None:
     types = config.entity_types
     expected = "a non-empty tuple of EntityType with distinct names, 1-16 distinct fields each"
-    if (
-        not isinstance(types, tuple)
-        or not types
-        or not all(isinstance(t, EntityType) for t in types)
-    ):
+    if not isinstance(types, tuple) or not types or not all(isinstance(t, EntityType) for t in types):
         raise _fail("entity_types", expected, types)
     if len({t.name for t in types}) != len(types):
         raise _fail("entity_types", expected, [t.name for t in types])
@@ -351,14 +341,10 @@ def _build_population(config: SimulationConfig, rng: np.random.Generator) -> _Po
     user_team = rng.permutation(n_users).astype(np.int64) % n_teams
     team_region = rng.integers(0, len(_REGION_OFFSETS), n_teams)
     own_region = rng.random(n_users) < 0.85
-    user_region = np.where(
-        own_region, team_region[user_team], rng.integers(0, len(_REGION_OFFSETS), n_users)
-    )
+    user_region = np.where(own_region, team_region[user_team], rng.integers(0, len(_REGION_OFFSETS), n_users))
     user_rate = config.edits_per_user_day * _mean_one_lognormal(rng, config.activity_sigma, n_users)
 
-    device_count = (
-        rng.choice(3, size=n_users, p=_normalised(config.device_count_weights)).astype(np.int64) + 1
-    )
+    device_count = rng.choice(3, size=n_users, p=_normalised(config.device_count_weights)).astype(np.int64) + 1
     device_first = np.concatenate(([0], np.cumsum(device_count)[:-1])).astype(np.int64)
     device_user = np.repeat(np.arange(n_users, dtype=np.int64), device_count)
     device_slot = np.arange(len(device_user), dtype=np.int64) - device_first[device_user] + 1
@@ -487,9 +473,7 @@ def _generate_edits(config: SimulationConfig, pop: _Population, rng: np.random.G
     )
 
 
-def _draw_fields(
-    config: SimulationConfig, entity_type: IntArray, rng: np.random.Generator
-) -> IntArray:
+def _draw_fields(config: SimulationConfig, entity_type: IntArray, rng: np.random.Generator) -> IntArray:
     """A non-empty set of field indices per edit, as a bit mask, by field popularity."""
     m = len(entity_type)
     k_weights = _normalised(config.fields_per_edit_weights)
@@ -557,9 +541,7 @@ class _Syncs:
     fetch_device: IntArray
 
 
-def _plan_syncs(
-    config: SimulationConfig, pop: _Population, edits: _Edits, rng: np.random.Generator
-) -> _Syncs:
+def _plan_syncs(config: SimulationConfig, pop: _Population, edits: _Edits, rng: np.random.Generator) -> _Syncs:
     """When each edit reaches the server, and which syncs only fetch.
 
     An online edit is pushed ``push_delay`` after it is made; an offline one when the
@@ -575,12 +557,8 @@ def _plan_syncs(
     entity, fields, first = edits.entity[order], edits.fields[order], edits.session_first[order]
     n_devices = len(pop.device_user)
     bounds = np.searchsorted(device, np.arange(n_devices + 1))
-    push_delay = np.round(
-        rng.exponential(config.push_delay_seconds * US_PER_SECOND, len(time))
-    ).astype(np.int64)
-    open_lead = np.round(
-        rng.exponential(config.open_fetch_seconds * US_PER_SECOND, len(time))
-    ).astype(np.int64)
+    push_delay = np.round(rng.exponential(config.push_delay_seconds * US_PER_SECOND, len(time))).astype(np.int64)
+    open_lead = np.round(rng.exponential(config.open_fetch_seconds * US_PER_SECOND, len(time))).astype(np.int64)
 
     push_time = np.empty(len(time), dtype=np.int64)
     fetch_times: list[IntArray] = []
@@ -593,9 +571,7 @@ def _plan_syncs(
             continue
         t = time[lo:hi]
         back_online = _offline_end(t, begin, end)
-        candidate = np.where(
-            back_online >= 0, back_online + push_delay[lo:hi], t + push_delay[lo:hi]
-        )
+        candidate = np.where(back_online >= 0, back_online + push_delay[lo:hi], t + push_delay[lo:hi])
         opened = t[first[lo:hi]] - open_lead[lo:hi][first[lo:hi]]
         opened = opened[_offline_end(opened, begin, end) < 0]
         syncs = np.unique(np.concatenate((candidate, opened)))
@@ -614,15 +590,9 @@ def _plan_syncs(
     )
     # Coalesce: one change per (device, sync, entity), with the union of the changed fields.
     group_order = np.lexsort((entity, push_time, device))
-    push_time, device, entity, fields = (
-        a[group_order] for a in (push_time, device, entity, fields)
-    )
+    push_time, device, entity, fields = (a[group_order] for a in (push_time, device, entity, fields))
     new_group = np.ones(len(entity), dtype=np.bool_)
-    new_group[1:] = (
-        (entity[1:] != entity[:-1])
-        | (push_time[1:] != push_time[:-1])
-        | (device[1:] != device[:-1])
-    )
+    new_group[1:] = (entity[1:] != entity[:-1]) | (push_time[1:] != push_time[:-1]) | (device[1:] != device[:-1])
     starts = np.flatnonzero(new_group)
     merged = np.bitwise_or.reduceat(fields, starts) if len(starts) else fields[:0]
 
@@ -685,9 +655,7 @@ def _run_server(
     conflicts: list[bool] = []
     bisect_right = bisect.bisect_right
 
-    for d, e, mask, fetch in zip(
-        device.tolist(), entity.tolist(), masks.tolist(), fetch_after.tolist(), strict=True
-    ):
+    for d, e, mask, fetch in zip(device.tolist(), entity.tolist(), masks.tolist(), fetch_after.tolist(), strict=True):
         if e >= 0:
             fv = field_version[e]
             if fv is None:
@@ -737,13 +705,9 @@ def _field_lists(entity_types: Sequence[EntityType]) -> list[list[tuple[int, ...
 # Output.
 
 
-def _resolutions(
-    config: SimulationConfig, n_conflicts: int, rng: np.random.Generator
-) -> tuple[IntArray, IntArray]:
+def _resolutions(config: SimulationConfig, n_conflicts: int, rng: np.random.Generator) -> tuple[IntArray, IntArray]:
     """Resolution type index and lag (µs) of each conflict."""
-    kind = rng.choice(
-        len(RESOLUTION_TYPES), size=n_conflicts, p=_normalised(config.resolution_weights)
-    )
+    kind = rng.choice(len(RESOLUTION_TYPES), size=n_conflicts, p=_normalised(config.resolution_weights))
     manual = kind == RESOLUTION_TYPES.index("manual_merge")
     median = np.where(
         manual,
@@ -755,9 +719,7 @@ def _resolutions(
     return kind.astype(np.int64), np.round(lag).astype(np.int64)
 
 
-def _changed_fields_array(
-    config: SimulationConfig, entity_type: IntArray, masks: IntArray
-) -> pa.ListArray:
+def _changed_fields_array(config: SimulationConfig, entity_type: IntArray, masks: IntArray) -> pa.ListArray:
     names: list[str] = []
     name_index = np.full((len(config.entity_types), MAX_FIELDS_PER_TYPE), -1, dtype=np.int64)
     for t, spec in enumerate(config.entity_types):
@@ -794,13 +756,11 @@ def _build_table(
     width = max(4, len(str(config.users)))
     user_labels = [f"u{u + 1:0{width}d}" for u in range(config.users)]
     device_labels = [
-        f"{user_labels[u]}-d{s}"
-        for u, s in zip(pop.device_user.tolist(), pop.device_slot.tolist(), strict=True)
+        f"{user_labels[u]}-d{s}" for u, s in zip(pop.device_user.tolist(), pop.device_slot.tolist(), strict=True)
     ]
     type_names = [t.name for t in config.entity_types]
     entity_labels = [
-        f"{type_names[t]}-{k:06d}"
-        for t, k in zip(pop.entity_type.tolist(), pop.entity_number.tolist(), strict=True)
+        f"{type_names[t]}-{k:06d}" for t, k in zip(pop.entity_type.tolist(), pop.entity_number.tolist(), strict=True)
     ]
     event_ids = [f"s{config.seed}-{i:09d}" for i in range(n)]
 

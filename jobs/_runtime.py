@@ -19,7 +19,9 @@ def base_parser(description: str, prog: str | None = None) -> argparse.ArgumentP
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--database-url", help="store URL (default: settings / DATABASE_URL)")
     parser.add_argument("--data-dir", help="root of exports, features and models (default: settings)")
-    parser.add_argument("--serve-config", help="serve_config.yaml to publish an activated model into (default: settings)")
+    parser.add_argument(
+        "--serve-config", help="serve_config.yaml to publish an activated model into (default: settings)"
+    )
     return parser
 
 

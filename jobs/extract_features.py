@@ -1,6 +1,6 @@
 """Ray Job: exported sync events → point-in-time training set.
 
-    ray job submit --working-dir . -- python -m jobs.extract_features --days-back 90
+ray job submit --working-dir . -- python -m jobs.extract_features --days-back 90
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         init_ray(settings)
         frame = extract_with_ray(
-            files, window, params, task_cpus=settings.job_task_cpus,
+            files,
+            window,
+            params,
+            task_cpus=settings.job_task_cpus,
             progress=lambda done, total: print(f"feature tasks: {done}/{total}", flush=True),
         )
     elapsed = time.perf_counter() - started

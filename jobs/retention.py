@@ -31,14 +31,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = settings_from(args)
-        result = run_retention_job(settings, make_session_factory(make_engine(settings.database_url)),
-                                   days=args.days, dry_run=args.dry_run)
+        result = run_retention_job(
+            settings, make_session_factory(make_engine(settings.database_url)), days=args.days, dry_run=args.dry_run
+        )
     except (ConflictPredictorError, ValueError, OSError) as exc:
         print(f"retention failed: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result.to_dict(), indent=2))
     verb = "would delete" if result.dry_run else "deleted"
-    print(f"retention: {verb} {len(result.deleted)} folders ({result.bytes_freed / 1e6:.1f} MB) written before {result.cutoff}")
+    print(
+        f"retention: {verb} {len(result.deleted)} folders ({result.bytes_freed / 1e6:.1f} MB) "
+        f"written before {result.cutoff}"
+    )
     return 0
 
 

@@ -35,8 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from(args)
         engine = make_engine(settings.database_url)
         summary = retrain(
-            settings, make_session_factory(engine), engine, now=args.now, use_ray=not args.local,
-            sweep="local" if args.local else "ray", num_samples=args.num_samples, progress=print,
+            settings,
+            make_session_factory(engine),
+            engine,
+            now=args.now,
+            use_ray=not args.local,
+            sweep="local" if args.local else "ray",
+            num_samples=args.num_samples,
+            progress=print,
         )
     except RetrainError as exc:
         print(json.dumps({k: v for k, v in exc.summary.to_dict().items() if k != "restore"}, indent=2, default=str))

@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from(args)
         engine = make_engine(settings.database_url)
-        hours: dict[str, Any] = {k: dt.timedelta(hours=v) for k, v in (("min_age", args.min_age_hours), ("max_age", args.max_age_hours)) if v is not None}
+        hours: dict[str, Any] = {
+            k: dt.timedelta(hours=v)
+            for k, v in (("min_age", args.min_age_hours), ("max_age", args.max_age_hours))
+            if v is not None
+        }
         summary = track_outcomes(settings, make_session_factory(engine), now=args.now, **hours)
     except (ConflictPredictorError, ValueError) as exc:
         print(f"outcome tracking failed: {exc}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Ray Job: training set → swept, calibrated model → report → registry → gate.
 
-    ray job submit --working-dir . -- python -m jobs.train
+ray job submit --working-dir . -- python -m jobs.train
 """
 
 from __future__ import annotations

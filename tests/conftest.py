@@ -24,9 +24,7 @@ from conflict_core.simulator import SimulationConfig, simulate
 from conflict_core.store import make_engine, make_session_factory
 from training.extract import ExtractionWindow, extract_local, latest_event_time, partition_files
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "CONFLICT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+POSTGRES_ADMIN_URL = os.environ.get("CONFLICT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def _postgres_admin():  # type: ignore[no-untyped-def]
@@ -87,11 +85,7 @@ def simulated_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path
     root = tmp_path_factory.mktemp("simulated")
     url = f"sqlite:///{root / 'store.db'}"
     db.upgrade(url)
-    table = simulate(
-        SimulationConfig(
-            users=80, entities=600, days=45, seed=11, start=END - dt.timedelta(days=45)
-        )
-    )
+    table = simulate(SimulationConfig(users=80, entities=600, days=45, seed=11, start=END - dt.timedelta(days=45)))
     engine = make_engine(url)
     with make_session_factory(engine).begin() as session:
         insert_event_frame(session, table)
@@ -105,8 +99,6 @@ def training_frame(
     simulated_store: tuple[str, Path],
 ) -> tuple[pd.DataFrame, ExtractionWindow, list[Path]]:
     _, events_dir = simulated_store
-    window = ExtractionWindow.days_back(
-        45, end=latest_event_time(events_dir), params=FeatureParams()
-    )
+    window = ExtractionWindow.days_back(45, end=latest_event_time(events_dir), params=FeatureParams())
     files = partition_files(events_dir, window)
     return extract_local(files, window), window, files

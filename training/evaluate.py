@@ -37,8 +37,9 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: flo
     proba = np.clip(np.asarray(proba, dtype=float), 0.0, 1.0)
     predicted = (proba >= threshold).astype(int)
     both_classes = len(np.unique(y_true)) == 2
-    report = classification_report(y_true, predicted, labels=[0, 1], target_names=["no_conflict", "conflict"],
-                                    output_dict=True, zero_division=0)
+    report = classification_report(
+        y_true, predicted, labels=[0, 1], target_names=["no_conflict", "conflict"], output_dict=True, zero_division=0
+    )
     tn, fp, fn, tp = confusion_matrix(y_true, predicted, labels=[0, 1]).ravel()
     return {
         "samples": int(len(y_true)),

@@ -151,9 +151,7 @@ def features_for_bucket(
     in_history, is_target = _window_masks(events, window)
     if buckets > 1:
         column = BUCKET_COLUMNS.get(side, "")
-        bucket_ids = (
-            events[column].to_numpy() if column in events.column_names else bucket_of(events, side, buckets)
-        )
+        bucket_ids = events[column].to_numpy() if column in events.column_names else bucket_of(events, side, buckets)
         in_history = in_history & (bucket_ids == bucket)
     rows = np.flatnonzero(in_history)
     frame = _to_pandas(events.select(list(EVENT_COLUMNS)).take(rows))
@@ -204,15 +202,18 @@ def _time_order(table: pa.Table) -> np.ndarray:
     if (steps >= 0).all():
         ties = np.flatnonzero(steps == 0)
         ids = table["event_id"]
-        if len(ties) == 0 or pa.compute.all(
-            pa.compute.less(ids.take(pa.array(ties)), ids.take(pa.array(ties + 1)))
-        ).as_py():
+        if (
+            len(ties) == 0
+            or pa.compute.all(pa.compute.less(ids.take(pa.array(ties)), ids.take(pa.array(ties + 1)))).as_py()
+        ):
             return np.arange(len(times))
     order = pa.compute.sort_indices(table, sort_keys=[("synced_at", "ascending"), ("event_id", "ascending")])
     return order.to_numpy()
 
 
-def extract_local(files: Sequence[Path], window: ExtractionWindow, params: FeatureParams = FeatureParams()) -> pd.DataFrame:
+def extract_local(
+    files: Sequence[Path], window: ExtractionWindow, params: FeatureParams = FeatureParams()
+) -> pd.DataFrame:
     """The training frame computed in this process (the single-process baseline)."""
     events = read_events(files)
     part = features_for_bucket(events, window, params, side="all", bucket=0, buckets=1)
@@ -366,7 +367,7 @@ def load_training_set(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         path = path / (path / LATEST_FILE).read_text().strip()
     data, manifest = path / DATA_FILE, path / MANIFEST_FILE
     if not data.is_file() or not manifest.is_file():
-        raise TrainingDataError(f"{path} holds no training set ({DATA_FILE} and {MANIFEST_FILE}); run the extraction job")
+        raise TrainingDataError(
+            f"{path} holds no training set ({DATA_FILE} and {MANIFEST_FILE}); run the extraction job"
+        )
     return pd.read_parquet(data), json.loads(manifest.read_text())
-
-

@@ -151,7 +151,9 @@ def feature_drift(
     """PSI per feature of the newest model-served predictions in ``(since, until]``, and the row count."""
     rows = session.scalars(
         select(PredictionLog.features)
-        .where(PredictionLog.created_at > since, PredictionLog.created_at <= until, PredictionLog.fallback_reason.is_(None))
+        .where(
+            PredictionLog.created_at > since, PredictionLog.created_at <= until, PredictionLog.fallback_reason.is_(None)
+        )
         .order_by(PredictionLog.created_at.desc())
         .limit(max_rows)
     ).all()
@@ -308,10 +310,14 @@ def evaluate(metrics: Mapping[str, Any], thresholds: Thresholds) -> list[Conditi
     out: list[Condition] = []
     labelled: int = metrics.get("labelled") or 0
     accuracy: Any = metrics.get("accuracy")
-    out.append(Condition(
-        "accuracy_low", _past(accuracy, t.accuracy_min, above=False, judged=labelled >= t.min_labelled), accuracy,
-        f"7-day accuracy {_fmt(accuracy)} over {labelled} labelled predictions (alert below {t.accuracy_min:.2f})",
-    ))
+    out.append(
+        Condition(
+            "accuracy_low",
+            _past(accuracy, t.accuracy_min, above=False, judged=labelled >= t.min_labelled),
+            accuracy,
+            f"7-day accuracy {_fmt(accuracy)} over {labelled} labelled predictions (alert below {t.accuracy_min:.2f})",
+        )
+    )
 
     model: dict[str, Any] = dict(metrics.get("model") or {})
     holdout: dict[str, Any] = dict(metrics.get("holdout") or {})
@@ -321,37 +327,58 @@ def evaluate(metrics: Mapping[str, Any], thresholds: Thresholds) -> list[Conditi
     for name in ("recall", "precision", "pr_auc"):
         live: Any = model.get(name)
         floor = _scaled(holdout.get(name), 1 - t.max_relative_drop)
-        out.append(Condition(
-            f"{name}_low", _past(live, floor, above=False, judged=judged and positives >= t.min_positives), live,
-            f"live {name} {_fmt(live)} vs holdout {_fmt(holdout.get(name))} (alert below {_fmt(floor)}; "
-            f"{model_labelled} labelled, {positives} conflicts)",
-        ))
+        out.append(
+            Condition(
+                f"{name}_low",
+                _past(live, floor, above=False, judged=judged and positives >= t.min_positives),
+                live,
+                f"live {name} {_fmt(live)} vs holdout {_fmt(holdout.get(name))} (alert below {_fmt(floor)}; "
+                f"{model_labelled} labelled, {positives} conflicts)",
+            )
+        )
     brier: Any = model.get("brier")
     ceiling = _scaled(holdout.get("brier"), t.max_brier_ratio)
-    out.append(Condition(
-        "brier_high", _past(brier, ceiling, above=True, judged=judged), brier,
-        f"live Brier score {_fmt(brier)} vs holdout {_fmt(holdout.get('brier'))} (alert above {_fmt(ceiling)})",
-    ))
+    out.append(
+        Condition(
+            "brier_high",
+            _past(brier, ceiling, above=True, judged=judged),
+            brier,
+            f"live Brier score {_fmt(brier)} vs holdout {_fmt(holdout.get('brier'))} (alert above {_fmt(ceiling)})",
+        )
+    )
     ece: Any = model.get("ece")
     ceiling = _scaled(holdout.get("ece"), offset=t.max_ece_increase)
-    out.append(Condition(
-        "calibration_error_high", _past(ece, ceiling, above=True, judged=judged), ece,
-        f"live calibration error {_fmt(ece)} vs holdout {_fmt(holdout.get('ece'))} (alert above {_fmt(ceiling)})",
-    ))
+    out.append(
+        Condition(
+            "calibration_error_high",
+            _past(ece, ceiling, above=True, judged=judged),
+            ece,
+            f"live calibration error {_fmt(ece)} vs holdout {_fmt(holdout.get('ece'))} (alert above {_fmt(ceiling)})",
+        )
+    )
     total: int = metrics.get("predictions") or 0
     rate: Any = metrics.get("fallback_rate")
-    out.append(Condition(
-        "fallback_rate_high", _past(rate, t.max_fallback_rate, above=True, judged=total >= t.min_labelled), rate,
-        f"{_fmt(rate)} of {total} predictions came from the fallback heuristics (alert above {t.max_fallback_rate:.2f})",
-    ))
+    out.append(
+        Condition(
+            "fallback_rate_high",
+            _past(rate, t.max_fallback_rate, above=True, judged=total >= t.min_labelled),
+            rate,
+            f"{_fmt(rate)} of {total} predictions came from the fallback heuristics "
+            f"(alert above {t.max_fallback_rate:.2f})",
+        )
+    )
     drift: dict[str, Any] = dict(metrics.get("drift") or {})
     drift_rows: int = drift.get("rows") or 0
     for feature, value in sorted((drift.get("psi") or {}).items()):
-        out.append(Condition(
-            f"drift:{feature}", _past(value, t.psi_max, above=True, judged=drift_rows >= t.drift_min_rows), value,
-            f"feature {feature} drifted from the training set: PSI {_fmt(value)} over {drift_rows} predictions "
-            f"(alert above {t.psi_max:.2f})",
-        ))
+        out.append(
+            Condition(
+                f"drift:{feature}",
+                _past(value, t.psi_max, above=True, judged=drift_rows >= t.drift_min_rows),
+                value,
+                f"feature {feature} drifted from the training set: PSI {_fmt(value)} over {drift_rows} predictions "
+                f"(alert above {t.psi_max:.2f})",
+            )
+        )
     return out
 
 
@@ -439,7 +466,9 @@ def update_alerts(
     session: Session, conditions: Sequence[Condition], *, now: dt.datetime, notify: Notifier = log_notifier
 ) -> AlertOutcome:
     """Move each condition's ``alert_state`` and notify on the edges of an episode only."""
-    states = {s.name: s for s in session.scalars(select(AlertState).where(AlertState.name.in_([c.name for c in conditions])))}
+    states = {
+        s.name: s for s in session.scalars(select(AlertState).where(AlertState.name.in_([c.name for c in conditions])))
+    }
     outcome = AlertOutcome()
     for condition in conditions:
         state = states.get(condition.name)
@@ -494,8 +523,12 @@ def monitor(
         metrics["drift"] = None
     else:
         scores, rows = feature_drift(session, reference[0], since=now - window, until=now)
-        metrics["drift"] = {"psi": scores, "rows": rows, "reference": reference[1],
-                            "max_psi": max((v for v in scores.values() if _number(v)), default=None)}
+        metrics["drift"] = {
+            "psi": scores,
+            "rows": rows,
+            "reference": reference[1],
+            "max_psi": max((v for v in scores.values() if _number(v)), default=None),
+        }
     conditions = evaluate(metrics, thresholds or Thresholds.from_settings(settings))
     outcome = update_alerts(session, conditions, now=now, notify=notify or make_notifier(settings))
     metrics["alert_events"] = [f"{e.state}: {e.name}" for e in outcome.fired + outcome.resolved]

@@ -106,8 +106,15 @@ def link_outcomes(
     own_sync = aliased(SyncLog)
     pairs = pd.DataFrame(
         session.execute(
-            select(p.id, p.created_at, SyncLog.id, SyncLog.event_id, SyncLog.synced_at, SyncLog.conflict,
-                   ConflictResolution.id)
+            select(
+                p.id,
+                p.created_at,
+                SyncLog.id,
+                SyncLog.event_id,
+                SyncLog.synced_at,
+                SyncLog.conflict,
+                ConflictResolution.id,
+            )
             .join(
                 SyncLog,
                 and_(
@@ -131,7 +138,9 @@ def link_outcomes(
 
     linked = pd.concat([by_id, nearest], ignore_index=True)
     linked["actual"] = _conflicted(linked)
-    outcomes = candidates.merge(linked[["id", "event_id", "actual", "status"]], on="id", how="left", validate="one_to_one")
+    outcomes = candidates.merge(
+        linked[["id", "event_id", "actual", "status"]], on="id", how="left", validate="one_to_one"
+    )
     outcomes["status"] = outcomes["status"].fillna(STATUS_NO_SYNC)
 
     rows = [
@@ -230,7 +239,11 @@ def track_outcomes(
         run_id = run.id
     log.info(
         "outcomes: %d candidates, %d labelled (%d by sync id, %d nearest), %d without a sync; alerts firing: %s",
-        counts.candidates, counts.labelled, counts.by_sync_id, counts.by_nearest, counts.no_sync,
+        counts.candidates,
+        counts.labelled,
+        counts.by_sync_id,
+        counts.by_nearest,
+        counts.no_sync,
         ", ".join(alerts.firing) or "none",
     )
     return TrackingSummary(
@@ -253,4 +266,8 @@ def track_outcomes(
 
 
 def latest_runs(session: Session, limit: int = 1) -> list[MonitoringRun]:
-    return list(session.scalars(select(MonitoringRun).order_by(MonitoringRun.ran_at.desc(), MonitoringRun.id.desc()).limit(limit)))
+    return list(
+        session.scalars(
+            select(MonitoringRun).order_by(MonitoringRun.ran_at.desc(), MonitoringRun.id.desc()).limit(limit)
+        )
+    )

@@ -89,13 +89,21 @@ def train_and_register(
     version = registry.new_version(now)
     out_dir = settings.models_dir / version
     out_dir.mkdir(parents=True, exist_ok=False)
-    progress(f"{len(frame)} samples: fit {len(split.fit)}, calibration {len(split.calibration)}, holdout {len(split.holdout)}")
+    progress(
+        f"{len(frame)} samples: fit {len(split.fit)}, calibration {len(split.calibration)}, "
+        f"holdout {len(split.holdout)}"
+    )
 
     n = num_samples or settings.sweep_num_samples
     progress(f"sweep: {n} configurations ({sweep})")
     if sweep == "ray":
         results = tune.sweep_with_ray(
-            n, features, split.fit, split.calibration, storage_path=settings.data_dir / "tune", name=version,
+            n,
+            features,
+            split.fit,
+            split.calibration,
+            storage_path=settings.data_dir / "tune",
+            name=version,
             cpus_per_trial=settings.job_task_cpus,
         )
     elif sweep == "local":
@@ -159,9 +167,9 @@ def train_and_register(
     plots["importances"] = plot_importances(out_dir, _importances(model, split.holdout, features))
     split_info = {
         "training set": manifest["snapshot"],
-        "fit rows (oldest)": f"{len(split.fit)} ({split.fit['synced_at'].min()} … {split.fit['synced_at'].max()})",
-        "calibration rows": f"{len(split.calibration)} ({split.calibration['synced_at'].min()} … {split.calibration['synced_at'].max()})",
-        "holdout rows (newest)": f"{len(split.holdout)} ({split.holdout['synced_at'].min()} … {split.holdout['synced_at'].max()})",
+        "fit rows (oldest)": _rows_and_span(split.fit),
+        "calibration rows": _rows_and_span(split.calibration),
+        "holdout rows (newest)": _rows_and_span(split.holdout),
         "conflict rate": f"{frame[LABEL].mean():.4f}",
     }
     random_split = seed_random_split_baseline(frame)
@@ -236,6 +244,10 @@ def publish_active_model(
         settings.serve_config_path, version=version, artifact_path=artifact_path, artifact_sha256=artifact_sha256
     )
     return True, serve_config.apply(settings.serve_config_path, settings.dashboard_url)
+
+
+def _rows_and_span(part: pd.DataFrame) -> str:
+    return f"{len(part)} ({part['synced_at'].min()} … {part['synced_at'].max()})"
 
 
 def _importances(model: Any, holdout: pd.DataFrame, features: list[str], max_rows: int = 20_000) -> dict[str, float]:

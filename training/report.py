@@ -31,7 +31,12 @@ def plot_curves(out_dir: Path, y_true: np.ndarray, scores: Mapping[str, np.ndarr
     for key, title, xlabel, ylabel in (
         ("roc", "ROC on the time-ordered holdout", "false positive rate", "true positive rate"),
         ("pr", "Precision-recall on the holdout", "recall", "precision"),
-        ("reliability", "Calibration (reliability) on the holdout", "mean predicted probability", "observed conflict rate"),
+        (
+            "reliability",
+            "Calibration (reliability) on the holdout",
+            "mean predicted probability",
+            "observed conflict rate",
+        ),
     ):
         fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
         for name, c in drawn.items():

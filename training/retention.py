@@ -124,8 +124,13 @@ def apply_retention(
         result.deleted.append(str(path))
         result.bytes_freed += size
     verb = "would delete" if dry_run else "deleted"
-    log.info("retention: %s %d folders (%.1f MB) written before %s", verb, len(result.deleted),
-             result.bytes_freed / 1e6, result.cutoff)
+    log.info(
+        "retention: %s %d folders (%.1f MB) written before %s",
+        verb,
+        len(result.deleted),
+        result.bytes_freed / 1e6,
+        result.cutoff,
+    )
     if failures:
         raise ConflictPredictorError(f"retention could not delete {len(failures)} folders: {'; '.join(failures)}")
     return result
@@ -146,10 +151,24 @@ def run_retention_job(
             result = apply_retention(settings, days=days, dry_run=dry_run)
         except Exception as exc:
             with session_scope(session_factory) as session:
-                session.add(JobRun(job="retention", started_at=started, finished_at=utcnow(), status="failed",
-                                   summary={"error": f"{type(exc).__name__}: {exc}"}))
+                session.add(
+                    JobRun(
+                        job="retention",
+                        started_at=started,
+                        finished_at=utcnow(),
+                        status="failed",
+                        summary={"error": f"{type(exc).__name__}: {exc}"},
+                    )
+                )
             raise
         with session_scope(session_factory) as session:
-            session.add(JobRun(job="retention", started_at=started, finished_at=utcnow(), status="succeeded",
-                               summary=result.to_dict()))
+            session.add(
+                JobRun(
+                    job="retention",
+                    started_at=started,
+                    finished_at=utcnow(),
+                    status="succeeded",
+                    summary=result.to_dict(),
+                )
+            )
         return result

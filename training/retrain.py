@@ -158,8 +158,13 @@ def train_step(
     pipeline.log.addFilter(quiet)
     try:
         result = pipeline.train_and_register(
-            unpublished, session_factory, training_set=training_set, sweep=sweep, num_samples=num_samples,
-            activated_by=activated_by, progress=progress,
+            unpublished,
+            session_factory,
+            training_set=training_set,
+            sweep=sweep,
+            num_samples=num_samples,
+            activated_by=activated_by,
+            progress=progress,
         )
     finally:
         pipeline.log.removeFilter(quiet)
@@ -208,7 +213,9 @@ def _config_model_version(path: Path) -> str | None:
         return None
 
 
-def undo_run(settings: Settings, session_factory: sessionmaker[Session], run_id: int, restore: dict[str, Any]) -> list[str]:
+def undo_run(
+    settings: Settings, session_factory: sessionmaker[Session], run_id: int, restore: dict[str, Any]
+) -> list[str]:
     """Put back the active model and the serve config a run changed; what was done, as notes."""
     tag = _tag(run_id)
     notes: list[str] = []
@@ -249,8 +256,12 @@ def recover_crashed_runs(settings: Settings, session_factory: sessionmaker[Sessi
             row = session.get(JobRun, run.id)
             assert row is not None
             row.status, row.finished_at = "crashed", now
-            row.summary = {**row.summary, "status": "crashed", "restored": notes,
-                           "error": "the run stopped without finishing; recovered by a later run"}
+            row.summary = {
+                **row.summary,
+                "status": "crashed",
+                "restored": notes,
+                "error": "the run stopped without finishing; recovered by a later run",
+            }
         recovered.append(run.id)
     return recovered
 
@@ -258,7 +269,9 @@ def recover_crashed_runs(settings: Settings, session_factory: sessionmaker[Sessi
 # --------------------------------------------------------------------------- the run
 
 
-def _save(session_factory: sessionmaker[Session], summary: RetrainSummary, *, finished: dt.datetime | None = None) -> None:
+def _save(
+    session_factory: sessionmaker[Session], summary: RetrainSummary, *, finished: dt.datetime | None = None
+) -> None:
     with session_scope(session_factory) as session:
         row = session.get(JobRun, summary.run_id)
         assert row is not None
@@ -290,15 +303,22 @@ def retrain(
             before = registry.active(session)
             restore = {
                 "active_version": before.version if before else None,
-                "serve_config_text": settings.serve_config_path.read_text() if settings.serve_config_path.is_file() else None,
+                "serve_config_text": settings.serve_config_path.read_text()
+                if settings.serve_config_path.is_file()
+                else None,
             }
             row = JobRun(job=JOB, started_at=utcnow(), status="running", summary={"restore": restore})
             session.add(row)
             session.flush()
             run_id = row.id
         summary = RetrainSummary(
-            run_id=run_id, status="running", started_at=row.started_at.isoformat(), data_time=data_time.isoformat(),
-            active_before=restore["active_version"], recovered_runs=recovered, restore=restore,
+            run_id=run_id,
+            status="running",
+            started_at=row.started_at.isoformat(),
+            data_time=data_time.isoformat(),
+            active_before=restore["active_version"],
+            recovered_runs=recovered,
+            restore=restore,
         )
         _save(session_factory, summary)
         step = STEPS[0]
@@ -306,8 +326,18 @@ def retrain(
             for step in STEPS:
                 started = time.monotonic()
                 progress(f"retrain #{run_id}: {step}")
-                outcome = _run_step(step, settings, session_factory, engine, summary, data_time=data_time,
-                                    use_ray=use_ray, sweep=sweep, num_samples=num_samples, progress=progress)
+                outcome = _run_step(
+                    step,
+                    settings,
+                    session_factory,
+                    engine,
+                    summary,
+                    data_time=data_time,
+                    use_ray=use_ray,
+                    sweep=sweep,
+                    num_samples=num_samples,
+                    progress=progress,
+                )
                 summary.steps[step] = {**outcome, "seconds": round(time.monotonic() - started, 2)}
                 _save(session_factory, summary)
                 lock = locks.refresh(session_factory, lock, ttl=lock_ttl)
@@ -317,8 +347,9 @@ def retrain(
             try:
                 summary.restored = undo_run(settings, session_factory, run_id, restore)
             except Exception as restore_exc:  # the restore itself failed: say so loudly, keep the run "running"
-                summary.restored = [f"RESTORE FAILED ({type(restore_exc).__name__}: {restore_exc}); "
-                                    "the next run retries it"]
+                summary.restored = [
+                    f"RESTORE FAILED ({type(restore_exc).__name__}: {restore_exc}); the next run retries it"
+                ]
                 log.exception("retrain #%d could not restore", run_id)
                 summary.status = "running"
                 _save(session_factory, summary)
@@ -351,19 +382,35 @@ def _run_step(
         return extract_step(settings, now=data_time, use_ray=use_ray)
     if step == "train":
         result = train_step(
-            settings, session_factory, training_set=Path(summary.steps["extract"]["training_set"]), sweep=sweep,
-            num_samples=num_samples, activated_by=_tag(summary.run_id), progress=progress,
+            settings,
+            session_factory,
+            training_set=Path(summary.steps["extract"]["training_set"]),
+            sweep=sweep,
+            num_samples=num_samples,
+            activated_by=_tag(summary.run_id),
+            progress=progress,
         )
-        summary.version, summary.activated, summary.gate_reason = result["version"], result["activated"], result["gate_reason"]
+        summary.version, summary.activated, summary.gate_reason = (
+            result["version"],
+            result["activated"],
+            result["gate_reason"],
+        )
         summary.holdout, summary.active_before_holdout = result["holdout"], result["active_before_holdout"]
         summary.report_path = result["report_path"]
-        return {k: result[k] for k in ("version", "algorithm", "activated", "gate_reason", "artifact_path", "artifact_sha256")}
+        return {
+            k: result[k]
+            for k in ("version", "algorithm", "activated", "gate_reason", "artifact_path", "artifact_sha256")
+        }
     if step == "publish":
         if not summary.activated:
             return {"skipped": "the gate kept the active model"}
         train = summary.steps["train"]
-        outcome = publish_step(settings, version=train["version"], artifact_path=train["artifact_path"],
-                               artifact_sha256=train["artifact_sha256"])
+        outcome = publish_step(
+            settings,
+            version=train["version"],
+            artifact_path=train["artifact_path"],
+            artifact_sha256=train["artifact_sha256"],
+        )
         summary.serve_config_updated = outcome["serve_config_updated"]
         summary.serve_app_reconfigured = outcome["serve_app_reconfigured"]
         return outcome

@@ -84,7 +84,9 @@ def _log_counts() -> FunctionTransformer:
 
 def seed_baseline() -> Pipeline:
     """The original system's pipeline: scaled features into a class-balanced logistic regression."""
-    return Pipeline([("scale", StandardScaler()), ("model", LogisticRegression(class_weight="balanced", max_iter=1000))])
+    return Pipeline(
+        [("scale", StandardScaler()), ("model", LogisticRegression(class_weight="balanced", max_iter=1000))]
+    )
 
 
 def build_estimator(config: Mapping[str, Any], feature_columns: Sequence[str]) -> Pipeline:
@@ -93,8 +95,11 @@ def build_estimator(config: Mapping[str, Any], feature_columns: Sequence[str]) -
     if config["model"] == "logreg":
         l1_ratio = float(config.get("l1_ratio", 0.0))
         model: BaseEstimator = LogisticRegression(
-            C=float(config["C"]), l1_ratio=l1_ratio, class_weight=class_weight,
-            solver="saga" if l1_ratio > 0 else "lbfgs", max_iter=300,
+            C=float(config["C"]),
+            l1_ratio=l1_ratio,
+            class_weight=class_weight,
+            solver="saga" if l1_ratio > 0 else "lbfgs",
+            max_iter=300,
         )
         return Pipeline([("log", _log_counts()), ("scale", StandardScaler()), ("model", model)])
     if config["model"] == "hgb":
@@ -160,4 +165,7 @@ def seed_random_split_baseline(frame: pd.DataFrame, seed: int = 42) -> dict[str,
     train, test = train_test_split(frame, test_size=0.2, stratify=frame[LABEL], random_state=seed)
     model = seed_baseline().fit(train[list(SEED_FEATURES)], train[LABEL])
     proba = model.predict_proba(test[list(SEED_FEATURES)])[:, 1]
-    return {"roc_auc": float(roc_auc_score(test[LABEL], proba)), "pr_auc": float(average_precision_score(test[LABEL], proba))}
+    return {
+        "roc_auc": float(roc_auc_score(test[LABEL], proba)),
+        "pr_auc": float(average_precision_score(test[LABEL], proba)),
+    }

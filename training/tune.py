@@ -112,12 +112,13 @@ def sweep_with_ray(
     )
     grid = tuner.fit()
     results = []
-    for result in grid:
-        if result.error is not None:
-            log.warning("sweep trial failed: %s", result.error)
+    for index in range(len(grid)):
+        result = grid[index]
+        if result.error is not None or result.config is None or result.metrics is None:
+            log.warning("sweep trial failed: %s", result.error or "no metrics reported")
             continue
-        params = {k: v for k, v in result.config.items()}
-        results.append((params, {k: float(result.metrics[k]) for k in (METRIC, "val_roc_auc", "selectable")}))
+        metrics = result.metrics
+        results.append((dict(result.config), {k: float(metrics[k]) for k in (METRIC, "val_roc_auc", "selectable")}))
     if not results:
         raise RuntimeError("every trial of the sweep failed; see the Ray Tune logs under " + str(storage_path))
     return results

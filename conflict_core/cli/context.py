@@ -37,5 +37,6 @@ pass_app = click.make_pass_decorator(AppContext)
 
 def progress_bar(total: int | None, description: str, unit: str = "rows") -> tqdm:
     """A progress bar on stderr, quiet when stderr is not a terminal (CI, job logs)."""
-    return tqdm(total=total, desc=description, unit=unit, unit_scale=True, dynamic_ncols=True, mininterval=0.5,
-                disable=None)
+    return tqdm(
+        total=total, desc=description, unit=unit, unit_scale=True, dynamic_ncols=True, mininterval=0.5, disable=None
+    )

@@ -52,7 +52,9 @@ def db_current(app: AppContext) -> None:
 @click.option("--days", type=int, default=90, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--end", "end", help="end of the simulated period (ISO 8601, UTC; default: today 00:00 UTC)")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="also write the events to this Parquet file")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="also write the events to this Parquet file"
+)
 @click.option("--store/--no-store", default=True, show_default=True, help="write the events into the store")
 @pass_app
 def simulate_command(
@@ -67,7 +69,9 @@ def simulate_command(
     from conflict_core.simulator import SimulationConfig, simulate
 
     end_at = parse_utc(end) or dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    config = SimulationConfig(users=users, entities=entities, days=days, seed=seed, start=end_at - dt.timedelta(days=days))
+    config = SimulationConfig(
+        users=users, entities=entities, days=days, seed=seed, start=end_at - dt.timedelta(days=days)
+    )
     with progress_bar(None, "simulating", "events") as bar:
         table = simulate(config, progress=lambda n: bar.update(n - bar.n))
     if out is not None:
@@ -105,7 +109,10 @@ def events_import(app: AppContext, paths: tuple[Path, ...], chunk_rows: int) -> 
     for path in paths:
         with progress_bar(None, f"importing {path.name}") as bar:
             result = import_events(app.session_factory, path, chunk_rows=chunk_rows, progress=bar.update)
-        click.echo(f"{path}: {result.rows_read:,} rows, {result.inserted:,} inserted, {result.skipped_existing:,} already there")
+        click.echo(
+            f"{path}: {result.rows_read:,} rows, {result.inserted:,} inserted, "
+            f"{result.skipped_existing:,} already there"
+        )
 
 
 @events_group.command("export")

@@ -45,30 +45,41 @@ def outcomes_group() -> None:
 @click.option("--max-age-hours", type=float, help="Oldest prediction to label (default: setting, 30).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole summary as JSON.")
 @pass_app
-def outcomes_track(app: AppContext, now: dt.datetime | None, min_age_hours: float | None,
-                   max_age_hours: float | None, as_json: bool) -> None:
+def outcomes_track(
+    app: AppContext, now: dt.datetime | None, min_age_hours: float | None, max_age_hours: float | None, as_json: bool
+) -> None:
     """Label matured predictions, compute the rolling metrics and raise alerts (in-process)."""
     from training.outcomes import track_outcomes
 
-    ages: dict[str, Any] = {k: dt.timedelta(hours=v) for k, v in (("min_age", min_age_hours), ("max_age", max_age_hours)) if v is not None}
+    ages: dict[str, Any] = {
+        k: dt.timedelta(hours=v) for k, v in (("min_age", min_age_hours), ("max_age", max_age_hours)) if v is not None
+    }
     summary = track_outcomes(app.settings, app.session_factory, now=now, **ages)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2, default=str))
         return
     click.echo(f"predictions {summary.window_start} … {summary.window_end}: {summary.candidates} to label")
-    click.echo(f"  linked by sync id {summary.by_sync_id}, by nearest sync {summary.by_nearest}, "
-               f"no sync {summary.no_sync}; {summary.conflicts} conflicted")
+    click.echo(
+        f"  linked by sync id {summary.by_sync_id}, by nearest sync {summary.by_nearest}, "
+        f"no sync {summary.no_sync}; {summary.conflicts} conflicted"
+    )
     _print_metrics(summary.metrics)
-    click.echo(f"alerts firing: {', '.join(summary.alerts_firing) or 'none'}"
-               + (f" (new: {', '.join(summary.alerts_fired)})" if summary.alerts_fired else ""))
+    click.echo(
+        f"alerts firing: {', '.join(summary.alerts_firing) or 'none'}"
+        + (f" (new: {', '.join(summary.alerts_fired)})" if summary.alerts_fired else "")
+    )
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
     model, holdout = metrics.get("model") or {}, metrics.get("holdout") or {}
-    click.echo(f"7-day: {metrics.get('predictions')} predictions, {metrics.get('labelled')} labelled, "
-               f"accuracy {_fmt(metrics.get('accuracy'))}, fallback rate {_fmt(metrics.get('fallback_rate'))}")
-    click.echo(f"model {metrics.get('model_version') or '(none active)'} at threshold {_fmt(model.get('threshold'))}: "
-               f"{model.get('labelled', 0)} labelled, {model.get('positives', 0)} conflicts")
+    click.echo(
+        f"7-day: {metrics.get('predictions')} predictions, {metrics.get('labelled')} labelled, "
+        f"accuracy {_fmt(metrics.get('accuracy'))}, fallback rate {_fmt(metrics.get('fallback_rate'))}"
+    )
+    click.echo(
+        f"model {metrics.get('model_version') or '(none active)'} at threshold {_fmt(model.get('threshold'))}: "
+        f"{model.get('labelled', 0)} labelled, {model.get('positives', 0)} conflicts"
+    )
     for name in ("precision", "recall", "pr_auc", "brier", "ece"):
         click.echo(f"  {name:<10} live {_fmt(model.get(name)):>8}   holdout {_fmt(holdout.get(name)):>8}")
     drift = metrics.get("drift")
@@ -92,12 +103,34 @@ def monitor(app: AppContext, runs: int, as_json: bool) -> None:
         recent = latest_runs(session, limit=runs)
         firing = firing_alerts(session)
     if as_json:
-        click.echo(json.dumps({
-            "runs": [{"ran_at": r.ran_at.isoformat(), "model_version": r.model_version, "updated": r.updated_count,
-                      "labelled": r.labelled_count, "metrics": r.metrics, "alerts": r.alerts} for r in recent],
-            "firing": [{"name": a.name, "since": a.since.isoformat() if a.since else None, "value": a.last_value,
-                        "message": a.message} for a in firing],
-        }, indent=2, default=str))
+        click.echo(
+            json.dumps(
+                {
+                    "runs": [
+                        {
+                            "ran_at": r.ran_at.isoformat(),
+                            "model_version": r.model_version,
+                            "updated": r.updated_count,
+                            "labelled": r.labelled_count,
+                            "metrics": r.metrics,
+                            "alerts": r.alerts,
+                        }
+                        for r in recent
+                    ],
+                    "firing": [
+                        {
+                            "name": a.name,
+                            "since": a.since.isoformat() if a.since else None,
+                            "value": a.last_value,
+                            "message": a.message,
+                        }
+                        for a in firing
+                    ],
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
     if not recent:
         click.echo("no monitoring runs yet; run `conflictctl outcomes track`")
@@ -121,8 +154,11 @@ def retrain(app: AppContext, now: dt.datetime | None, local: bool, num_samples: 
     if submit:
         from conflict_core.scheduler import JobSubmitter, Schedule
 
-        args = [*(["--now", now.isoformat()] if now else []), *(["--local"] if local else []),
-                *(["--num-samples", str(num_samples)] if num_samples else [])]
+        args = [
+            *(["--now", now.isoformat()] if now else []),
+            *(["--local"] if local else []),
+            *(["--num-samples", str(num_samples)] if num_samples else []),
+        ]
         sid = JobSubmitter(app.settings).submit(Schedule("retrain", "* * * * *", "jobs.retrain", tuple(args)))
         if sid is None:
             raise click.ClickException(f"could not submit the retrain to {app.settings.dashboard_url}")
@@ -130,8 +166,16 @@ def retrain(app: AppContext, now: dt.datetime | None, local: bool, num_samples: 
         return
     from training.retrain import retrain as run_retrain
 
-    summary = run_retrain(app.settings, app.session_factory, app.engine, now=now, use_ray=not local,
-                          sweep="local" if local else "ray", num_samples=num_samples, progress=click.echo)
+    summary = run_retrain(
+        app.settings,
+        app.session_factory,
+        app.engine,
+        now=now,
+        use_ray=not local,
+        sweep="local" if local else "ray",
+        num_samples=num_samples,
+        progress=click.echo,
+    )
     for name, step in summary.steps.items():
         click.echo(f"  {name:<10} {step.get('seconds', 0):>8.1f}s")
     if summary.holdout:
@@ -140,7 +184,9 @@ def retrain(app: AppContext, now: dt.datetime | None, local: bool, num_samples: 
 
 
 @click.command("retention")
-@click.option("--days", type=click.IntRange(min=1), help="Keep data written in the last DAYS days (default: setting, 30).")
+@click.option(
+    "--days", type=click.IntRange(min=1), help="Keep data written in the last DAYS days (default: setting, 30)."
+)
 @click.option("--dry-run", is_flag=True, help="List what would be deleted, delete nothing.")
 @pass_app
 def retention(app: AppContext, days: int | None, dry_run: bool) -> None:
@@ -150,19 +196,26 @@ def retention(app: AppContext, days: int | None, dry_run: bool) -> None:
     result = run_retention_job(app.settings, app.session_factory, days=days, dry_run=dry_run)
     for path in result.deleted:
         click.echo(f"{'would delete' if dry_run else 'deleted'} {path}")
-    click.echo(f"{len(result.deleted)} folders, {result.bytes_freed / 1e6:.1f} MB; {result.kept_recent} recent and "
-               f"{len(result.kept_protected)} protected kept (cutoff {result.cutoff})")
+    click.echo(
+        f"{len(result.deleted)} folders, {result.bytes_freed / 1e6:.1f} MB; {result.kept_recent} recent and "
+        f"{len(result.kept_protected)} protected kept (cutoff {result.cutoff})"
+    )
 
 
 @click.command("scheduler")
-@click.option("--schedules", "schedules_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Schedule file (default: configs/schedules.yaml).")
+@click.option(
+    "--schedules",
+    "schedules_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Schedule file (default: configs/schedules.yaml).",
+)
 @click.option("--print-next", is_flag=True, help="Print the next run times of each job and exit.")
 @click.option("--count", type=click.IntRange(min=1), default=3, show_default=True, help="With --print-next: how many.")
 @click.option("--from", "from_", type=UTCTimestamp(), help="With --print-next: count from this instant (default: now).")
 @pass_app
-def scheduler_command(app: AppContext, schedules_path: Path | None, print_next: bool, count: int,
-                      from_: dt.datetime | None) -> None:
+def scheduler_command(
+    app: AppContext, schedules_path: Path | None, print_next: bool, count: int, from_: dt.datetime | None
+) -> None:
     """Submit the lifecycle Ray Jobs on their UTC schedules until interrupted."""
     from conflict_core import scheduler
 
@@ -173,8 +226,10 @@ def scheduler_command(app: AppContext, schedules_path: Path | None, print_next: 
             cron = next(s.cron for s in schedule_file.schedules if s.name == name)
             click.echo(f"{name:<15} {cron:<20} " + "  ".join(t.strftime("%Y-%m-%d %H:%M UTC") for t in times))
         return
-    click.echo(f"scheduling {len(schedule_file.schedules)} jobs from {schedule_file.path}; "
-               f"submitting to {app.settings.dashboard_url} (Ctrl-C to stop)")
+    click.echo(
+        f"scheduling {len(schedule_file.schedules)} jobs from {schedule_file.path}; "
+        f"submitting to {app.settings.dashboard_url} (Ctrl-C to stop)"
+    )
     scheduler.run(app.settings, schedule_file)
 
 

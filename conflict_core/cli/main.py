@@ -27,7 +27,9 @@ class _Group(click.Group):
 @click.pass_context
 def main(ctx: click.Context, database_url: str | None, data_dir: str | None, verbose: bool) -> None:
     """Predict sync edit conflicts: manage the store, train models, serve and monitor them."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if not verbose:
         # Per-request and per-plugin chatter of the libraries; their warnings still show.
         for name in ("httpx", "httpcore", "alembic"):

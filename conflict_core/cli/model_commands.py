@@ -11,8 +11,14 @@ from conflict_core.cli.context import AppContext, pass_app
 
 def _job_args(app: AppContext) -> list[str]:
     settings = app.settings
-    return ["--database-url", settings.database_url, "--data-dir", str(settings.data_dir.resolve()),
-            "--serve-config", str(settings.serve_config_path.resolve())]
+    return [
+        "--database-url",
+        settings.database_url,
+        "--data-dir",
+        str(settings.data_dir.resolve()),
+        "--serve-config",
+        str(settings.serve_config_path.resolve()),
+    ]
 
 
 @click.command("extract")
@@ -86,10 +92,14 @@ def _publish(app: AppContext, version: str | None) -> None:
     with app.session_factory() as session:
         row = registry.get(session, version) if version else None
         info = (row.version, row.artifact_path, row.artifact_sha256) if row else (None, None, None)
-    written, applied = publish_active_model(app.settings, version=info[0], artifact_path=info[1], artifact_sha256=info[2])
+    written, applied = publish_active_model(
+        app.settings, version=info[0], artifact_path=info[1], artifact_sha256=info[2]
+    )
     if written:
-        click.echo(f"{app.settings.serve_config_path} now serves {info[0] or 'the heuristics'}"
-                   + ("; running app reconfigured" if applied else "; no running app to reconfigure"))
+        click.echo(
+            f"{app.settings.serve_config_path} now serves {info[0] or 'the heuristics'}"
+            + ("; running app reconfigured" if applied else "; no running app to reconfigure")
+        )
 
 
 @models_group.command("activate")

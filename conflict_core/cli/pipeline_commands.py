@@ -27,16 +27,36 @@ def _fmt(value: object, spec: str = ".3f") -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--num-samples", type=int, default=8, show_default=True, help="sweep size of the training jobs")
 @click.option("--dashboard-port", type=int, default=8265, show_default=True)
-@click.option("--traffic-seconds", type=float, default=30.0, show_default=True,
-              help="how long devices replay the live day through the app")
-@click.option("--lifecycle/--no-lifecycle", default=True, show_default=True,
-              help="after serving: track outcomes and retrain on simulated time")
-@click.option("--keep-serving/--no-keep-serving", default=None,
-              help="keep the app up until Ctrl-C at the end (default: when run from a terminal)")
+@click.option(
+    "--traffic-seconds",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="how long devices replay the live day through the app",
+)
+@click.option(
+    "--lifecycle/--no-lifecycle",
+    default=True,
+    show_default=True,
+    help="after serving: track outcomes and retrain on simulated time",
+)
+@click.option(
+    "--keep-serving/--no-keep-serving",
+    default=None,
+    help="keep the app up until Ctrl-C at the end (default: when run from a terminal)",
+)
 @pass_app
 def run_command(
-    app: AppContext, users: int, entities: int, days: int, seed: int, num_samples: int, dashboard_port: int,
-    traffic_seconds: float, lifecycle: bool, keep_serving: bool | None,
+    app: AppContext,
+    users: int,
+    entities: int,
+    days: int,
+    seed: int,
+    num_samples: int,
+    dashboard_port: int,
+    traffic_seconds: float,
+    lifecycle: bool,
+    keep_serving: bool | None,
 ) -> None:
     """The product end to end on a simulated sync server.
 
@@ -60,8 +80,14 @@ def run_command(
     settings = app.settings
     started = time.perf_counter()
     data_dir = settings.data_dir.resolve()
-    job_args = ["--database-url", settings.database_url, "--data-dir", str(data_dir),
-                "--serve-config", str(settings.serve_config_path.resolve())]
+    job_args = [
+        "--database-url",
+        settings.database_url,
+        "--data-dir",
+        str(data_dir),
+        "--serve-config",
+        str(settings.serve_config_path.resolve()),
+    ]
 
     _step(f"store: {settings.database_url}")
     db.upgrade(settings.database_url)
@@ -72,8 +98,9 @@ def run_command(
     data_end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     live_start = data_end - dt.timedelta(days=1)
     _step(f"simulate {days} days of sync history and a live day ({users} users, {entities} entities, seed {seed})")
-    config = SimulationConfig(users=users, entities=entities, days=days + 1, seed=seed,
-                              start=data_end - dt.timedelta(days=days + 1))
+    config = SimulationConfig(
+        users=users, entities=entities, days=days + 1, seed=seed, start=data_end - dt.timedelta(days=days + 1)
+    )
     with progress_bar(None, "simulating", "events") as bar:
         table = simulate(config, progress=lambda n: bar.update(n - bar.n))
     is_live = pc.greater_equal(table["synced_at"], pc.cast(live_start, table.schema.field("synced_at").type))
@@ -81,8 +108,10 @@ def run_command(
     simulated = data_dir / "simulated" / f"sync_events_seed{seed}.parquet"
     simulated.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(history, simulated)
-    click.echo(f"{history.num_rows:,} events of history written to {simulated}; "
-               f"{live.num_rows:,} events on the live day {live_start:%Y-%m-%d}")
+    click.echo(
+        f"{history.num_rows:,} events of history written to {simulated}; "
+        f"{live.num_rows:,} events on the live day {live_start:%Y-%m-%d}"
+    )
 
     _step("import the history into the store (idempotent on event id)")
     with progress_bar(history.num_rows, "importing") as bar:
@@ -107,7 +136,8 @@ def run_command(
     with local_ray(dashboard_port=dashboard_port, env=serve_env(settings.serve_ingress_mode)) as dashboard:
         _step(f"Ray Job: extract features (dashboard {dashboard})")
         logs = submit_and_wait(
-            dashboard, module_entrypoint("jobs.extract_features", [*job_args, "--days-back", str(days)]),
+            dashboard,
+            module_entrypoint("jobs.extract_features", [*job_args, "--days-back", str(days)]),
             echo=click.echo,
         )
         extraction = job_summary(logs)
@@ -123,12 +153,16 @@ def run_command(
         _step(f"Ray Serve: deploy {settings.serve_config_path} on 127.0.0.1:8000")
         deploy_config(load_config(settings.serve_config_path, settings.database_url))
         wait_until_running()
-        click.echo(f"serving at {settings.serve_url}; devices replay the live day for up to {traffic_seconds:.0f} s "
-                   "(predict each push as of its instant, then record its outcome)")
+        click.echo(
+            f"serving at {settings.serve_url}; devices replay the live day for up to {traffic_seconds:.0f} s "
+            "(predict each push as of its instant, then record its outcome)"
+        )
         report = replay_events(settings.serve_url, live, seconds=traffic_seconds)
         echo_traffic(report)
-        click.echo(f"{report['pushes']:,} pushes, {report['recorded_without_prediction']:,} events recorded "
-                   "without a prediction when the replay time ran out")
+        click.echo(
+            f"{report['pushes']:,} pushes, {report['recorded_without_prediction']:,} events recorded "
+            "without a prediction when the replay time ran out"
+        )
 
         if lifecycle:
             # The app flushes its prediction log asynchronously; give it a moment to land.
@@ -146,8 +180,9 @@ def run_command(
             # The app holds most of the two cores' logical CPUs; the retrain's tasks take small shares.
             logs = submit_and_wait(
                 dashboard,
-                module_entrypoint("jobs.retrain", [*job_args, "--now", data_end.isoformat(),
-                                                   "--num-samples", str(num_samples)]),
+                module_entrypoint(
+                    "jobs.retrain", [*job_args, "--now", data_end.isoformat(), "--num-samples", str(num_samples)]
+                ),
                 echo=click.echo,
                 runtime_env={"env_vars": {"CONFLICT_JOB_TASK_CPUS": "0.25"}},
             )
@@ -168,33 +203,47 @@ def run_command(
     with app.session_factory() as session:
         active = registry.active(session)
     holdout, baseline = training["holdout"], training["seed_baseline_holdout"]
-    click.echo(f"training set     {extraction['rows']:,} rows, conflict rate {extraction['positive_rate']:.2%}, "
-               f"{extraction['events_per_second']:,} events/s")
+    click.echo(
+        f"training set     {extraction['rows']:,} rows, conflict rate {extraction['positive_rate']:.2%}, "
+        f"{extraction['events_per_second']:,} events/s"
+    )
     click.echo(f"model            {training['version']} ({training['algorithm']}), gate: {training['gate_reason']}")
-    click.echo(f"holdout          ROC-AUC {holdout['roc_auc']:.4f}  PR-AUC {holdout['pr_auc']:.4f}  "
-               f"Brier {holdout['brier']:.4f}  ECE {holdout['ece']:.4f}")
-    click.echo(f"seed baseline    ROC-AUC {baseline['roc_auc']:.4f}  PR-AUC {baseline['pr_auc']:.4f}  "
-               f"Brier {baseline['brier']:.4f}  ECE {baseline['ece']:.4f}")
+    click.echo(
+        f"holdout          ROC-AUC {holdout['roc_auc']:.4f}  PR-AUC {holdout['pr_auc']:.4f}  "
+        f"Brier {holdout['brier']:.4f}  ECE {holdout['ece']:.4f}"
+    )
+    click.echo(
+        f"seed baseline    ROC-AUC {baseline['roc_auc']:.4f}  PR-AUC {baseline['pr_auc']:.4f}  "
+        f"Brier {baseline['brier']:.4f}  ECE {baseline['ece']:.4f}"
+    )
     click.echo(f"report           {Path(training['report_path'])}")
-    click.echo(f"live day         {report['requests']:.0f} pushes predicted ({report['predictions']:.0f} items), "
-               f"p50 {report['p50_ms']:.0f} ms, p95 {report['p95_ms']:.0f} ms, "
-               f"fallback rate {report['fallback_rate']:.1%}, errors {report['errors']:.0f}")
+    click.echo(
+        f"live day         {report['requests']:.0f} pushes predicted ({report['predictions']:.0f} items), "
+        f"p50 {report['p50_ms']:.0f} ms, p95 {report['p95_ms']:.0f} ms, "
+        f"fallback rate {report['fallback_rate']:.1%}, errors {report['errors']:.0f}"
+    )
     if tracking is not None:
         m = tracking["metrics"]
         q = m.get("model") or {}
         psi = (m.get("drift") or {}).get("psi") or {}
-        click.echo(f"outcomes         {tracking['labelled']:,} labelled ({tracking['by_sync_id']:,} by sync id, "
-                   f"{tracking['by_nearest']:,} by nearest sync, {tracking['no_sync']:,} without a sync), "
-                   f"{tracking['conflicts']:,} conflicts")
-        click.echo(f"live metrics     accuracy {_fmt(m.get('accuracy'))}  precision {_fmt(q.get('precision'))}  "
-                   f"recall {_fmt(q.get('recall'))}  PR-AUC {_fmt(q.get('pr_auc'))}  Brier {_fmt(q.get('brier'))}  "
-                   f"ECE {_fmt(q.get('ece'))}  fallback rate {_fmt(m.get('fallback_rate'), '.1%')}")
+        click.echo(
+            f"outcomes         {tracking['labelled']:,} labelled ({tracking['by_sync_id']:,} by sync id, "
+            f"{tracking['by_nearest']:,} by nearest sync, {tracking['no_sync']:,} without a sync), "
+            f"{tracking['conflicts']:,} conflicts"
+        )
+        click.echo(
+            f"live metrics     accuracy {_fmt(m.get('accuracy'))}  precision {_fmt(q.get('precision'))}  "
+            f"recall {_fmt(q.get('recall'))}  PR-AUC {_fmt(q.get('pr_auc'))}  Brier {_fmt(q.get('brier'))}  "
+            f"ECE {_fmt(q.get('ece'))}  fallback rate {_fmt(m.get('fallback_rate'), '.1%')}"
+        )
         if psi:
             click.echo("feature drift    PSI " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(psi.items())))
         click.echo(f"alerts firing    {', '.join(tracking['alerts_firing']) or 'none'}")
     if retraining is not None:
-        click.echo(f"retrain          {retraining['version']}: "
-                   f"{'activated' if retraining['activated'] else 'kept as a candidate'} ({retraining['gate_reason']})")
+        click.echo(
+            f"retrain          {retraining['version']}: "
+            f"{'activated' if retraining['activated'] else 'kept as a candidate'} ({retraining['gate_reason']})"
+        )
     click.echo(f"active model     {active.version if active else 'none (heuristics answer)'}")
     click.echo(f"done in {time.perf_counter() - started:.0f} s")
 

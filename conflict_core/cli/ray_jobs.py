@@ -45,7 +45,9 @@ class JobFailedError(ConflictPredictorError):
 
 
 @contextmanager
-def local_ray(dashboard_port: int = 8265, num_cpus: int | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
+def local_ray(
+    dashboard_port: int = 8265, num_cpus: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """Start a local Ray instance owned by this process; yields the dashboard URL, shuts down after."""
     import os
 

@@ -23,8 +23,11 @@ def deploy_config(config: dict[str, Any]) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     schema = ServeDeploySchema.model_validate(config)
-    client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
-                         global_logging_config=schema.logging_config)
+    client = serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        global_logging_config=schema.logging_config,
+    )
     client.deploy_apps(schema)
 
 
@@ -53,15 +56,17 @@ def wait_until_running(timeout_s: float = 180) -> None:
 
 
 @click.command("serve-up")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="Default: settings.serve_config_path.")
+@click.option(
+    "--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="Default: settings.serve_config_path."
+)
 @click.option("--wait/--no-wait", default=True, help="Keep serving until Ctrl-C (default) or return once running.")
 @pass_app
 def serve_up(app: AppContext, config_path: str | None, wait: bool) -> None:
     """Start (or join) Ray and deploy serve_config.yaml; the app listens on 127.0.0.1:8000."""
+    import os
+
     import ray
     from ray import serve
-
-    import os
 
     from conflict_core.cli.ray_jobs import serve_env
 
@@ -94,11 +99,23 @@ def serve_up(app: AppContext, config_path: str | None, wait: bool) -> None:
 @click.option("--field", "fields", multiple=True, required=True, help="A changed field (repeatable).")
 @click.option("--sync-id")
 @pass_app
-def predict(app: AppContext, user_id: str, device_id: str, entity_type: str, entity_id: str,
-            fields: tuple[str, ...], sync_id: str | None) -> None:
+def predict(
+    app: AppContext,
+    user_id: str,
+    device_id: str,
+    entity_type: str,
+    entity_id: str,
+    fields: tuple[str, ...],
+    sync_id: str | None,
+) -> None:
     """Ask the running app for the conflict risk of one pending sync."""
-    item: dict[str, Any] = {"user_id": user_id, "device_id": device_id, "entity_type": entity_type,
-                            "entity_id": entity_id, "changed_fields": list(fields)}
+    item: dict[str, Any] = {
+        "user_id": user_id,
+        "device_id": device_id,
+        "entity_type": entity_type,
+        "entity_id": entity_id,
+        "changed_fields": list(fields),
+    }
     if sync_id:
         item["sync_id"] = sync_id
     response = httpx.post(app.settings.serve_url.rstrip("/") + "/v1/predict", json=item, timeout=10)
@@ -119,9 +136,14 @@ def drive_traffic(
         while time.monotonic() < deadline:
             user = rng.choice(users)
             items = [
-                {"user_id": user, "device_id": f"{user}-d1", "entity_type": "task",
-                 "entity_id": rng.choice(entities), "changed_fields": rng.sample(["title", "status", "notes", "due"], 2),
-                 "sync_id": uuid.uuid4().hex}
+                {
+                    "user_id": user,
+                    "device_id": f"{user}-d1",
+                    "entity_type": "task",
+                    "entity_id": rng.choice(entities),
+                    "changed_fields": rng.sample(["title", "status", "notes", "due"], 2),
+                    "sync_id": uuid.uuid4().hex,
+                }
                 for _ in range(rng.choice([1, 1, 1, 5, 20]))
             ]
             started = time.perf_counter()
@@ -135,10 +157,18 @@ def drive_traffic(
                 fallbacks += "fallback_reason" in p
             now = dt.datetime.now(dt.UTC)
             events = [
-                {"event_id": i["sync_id"], "user_id": i["user_id"], "device_id": i["device_id"], "entity_type": "task",
-                 "entity_id": i["entity_id"], "changed_fields": i["changed_fields"], "synced_at": now.isoformat(),
-                 "conflict": (c := rng.random() < conflict_rate),
-                 "resolution_type": "manual_merge" if c else None, "resolved_at": now.isoformat() if c else None}
+                {
+                    "event_id": i["sync_id"],
+                    "user_id": i["user_id"],
+                    "device_id": i["device_id"],
+                    "entity_type": "task",
+                    "entity_id": i["entity_id"],
+                    "changed_fields": i["changed_fields"],
+                    "synced_at": now.isoformat(),
+                    "conflict": (c := rng.random() < conflict_rate),
+                    "resolution_type": "manual_merge" if c else None,
+                    "resolved_at": now.isoformat() if c else None,
+                }
                 for i in items
             ]
             if client.post("/v1/sync-events", json={"events": events}).status_code != 200:
@@ -146,8 +176,15 @@ def drive_traffic(
     if not latencies:
         raise click.ClickException("no request completed")
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
-    return {"requests": len(latencies), "predictions": predictions, "errors": errors,
-            "p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "fallback_rate": fallbacks / max(predictions, 1)}
+    return {
+        "requests": len(latencies),
+        "predictions": predictions,
+        "errors": errors,
+        "p50_ms": q[49],
+        "p95_ms": q[94],
+        "p99_ms": q[98],
+        "fallback_rate": fallbacks / max(predictions, 1),
+    }
 
 
 def _percentiles(latencies: list[float]) -> list[float]:
@@ -162,7 +199,12 @@ def _iso(value: Any) -> str | None:
 
 
 def replay_events(
-    base_url: str, events: Any, *, seconds: float, concurrency: int = 8, record_batch: int = 500,
+    base_url: str,
+    events: Any,
+    *,
+    seconds: float,
+    concurrency: int = 8,
+    record_batch: int = 500,
 ) -> dict[str, float]:
     """Replay a simulated day through the app as devices would: predict each push, then record it.
 
@@ -173,8 +215,9 @@ def replay_events(
     Pushes left when ``seconds`` run out are recorded without a prediction, so the store ends
     up complete either way. Returns the tallies of :func:`drive_traffic`.
     """
-    import pandas as pd
     from concurrent.futures import ThreadPoolExecutor
+
+    import pandas as pd
 
     frame = events.to_pandas() if hasattr(events, "to_pandas") else pd.DataFrame(events)
     frame = frame.sort_values(["synced_at", "event_id"], kind="stable")
@@ -185,17 +228,34 @@ def replay_events(
 
     def records(push: pd.DataFrame) -> list[dict[str, Any]]:
         return [
-            {"event_id": r.event_id, "user_id": r.user_id, "device_id": r.device_id, "entity_type": r.entity_type,
-             "entity_id": r.entity_id, "changed_fields": list(r.changed_fields), "synced_at": _iso(r.synced_at),
-             "conflict": bool(r.conflict), "resolution_type": r.resolution_type if r.conflict else None,
-             "resolved_at": _iso(r.resolved_at) if r.conflict else None}
+            {
+                "event_id": r.event_id,
+                "user_id": r.user_id,
+                "device_id": r.device_id,
+                "entity_type": r.entity_type,
+                "entity_id": r.entity_id,
+                "changed_fields": list(r.changed_fields),
+                "synced_at": _iso(r.synced_at),
+                "conflict": bool(r.conflict),
+                "resolution_type": r.resolution_type if r.conflict else None,
+                "resolved_at": _iso(r.resolved_at) if r.conflict else None,
+            }
             for r in push.itertuples(index=False)
         ]
 
-    def one(client: httpx.Client, push: pd.DataFrame) -> tuple[float | None, int, int, int]:
-        items = [{"user_id": r.user_id, "device_id": r.device_id, "entity_type": r.entity_type,
-                  "entity_id": r.entity_id, "changed_fields": list(r.changed_fields), "sync_id": r.event_id,
-                  "at": _iso(r.synced_at)} for r in push.itertuples(index=False)]
+    def one(client: httpx.Client, push: pd.DataFrame) -> tuple[float, int, int, int]:
+        items = [
+            {
+                "user_id": r.user_id,
+                "device_id": r.device_id,
+                "entity_type": r.entity_type,
+                "entity_id": r.entity_id,
+                "changed_fields": list(r.changed_fields),
+                "sync_id": r.event_id,
+                "at": _iso(r.synced_at),
+            }
+            for r in push.itertuples(index=False)
+        ]
         started = time.perf_counter()
         response = client.post("/v1/predict", json=items)
         latency = (time.perf_counter() - started) * 1000
@@ -207,8 +267,10 @@ def replay_events(
         return latency, len(predictions), fallbacks, int(failed)
 
     replayed = 0
-    with httpx.Client(base_url=base_url.rstrip("/"), timeout=30) as client, \
-            ThreadPoolExecutor(max_workers=concurrency) as pool:
+    with (
+        httpx.Client(base_url=base_url.rstrip("/"), timeout=30) as client,
+        ThreadPoolExecutor(max_workers=concurrency) as pool,
+    ):
         while replayed < len(pushes) and time.monotonic() < deadline:
             wave = pushes[replayed : replayed + concurrency]
             for latency, predicted, fallbacks, failed in pool.map(lambda p: one(client, p), wave):
@@ -219,18 +281,34 @@ def replay_events(
             replayed += len(wave)
         rest = pd.concat(pushes[replayed:]) if replayed < len(pushes) else frame.iloc[0:0]
         for start in range(0, len(rest), record_batch):
-            if client.post("/v1/sync-events", json={"events": records(rest.iloc[start : start + record_batch])}).status_code != 200:
+            if (
+                client.post(
+                    "/v1/sync-events", json={"events": records(rest.iloc[start : start + record_batch])}
+                ).status_code
+                != 200
+            ):
                 tallies["errors"] += 1
     q = _percentiles(latencies)
-    return {"requests": len(latencies), "pushes": len(pushes), "predictions": tallies["predictions"],
-            "recorded_without_prediction": len(rest), "errors": tallies["errors"],
-            "p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98],
-            "fallback_rate": tallies["fallbacks"] / max(tallies["predictions"], 1)}
+    return {
+        "requests": len(latencies),
+        "pushes": len(pushes),
+        "predictions": tallies["predictions"],
+        "recorded_without_prediction": len(rest),
+        "errors": tallies["errors"],
+        "p50_ms": q[49],
+        "p95_ms": q[94],
+        "p99_ms": q[98],
+        "fallback_rate": tallies["fallbacks"] / max(tallies["predictions"], 1),
+    }
 
 
 def echo_traffic(report: dict[str, float]) -> None:
-    click.echo(f"requests {report['requests']:.0f}  predictions {report['predictions']:.0f}  errors {report['errors']:.0f}")
-    click.echo(f"predict latency ms: p50 {report['p50_ms']:.1f}  p95 {report['p95_ms']:.1f}  p99 {report['p99_ms']:.1f}")
+    click.echo(
+        f"requests {report['requests']:.0f}  predictions {report['predictions']:.0f}  errors {report['errors']:.0f}"
+    )
+    click.echo(
+        f"predict latency ms: p50 {report['p50_ms']:.1f}  p95 {report['p95_ms']:.1f}  p99 {report['p99_ms']:.1f}"
+    )
     click.echo(f"fallback rate {report['fallback_rate']:.1%}")
 
 
@@ -242,10 +320,15 @@ def echo_traffic(report: dict[str, float]) -> None:
 @pass_app
 def traffic(app: AppContext, seconds: float, users: int, entities: int, conflict_rate: float) -> None:
     """Simulated clients: predict, sync, record the result; then print latency and fallback rate."""
-    echo_traffic(drive_traffic(
-        app.settings.serve_url, seconds=seconds, users=[f"u{i:04d}" for i in range(1, users + 1)],
-        entities=[f"task-{i:06d}" for i in range(entities)], conflict_rate=conflict_rate,
-    ))
+    echo_traffic(
+        drive_traffic(
+            app.settings.serve_url,
+            seconds=seconds,
+            users=[f"u{i:04d}" for i in range(1, users + 1)],
+            entities=[f"task-{i:06d}" for i in range(entities)],
+            conflict_rate=conflict_rate,
+        )
+    )
 
 
 COMMANDS = [serve_up, predict, traffic]

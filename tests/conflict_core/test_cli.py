@@ -23,13 +23,15 @@ from conflict_core.cli.serve_commands import replay_events
 
 
 def test_job_summary_is_the_last_json_object_printed() -> None:
-    logs = "\n".join([
-        "starting",
-        json.dumps({"step": 1}),
-        "progress: {not json}",
-        json.dumps({"run_id": 3, "status": "succeeded", "holdout": {"roc_auc": 0.9}}, indent=2),
-        "retrain #3 succeeded",
-    ])
+    logs = "\n".join(
+        [
+            "starting",
+            json.dumps({"step": 1}),
+            "progress: {not json}",
+            json.dumps({"run_id": 3, "status": "succeeded", "holdout": {"roc_auc": 0.9}}, indent=2),
+            "retrain #3 succeeded",
+        ]
+    )
     assert job_summary(logs) == {"run_id": 3, "status": "succeeded", "holdout": {"roc_auc": 0.9}}
 
 
@@ -43,18 +45,27 @@ class _FakeApp:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
-        self.app = Starlette(routes=[
-            Route("/v1/predict", self.predict, methods=["POST"]),
-            Route("/v1/sync-events", self.events, methods=["POST"]),
-        ])
+        self.app = Starlette(
+            routes=[
+                Route("/v1/predict", self.predict, methods=["POST"]),
+                Route("/v1/sync-events", self.events, methods=["POST"]),
+            ]
+        )
 
     async def predict(self, request: Request) -> JSONResponse:
         items = await request.json()
         self.calls.append(("predict", items))
-        return JSONResponse({"predictions": [
-            {"probability": 0.1, **({"fallback_reason": "no_active_model"} if i["entity_id"] == "e-fallback" else {})}
-            for i in items
-        ]})
+        return JSONResponse(
+            {
+                "predictions": [
+                    {
+                        "probability": 0.1,
+                        **({"fallback_reason": "no_active_model"} if i["entity_id"] == "e-fallback" else {}),
+                    }
+                    for i in items
+                ]
+            }
+        )
 
     async def events(self, request: Request) -> JSONResponse:
         body = await request.json()
@@ -85,13 +96,20 @@ def _live_day(n_pushes: int) -> pd.DataFrame:
     for p in range(n_pushes):
         for k in range(1 + p % 3):  # pushes of 1, 2 and 3 items
             conflict = p % 4 == 0 and k == 0
-            rows.append({
-                "event_id": f"ev-{p}-{k}", "user_id": f"u{p % 5}", "device_id": f"d{p % 5}", "entity_type": "task",
-                "entity_id": "e-fallback" if p == 1 else f"e{p}-{k}", "changed_fields": ["title", "status"][: k + 1],
-                "synced_at": start + dt.timedelta(minutes=p), "conflict": conflict,
-                "resolution_type": "manual_merge" if conflict else None,
-                "resolved_at": start + dt.timedelta(minutes=p, seconds=30) if conflict else pd.NaT,
-            })
+            rows.append(
+                {
+                    "event_id": f"ev-{p}-{k}",
+                    "user_id": f"u{p % 5}",
+                    "device_id": f"d{p % 5}",
+                    "entity_type": "task",
+                    "entity_id": "e-fallback" if p == 1 else f"e{p}-{k}",
+                    "changed_fields": ["title", "status"][: k + 1],
+                    "synced_at": start + dt.timedelta(minutes=p),
+                    "conflict": conflict,
+                    "resolution_type": "manual_merge" if conflict else None,
+                    "resolved_at": start + dt.timedelta(minutes=p, seconds=30) if conflict else pd.NaT,
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -126,9 +126,7 @@ def _normalized(frame: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- import
 
 
-def test_parquet_round_trip_through_store_and_export(
-    session_factory: sessionmaker[Session], tmp_path: Path
-) -> None:
+def test_parquet_round_trip_through_store_and_export(session_factory: sessionmaker[Session], tmp_path: Path) -> None:
     events = _events()
     source = _write_parquet(tmp_path / "events.parquet", events)
 
@@ -141,9 +139,7 @@ def test_parquet_round_trip_through_store_and_export(
     table = ds.dataset(tmp_path / "out", partitioning="hive").to_table()
     assert table.schema.field("synced_at").type == pa.timestamp("us", tz="UTC")
     assert table.schema.field("changed_fields").type == pa.list_(pa.string())
-    pd.testing.assert_frame_equal(
-        _normalized(table.to_pandas()), _normalized(_expected_frame(events))
-    )
+    pd.testing.assert_frame_equal(_normalized(table.to_pandas()), _normalized(_expected_frame(events)))
 
 
 def test_csv_import_parses_json_arrays_offsets_and_numeric_booleans(
@@ -183,9 +179,7 @@ def test_import_is_idempotent(session_factory: sessionmaker[Session], tmp_path: 
     pd.testing.assert_frame_equal(load_events(_engine(session_factory)), before)
 
 
-def test_existing_events_are_skipped_not_changed(
-    session_factory: sessionmaker[Session], tmp_path: Path
-) -> None:
+def test_existing_events_are_skipped_not_changed(session_factory: sessionmaker[Session], tmp_path: Path) -> None:
     import_events(session_factory, _write_parquet(tmp_path / "first.parquet", _events(3)))
     changed = [_event(0, user_id="someone-else"), _event(3)]
     result = import_events(session_factory, _write_parquet(tmp_path / "second.parquet", changed))
@@ -271,9 +265,7 @@ def test_invalid_cell_names_file_row_and_column_and_imports_nothing(
     assert _counts(session_factory) == before
 
 
-def test_missing_required_column_names_file_and_column(
-    session_factory: sessionmaker[Session], tmp_path: Path
-) -> None:
+def test_missing_required_column_names_file_and_column(session_factory: sessionmaker[Session], tmp_path: Path) -> None:
     table = pa.Table.from_pylist(_events(3), schema=EVENT_SCHEMA).drop_columns(["device_id"])
     source = tmp_path / "events.parquet"
     pq.write_table(table, source)
@@ -289,9 +281,7 @@ def test_missing_required_column_names_file_and_column(
     assert _counts(session_factory) == (0, 0)
 
 
-def test_unknown_extension_is_refused(
-    session_factory: sessionmaker[Session], tmp_path: Path
-) -> None:
+def test_unknown_extension_is_refused(session_factory: sessionmaker[Session], tmp_path: Path) -> None:
     source = tmp_path / "events.json"
     source.write_text("[]")
     with pytest.raises(ImportFormatError, match=r"events\.json.*extension '\.json'"):
@@ -312,10 +302,7 @@ def test_naive_parquet_timestamps_are_refused(tmp_path: Path) -> None:
 
 
 def test_validate_records_matches_file_validation() -> None:
-    records = [
-        {**_event(n), "synced_at": _event(n)["synced_at"].isoformat(), "resolved_at": None}
-        for n in range(3)
-    ]
+    records = [{**_event(n), "synced_at": _event(n)["synced_at"].isoformat(), "resolved_at": None} for n in range(3)]
     records[0]["resolution_type"] = None
     table = validate_records(records, source="POST /v1/sync-events")
     assert table.schema == EVENT_SCHEMA
@@ -351,9 +338,7 @@ def test_insert_event_frame_from_pandas(session_factory: sessionmaker[Session]) 
 # --------------------------------------------------------------------------- export and load
 
 
-def test_export_partitions_by_utc_day_and_filters(
-    session_factory: sessionmaker[Session], tmp_path: Path
-) -> None:
+def test_export_partitions_by_utc_day_and_filters(session_factory: sessionmaker[Session], tmp_path: Path) -> None:
     import_events(session_factory, _write_parquet(tmp_path / "events.parquet", _events(12)))
     engine = _engine(session_factory)
     out = tmp_path / "export"
@@ -367,9 +352,7 @@ def test_export_partitions_by_utc_day_and_filters(
     assert day2.num_rows == 6 and day2.schema.names == EVENT_SCHEMA.names
 
     # A bound inside a day widens to the whole day, since partitions are replaced whole.
-    ranged = export_events(
-        engine, tmp_path / "ranged", since=DAY2 + dt.timedelta(hours=12), until=DAY3
-    )
+    ranged = export_events(engine, tmp_path / "ranged", since=DAY2 + dt.timedelta(hours=12), until=DAY3)
     assert (ranged.partitions, ranged.rows) == (["date=2026-01-06"], 6)
 
     dataset = ds.dataset(out, partitioning="hive")
@@ -377,9 +360,7 @@ def test_export_partitions_by_utc_day_and_filters(
     assert not list(tmp_path.glob(".export*")) and not list(tmp_path.glob(".*export-*"))
 
 
-def test_reexport_replaces_only_the_exported_days(
-    session_factory: sessionmaker[Session], tmp_path: Path
-) -> None:
+def test_reexport_replaces_only_the_exported_days(session_factory: sessionmaker[Session], tmp_path: Path) -> None:
     import_events(session_factory, _write_parquet(tmp_path / "events.parquet", _events(12)))
     engine = _engine(session_factory)
     out = tmp_path / "export"
@@ -403,9 +384,7 @@ def test_reexport_replaces_only_the_exported_days(
     assert ds.dataset(out, partitioning="hive").to_table().num_rows == 13
 
 
-def test_load_events_filters_by_user_entity_and_time(
-    session_factory: sessionmaker[Session], tmp_path: Path
-) -> None:
+def test_load_events_filters_by_user_entity_and_time(session_factory: sessionmaker[Session], tmp_path: Path) -> None:
     import_events(session_factory, _write_parquet(tmp_path / "events.parquet", _events(12)))
     engine = _engine(session_factory)
 

@@ -84,7 +84,12 @@ def test_conflict_counts_only_once_its_resolution_is_recorded() -> None:
     )
     assert f["user_conflict_rate"] == pytest.approx(1 / 3)
     later = features_for_request(
-        history, user_id="u1", entity_type="task", entity_id="x", changed_fields=["a"], at=T0 + 2 * HOUR,
+        history,
+        user_id="u1",
+        entity_type="task",
+        entity_id="x",
+        changed_fields=["a"],
+        at=T0 + 2 * HOUR,
         params=params,
     )
     assert later["user_conflict_rate"] == pytest.approx(2 / 3)
@@ -176,7 +181,8 @@ def oracle(history: pd.DataFrame, target: pd.Series, p: FeatureParams) -> dict[s
     return {
         "concurrent_editors": recent.user_id.nunique(),
         "hours_since_last_sync": 168.0 if last is None else min((t - last) / HOUR, 168.0),
-        "user_conflict_rate": (len(known) + p.prior_strength * p.prior_conflict_rate) / (len(window) + p.prior_strength),
+        "user_conflict_rate": (len(known) + p.prior_strength * p.prior_conflict_rate)
+        / (len(window) + p.prior_strength),
         "entity_edit_frequency": (ent.synced_at >= w30).sum() / 30.0,
         "field_overlap_score": overlap(w30),
         "edits_since_own_last_sync": (ent.synced_at >= since).sum(),
@@ -190,7 +196,10 @@ def random_history(seed: int, n: int = 400) -> pd.DataFrame:
     # cluster some syncs within minutes of each other
     times = times.where(rng.random(n) > 0.3, times - pd.to_timedelta(rng.integers(0, 300, n), unit="s"))
     conflict = rng.random(n) < 0.2
-    resolved = [t + pd.Timedelta(hours=float(h)) if c else None for t, c, h in zip(times, conflict, rng.exponential(30, n))]
+    resolved = [
+        t + pd.Timedelta(hours=float(h)) if c else None
+        for t, c, h in zip(times, conflict, rng.exponential(30, n), strict=True)
+    ]
     names = np.array(["a", "b", "c", "d"])
     return pd.DataFrame(
         {

@@ -17,9 +17,18 @@ def _add(session: Session, tmp_path: Path, version: str) -> None:
     path = tmp_path / f"{version}.joblib"
     joblib.dump({"estimator": None, "feature_columns": ["a"]}, path)
     registry.register(
-        session, version=version, algorithm="hgb", params={}, metrics={"holdout": {"roc_auc": 0.9}},
-        feature_columns=["a"], train_samples=10, holdout_samples=5, training_window_start=T0,
-        training_window_end=T0, artifact_path=str(path), artifact_sha256=registry.sha256_file(path),
+        session,
+        version=version,
+        algorithm="hgb",
+        params={},
+        metrics={"holdout": {"roc_auc": 0.9}},
+        feature_columns=["a"],
+        train_samples=10,
+        holdout_samples=5,
+        training_window_start=T0,
+        training_window_end=T0,
+        artifact_path=str(path),
+        artifact_sha256=registry.sha256_file(path),
     )
 
 
@@ -66,7 +75,7 @@ def test_tampered_artifact_is_refused_and_nothing_changes(three: sessionmaker[Se
     with pytest.raises(ArtifactIntegrityError, match="sha256"), three.begin() as session:
         registry.activate(session, "v20260501_000002", by="ops")
     with pytest.raises(ArtifactIntegrityError):
-        registry.load_artifact(path, registry.sha256_file(path) [::-1])
+        registry.load_artifact(path, registry.sha256_file(path)[::-1])
     with three() as session:
         assert registry.active(session).version == "v20260501_000001"  # type: ignore[union-attr]
 
@@ -89,8 +98,9 @@ def test_unknown_version_and_inactive_deactivation_are_clear_errors(three: sessi
     ],
 )
 def test_gate(candidate: float, active: float | None, expected: bool) -> None:
-    decision = registry.gate(candidate_roc_auc=candidate, active_roc_auc=active, min_relative_improvement=0.05,
-                             quality_floor=0.75)
+    decision = registry.gate(
+        candidate_roc_auc=candidate, active_roc_auc=active, min_relative_improvement=0.05, quality_floor=0.75
+    )
     assert decision.activate is expected
     assert f"{candidate:.4f}" in decision.reason
 

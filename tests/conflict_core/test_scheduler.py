@@ -24,14 +24,18 @@ def schedules() -> scheduler.ScheduleFile:
 
 def test_the_project_schedule_file_defines_the_three_jobs(schedules: scheduler.ScheduleFile) -> None:
     assert {s.name: s.module for s in schedules.schedules} == {
-        "track_outcomes": "jobs.track_outcomes", "retrain": "jobs.retrain", "retention": "jobs.retention"}
+        "track_outcomes": "jobs.track_outcomes",
+        "retrain": "jobs.retrain",
+        "retention": "jobs.retention",
+    }
     assert schedules.coalesce and schedules.misfire_grace_time_s > 0
 
 
 def test_next_run_times_from_a_fixed_instant(schedules: scheduler.ScheduleFile) -> None:
     times = scheduler.next_run_times(schedules.schedules, after=FIXED, count=5)
-    assert times["track_outcomes"] == [
-        dt.datetime(2026, 3, 2, h, 0, tzinfo=UTC) for h in (0, 6, 12, 18)] + [dt.datetime(2026, 3, 3, 0, 0, tzinfo=UTC)]
+    assert times["track_outcomes"] == [dt.datetime(2026, 3, 2, h, 0, tzinfo=UTC) for h in (0, 6, 12, 18)] + [
+        dt.datetime(2026, 3, 3, 0, 0, tzinfo=UTC)
+    ]
     assert times["retrain"] == [dt.datetime(2026, 3, 2 + 7 * k, 3, 0, tzinfo=UTC) for k in range(5)]
     assert all(t.weekday() == 0 for t in times["retrain"])  # Mondays
     assert times["retention"] == [dt.datetime(2026, 3, 2 + k, 4, 30, tzinfo=UTC) for k in range(5)]
@@ -88,8 +92,9 @@ def test_submission_uses_the_venv_interpreter_and_absolute_settings(
 ) -> None:
     FakeClient.submitted = []
     settings = Settings(database_url="sqlite:///data/x.db", data_dir=tmp_path / "data", dashboard_url="http://ray:8265")
-    submitter = scheduler.JobSubmitter(settings, client_factory=FakeClient,
-                                       clock=lambda: dt.datetime(2026, 3, 2, 3, 0, 7, tzinfo=UTC))
+    submitter = scheduler.JobSubmitter(
+        settings, client_factory=FakeClient, clock=lambda: dt.datetime(2026, 3, 2, 3, 0, 7, tzinfo=UTC)
+    )
     retrain = next(s for s in schedules.schedules if s.name == "retrain")
     with caplog.at_level(logging.INFO, logger="conflict_core.scheduler"):
         assert submitter.submit(retrain) == "retrain-20260302T0300Z"
@@ -101,7 +106,8 @@ def test_submission_uses_the_venv_interpreter_and_absolute_settings(
     assert env["env_vars"]["DATABASE_URL"] == f"sqlite:///{Path('data/x.db').resolve()}"
     assert env["env_vars"]["CONFLICT_DATA_DIR"] == str((tmp_path / "data").resolve())
     assert [r.getMessage() for r in caplog.records if "submitted" in r.getMessage()] == [
-        f"schedule retrain: submitted Ray Job retrain-20260302T0300Z to http://ray:8265: {call['entrypoint']}"]
+        f"schedule retrain: submitted Ray Job retrain-20260302T0300Z to http://ray:8265: {call['entrypoint']}"
+    ]
 
 
 def test_a_failed_submission_is_logged_and_does_not_stop_the_scheduler(

@@ -99,9 +99,7 @@ def test_identifiers_and_changed_fields(small_table: pa.Table) -> None:
     ids = small_table["event_id"]
     assert pc.count_distinct(ids).as_py() == small_table.num_rows
     fields_by_type = {spec.name: set(spec.fields) for spec in DEFAULT_ENTITY_TYPES}
-    rows = small_table.select(
-        ["user_id", "device_id", "entity_type", "entity_id", "changed_fields"]
-    )
+    rows = small_table.select(["user_id", "device_id", "entity_type", "entity_id", "changed_fields"])
     for row in rows.to_pylist():
         assert row["user_id"].startswith("u") and row["user_id"][1:].isdigit()
         user, _, device = row["device_id"].rpartition("-d")
@@ -123,9 +121,7 @@ def test_same_seed_same_table_and_other_seed_differs(small_table: pa.Table) -> N
     [(200, 2000, 90, 0), (200, 2000, 90, 1), (80, 800, 60, 2)],
 )
 def test_conflict_rate_is_realistic(users: int, entities: int, days: int, seed: int) -> None:
-    table = simulate(
-        SimulationConfig(users=users, entities=entities, days=days, seed=seed, start=START)
-    )
+    table = simulate(SimulationConfig(users=users, entities=entities, days=days, seed=seed, start=START))
     rate = pc.mean(table["conflict"].cast(pa.float64())).as_py()
     assert 0.03 <= rate <= 0.10, rate
     _replay(table)
@@ -141,9 +137,7 @@ def test_hot_entities_and_busy_users_exist(small_table: pa.Table) -> None:
 
 def test_progress_is_reported_in_steps_and_at_the_end() -> None:
     reported: list[int] = []
-    table = simulate(
-        SimulationConfig(users=60, entities=600, days=60, seed=3, start=START), reported.append
-    )
+    table = simulate(SimulationConfig(users=60, entities=600, days=60, seed=3, start=START), reported.append)
     assert reported[-1] == table.num_rows
     assert reported == sorted(reported)
     assert len(reported) < table.num_rows // 10_000 + 2

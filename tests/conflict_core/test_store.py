@@ -14,16 +14,31 @@ T0 = dt.datetime(2026, 1, 5, 9, 30, tzinfo=dt.UTC)
 
 def _sync(event_id: str, at: dt.datetime = T0) -> SyncLog:
     return SyncLog(
-        event_id=event_id, user_id="u1", device_id="d1", entity_type="task", entity_id="e1",
-        changed_fields=["status"], synced_at=at, conflict=False,
+        event_id=event_id,
+        user_id="u1",
+        device_id="d1",
+        entity_type="task",
+        entity_id="e1",
+        changed_fields=["status"],
+        synced_at=at,
+        conflict=False,
     )
 
 
 def _model(version: str, *, active: bool) -> ModelVersion:
     return ModelVersion(
-        version=version, algorithm="logreg", params={}, metrics={}, feature_columns=["a"],
-        train_samples=1, holdout_samples=1, training_window_start=T0, training_window_end=T0,
-        artifact_path="x", artifact_sha256="0" * 64, is_active=active,
+        version=version,
+        algorithm="logreg",
+        params={},
+        metrics={},
+        feature_columns=["a"],
+        train_samples=1,
+        holdout_samples=1,
+        training_window_start=T0,
+        training_window_end=T0,
+        artifact_path="x",
+        artifact_sha256="0" * 64,
+        is_active=active,
         status="active" if active else "candidate",
     )
 

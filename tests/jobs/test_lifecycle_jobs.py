@@ -32,8 +32,9 @@ def _wait(client: JobSubmissionClient, job_id: str, timeout_s: float = 300) -> J
 def test_the_scheduler_submits_outcome_tracking_as_a_ray_job(dashboard: str, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     db.upgrade(url)
-    settings = Settings(database_url=url, data_dir=tmp_path, dashboard_url=dashboard,
-                        serve_config_path=tmp_path / "serve_config.yaml")
+    settings = Settings(
+        database_url=url, data_dir=tmp_path, dashboard_url=dashboard, serve_config_path=tmp_path / "serve_config.yaml"
+    )
     schedule = next(s for s in load_schedules().schedules if s.name == "track_outcomes")
 
     job_id = JobSubmitter(settings).submit(schedule)
@@ -58,21 +59,33 @@ def test_weekly_retrain_as_a_ray_job_activates_only_through_the_gate(
     url = f"sqlite:///{tmp_path / 'store.db'}"
     serve_config = tmp_path / "serve_config.yaml"
     shutil.copy(REPO / "serve_config.yaml", serve_config)
-    args = ["--database-url", url, "--data-dir", str(tmp_path), "--serve-config", str(serve_config),
-            "--now", END.isoformat(), "--num-samples", "2"]
+    args = [
+        "--database-url",
+        url,
+        "--data-dir",
+        str(tmp_path),
+        "--serve-config",
+        str(serve_config),
+        "--now",
+        END.isoformat(),
+        "--num-samples",
+        "2",
+    ]
     # Small CPU shares, as when the retrain runs beside a live Serve app on two cores.
     env = {"env_vars": {"CONFLICT_JOB_TASK_CPUS": "0.5"}}
 
-    first = job_summary(submit_and_wait(dashboard, module_entrypoint("jobs.retrain", args), echo=lambda _: None,
-                                        runtime_env=env))
+    first = job_summary(
+        submit_and_wait(dashboard, module_entrypoint("jobs.retrain", args), echo=lambda _: None, runtime_env=env)
+    )
     assert first["status"] == "succeeded" and first["activated"], first
     assert first["gate_reason"].startswith("first model")
     published = serve_config.read_text()
     assert f"model_version: {first['version']}" in published
 
     time.sleep(1.1)  # versions are named by the second
-    second = job_summary(submit_and_wait(dashboard, module_entrypoint("jobs.retrain", args), echo=lambda _: None,
-                                         runtime_env=env))
+    second = job_summary(
+        submit_and_wait(dashboard, module_entrypoint("jobs.retrain", args), echo=lambda _: None, runtime_env=env)
+    )
     assert second["status"] == "succeeded" and not second["activated"], second
     assert "vs active" in second["gate_reason"]  # the same data cannot beat the active model by 5%
     engine = make_engine(url)

@@ -32,14 +32,22 @@ def test_offline_features_equal_the_online_single_request_computation(
         for row in sample.itertuples():
             at = row.synced_at.to_pydatetime()
             history = load_events(
-                engine, since=at - params.lookback.to_pytimedelta(), until=at,
-                user_ids=[row.user_id], entity_keys=[(row.entity_type, row.entity_id)],
+                engine,
+                since=at - params.lookback.to_pytimedelta(),
+                until=at,
+                user_ids=[row.user_id],
+                entity_keys=[(row.entity_type, row.entity_id)],
             )
             fields = load_events(engine, since=at, until=at + dt.timedelta(microseconds=1), user_ids=[row.user_id])
             changed = fields[fields.event_id == row.event_id].changed_fields.iloc[0]
             online = features_for_request(
-                history, user_id=row.user_id, entity_type=row.entity_type, entity_id=row.entity_id,
-                changed_fields=list(changed), at=row.synced_at, params=params,
+                history,
+                user_id=row.user_id,
+                entity_type=row.entity_type,
+                entity_id=row.entity_id,
+                changed_fields=list(changed),
+                at=row.synced_at,
+                params=params,
             )
             for name in ALL_FEATURES:
                 assert online[name] == pytest.approx(getattr(row, name)), (row.event_id, name)
@@ -51,7 +59,7 @@ def test_training_frame_has_labels_features_and_time_order(
     training_frame: tuple[pd.DataFrame, ExtractionWindow, list[Path]],
 ) -> None:
     frame, window, _ = training_frame
-    assert list(frame.columns[-len(ALL_FEATURES):]) == list(ALL_FEATURES)
+    assert list(frame.columns[-len(ALL_FEATURES) :]) == list(ALL_FEATURES)
     assert frame.synced_at.is_monotonic_increasing
     assert frame.event_id.is_unique
     assert frame.synced_at.min() >= window.start and frame.synced_at.max() < window.end

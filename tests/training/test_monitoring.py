@@ -66,7 +66,10 @@ def test_build_reference_covers_every_feature_column() -> None:
 
 def healthy(**changes: Any) -> dict[str, Any]:
     metrics: dict[str, Any] = {
-        "predictions": 1000, "labelled": 900, "accuracy": 0.9, "fallback_rate": 0.01,
+        "predictions": 1000,
+        "labelled": 900,
+        "accuracy": 0.9,
+        "fallback_rate": 0.01,
         "holdout": dict(HOLDOUT),
         "model": {"labelled": 800, "positives": 40, **HOLDOUT},
         "drift": {"psi": {"concurrent_editors": 0.01}, "rows": 1000},
@@ -178,7 +181,9 @@ def test_webhook_posts_slack_compatible_json() -> None:
         received.append(json.loads(request.content))
         return httpx.Response(200, text="ok")
 
-    notifier = monitoring.WebhookNotifier("https://hooks.example/x", client=httpx.Client(transport=httpx.MockTransport(handler)))
+    notifier = monitoring.WebhookNotifier(
+        "https://hooks.example/x", client=httpx.Client(transport=httpx.MockTransport(handler))
+    )
     assert notifier(AlertEvent("drift:a", "firing", 0.31, "feature a drifted", NOW))
     assert received[0]["text"].startswith("[Conflict Predictor] ALERT drift:a")
     assert received[0]["alert"]["value"] == 0.31
@@ -192,14 +197,33 @@ def test_webhook_posts_slack_compatible_json() -> None:
 # --------------------------------------------------------------------------- live metrics from the store
 
 
-def logged(i: int, *, probability: float, actual: bool | None, version: str = "v1", fallback: str | None = None,
-           features: dict[str, float] | None = None, at: dt.datetime = NOW - dt.timedelta(days=2)) -> PredictionLog:
+def logged(
+    i: int,
+    *,
+    probability: float,
+    actual: bool | None,
+    version: str = "v1",
+    fallback: str | None = None,
+    features: dict[str, float] | None = None,
+    at: dt.datetime = NOW - dt.timedelta(days=2),
+) -> PredictionLog:
     predicted = probability >= 0.2
     return PredictionLog(
-        prediction_id=f"p{i}", model_version=version, sync_id=None, user_id="u", device_id="d",
-        entity_type="task", entity_id=f"e{i}", predicted_conflict=predicted, probability=probability,
-        risk_level="low", recommendation="sync_now", features=features or {}, fallback_reason=fallback,
-        created_at=at, actual_conflict_occurred=actual,
+        prediction_id=f"p{i}",
+        model_version=version,
+        sync_id=None,
+        user_id="u",
+        device_id="d",
+        entity_type="task",
+        entity_id=f"e{i}",
+        predicted_conflict=predicted,
+        probability=probability,
+        risk_level="low",
+        recommendation="sync_now",
+        features=features or {},
+        fallback_reason=fallback,
+        created_at=at,
+        actual_conflict_occurred=actual,
         prediction_correct=None if actual is None else predicted == actual,
         outcome_status=None if actual is None else "sync_id",
     )
@@ -207,10 +231,19 @@ def logged(i: int, *, probability: float, actual: bool | None, version: str = "v
 
 def active_model(tmp_path) -> ModelVersion:
     return ModelVersion(
-        version="v1", algorithm="logreg", params={}, metrics={"holdout": HOLDOUT, "threshold": 0.2},
-        feature_columns=["concurrent_editors"], train_samples=1, holdout_samples=1,
-        training_window_start=NOW, training_window_end=NOW, artifact_path=str(tmp_path / "none.joblib"),
-        artifact_sha256="0" * 64, status="active", is_active=True,
+        version="v1",
+        algorithm="logreg",
+        params={},
+        metrics={"holdout": HOLDOUT, "threshold": 0.2},
+        feature_columns=["concurrent_editors"],
+        train_samples=1,
+        holdout_samples=1,
+        training_window_start=NOW,
+        training_window_end=NOW,
+        artifact_path=str(tmp_path / "none.joblib"),
+        artifact_sha256="0" * 64,
+        status="active",
+        is_active=True,
     )
 
 
@@ -240,15 +273,21 @@ def test_monitor_measures_drift_against_the_model_reference(tmp_path, session_fa
     rng = np.random.default_rng(3)
     monitoring.write_reference(
         monitoring.reference_path(settings, "v1"),
-        {"concurrent_editors": monitoring.reference_histogram(rng.normal(0, 1, 10_000)),
-         "user_conflict_rate": monitoring.reference_histogram(rng.normal(0, 1, 10_000))},
+        {
+            "concurrent_editors": monitoring.reference_histogram(rng.normal(0, 1, 10_000)),
+            "user_conflict_rate": monitoring.reference_histogram(rng.normal(0, 1, 10_000)),
+        },
         source="test",
     )
     with session_factory.begin() as session:
         session.add(active_model(tmp_path))
         session.add_all(
-            logged(i, probability=0.1, actual=None,
-                   features={"concurrent_editors": float(a), "user_conflict_rate": float(b)})
+            logged(
+                i,
+                probability=0.1,
+                actual=None,
+                features={"concurrent_editors": float(a), "user_conflict_rate": float(b)},
+            )
             for i, (a, b) in enumerate(zip(rng.normal(0, 1, 400), rng.normal(2, 1, 400), strict=True))
         )
     notify = Recorder()
@@ -258,7 +297,9 @@ def test_monitor_measures_drift_against_the_model_reference(tmp_path, session_fa
     assert metrics["drift"]["psi"]["concurrent_editors"] < 0.1 < 0.2 < metrics["drift"]["psi"]["user_conflict_rate"]
     assert notify.fired() == ["drift:user_conflict_rate"]
     with session_factory() as session:
-        assert [s.name for s in session.scalars(select(AlertState).where(AlertState.firing))] == ["drift:user_conflict_rate"]
+        assert [s.name for s in session.scalars(select(AlertState).where(AlertState.firing))] == [
+            "drift:user_conflict_rate"
+        ]
 
 
 def test_json_safe_turns_nan_into_null() -> None:

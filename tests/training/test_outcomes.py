@@ -17,22 +17,51 @@ IN_WINDOW = NOW - dt.timedelta(hours=26)
 MIN = dt.timedelta(minutes=1)
 
 
-def prediction(pid: str, *, at: dt.datetime = IN_WINDOW, sync_id: str | None = None, predicted: bool = False,
-               user: str = "u1", device: str = "d1", entity: str = "e1", probability: float | None = None,
-               fallback: str | None = None, **extra: Any) -> PredictionLog:
+def prediction(
+    pid: str,
+    *,
+    at: dt.datetime = IN_WINDOW,
+    sync_id: str | None = None,
+    predicted: bool = False,
+    user: str = "u1",
+    device: str = "d1",
+    entity: str = "e1",
+    probability: float | None = None,
+    fallback: str | None = None,
+    **extra: Any,
+) -> PredictionLog:
     return PredictionLog(
-        prediction_id=pid, model_version="v1", sync_id=sync_id, user_id=user, device_id=device,
-        entity_type="task", entity_id=entity, predicted_conflict=predicted,
+        prediction_id=pid,
+        model_version="v1",
+        sync_id=sync_id,
+        user_id=user,
+        device_id=device,
+        entity_type="task",
+        entity_id=entity,
+        predicted_conflict=predicted,
         probability=probability if probability is not None else (0.9 if predicted else 0.05),
-        risk_level="high" if predicted else "low", recommendation="sync_now", features={},
-        fallback_reason=fallback, created_at=at, **extra,
+        risk_level="high" if predicted else "low",
+        recommendation="sync_now",
+        features={},
+        fallback_reason=fallback,
+        created_at=at,
+        **extra,
     )
 
 
-def sync(event_id: str, at: dt.datetime, *, conflict: bool = False, user: str = "u1", device: str = "d1",
-         entity: str = "e1") -> SyncLog:
-    return SyncLog(event_id=event_id, user_id=user, device_id=device, entity_type="task", entity_id=entity,
-                   changed_fields=["status"], synced_at=at, conflict=conflict)
+def sync(
+    event_id: str, at: dt.datetime, *, conflict: bool = False, user: str = "u1", device: str = "d1", entity: str = "e1"
+) -> SyncLog:
+    return SyncLog(
+        event_id=event_id,
+        user_id=user,
+        device_id=device,
+        entity_type="task",
+        entity_id=entity,
+        changed_fields=["status"],
+        synced_at=at,
+        conflict=conflict,
+    )
 
 
 def stored(factory: sessionmaker[Session]) -> dict[str, PredictionLog]:
@@ -48,37 +77,49 @@ def link(factory: sessionmaker[Session], now: dt.datetime = NOW) -> outcomes.Lin
 def test_links_by_the_client_sync_id(session_factory: sessionmaker[Session]) -> None:
     with session_factory.begin() as session:
         # The sync id wins even though another sync of the same entity came earlier.
-        session.add_all([
-            sync("other", IN_WINDOW + MIN),
-            sync("ev-1", IN_WINDOW + 30 * MIN, conflict=True),
-            prediction("p1", sync_id="ev-1", predicted=True),
-        ])
+        session.add_all(
+            [
+                sync("other", IN_WINDOW + MIN),
+                sync("ev-1", IN_WINDOW + 30 * MIN, conflict=True),
+                prediction("p1", sync_id="ev-1", predicted=True),
+            ]
+        )
     counts = link(session_factory)
     p = stored(session_factory)["p1"]
     assert (counts.by_sync_id, counts.by_nearest, counts.no_sync) == (1, 0, 0)
     assert (p.outcome_status, p.linked_event_id, p.actual_conflict_occurred, p.prediction_correct) == (
-        "sync_id", "ev-1", True, True)
+        "sync_id",
+        "ev-1",
+        True,
+        True,
+    )
     assert p.outcome_at == NOW
 
 
 def test_falls_back_to_the_nearest_sync_after_the_prediction(session_factory: sessionmaker[Session]) -> None:
     with session_factory.begin() as session:
-        session.add_all([
-            sync("before", IN_WINDOW - MIN, conflict=True),
-            sync("next", IN_WINDOW + 10 * MIN, conflict=False),
-            sync("later", IN_WINDOW + 120 * MIN, conflict=True),
-            sync("other-device", IN_WINDOW + 2 * MIN, conflict=True, device="d9"),
-            sync("other-entity", IN_WINDOW + 2 * MIN, conflict=True, entity="e9"),
-            prediction("no-id", predicted=True),
-            prediction("unknown-id", sync_id="never-arrived", predicted=False),
-        ])
+        session.add_all(
+            [
+                sync("before", IN_WINDOW - MIN, conflict=True),
+                sync("next", IN_WINDOW + 10 * MIN, conflict=False),
+                sync("later", IN_WINDOW + 120 * MIN, conflict=True),
+                sync("other-device", IN_WINDOW + 2 * MIN, conflict=True, device="d9"),
+                sync("other-entity", IN_WINDOW + 2 * MIN, conflict=True, entity="e9"),
+                prediction("no-id", predicted=True),
+                prediction("unknown-id", sync_id="never-arrived", predicted=False),
+            ]
+        )
     counts = link(session_factory)
     rows = stored(session_factory)
     assert counts.by_nearest == 2
     for pid, correct in (("no-id", False), ("unknown-id", True)):
         p = rows[pid]
         assert (p.outcome_status, p.linked_event_id, p.actual_conflict_occurred, p.prediction_correct) == (
-            "nearest", "next", False, correct)
+            "nearest",
+            "next",
+            False,
+            correct,
+        )
 
 
 def test_conflict_known_only_from_a_resolution_counts(session_factory: sessionmaker[Session]) -> None:
@@ -95,28 +136,42 @@ def test_conflict_known_only_from_a_resolution_counts(session_factory: sessionma
 def test_a_prediction_without_a_sync_is_marked_no_sync_not_no_conflict(session_factory: sessionmaker[Session]) -> None:
     horizon = dt.timedelta(hours=24)
     with session_factory.begin() as session:
-        session.add_all([
-            prediction("nothing", entity="lonely"),
-            prediction("too-late", entity="slow"),
-            sync("after-horizon", IN_WINDOW + horizon + MIN, entity="slow"),
-        ])
+        session.add_all(
+            [
+                prediction("nothing", entity="lonely"),
+                prediction("too-late", entity="slow"),
+                sync("after-horizon", IN_WINDOW + horizon + MIN, entity="slow"),
+            ]
+        )
     counts = link(session_factory)
     assert counts.no_sync == 2 and counts.labelled == 0
     for p in stored(session_factory).values():
         assert (p.outcome_status, p.actual_conflict_occurred, p.prediction_correct, p.linked_event_id) == (
-            "no_sync", None, None, None)
+            "no_sync",
+            None,
+            None,
+            None,
+        )
 
 
 def test_only_predictions_inside_the_age_window_are_touched(session_factory: sessionmaker[Session]) -> None:
     with session_factory.begin() as session:
-        session.add_all([
-            prediction("young", at=NOW - dt.timedelta(hours=23, minutes=59)),
-            prediction("edge-min", at=NOW - dt.timedelta(hours=24)),
-            prediction("edge-max", at=NOW - dt.timedelta(hours=30)),
-            prediction("old", at=NOW - dt.timedelta(hours=31)),
-            prediction("done", sync_id="x", outcome_status="sync_id", actual_conflict_occurred=True,
-                       prediction_correct=False, linked_event_id="x"),
-        ])
+        session.add_all(
+            [
+                prediction("young", at=NOW - dt.timedelta(hours=23, minutes=59)),
+                prediction("edge-min", at=NOW - dt.timedelta(hours=24)),
+                prediction("edge-max", at=NOW - dt.timedelta(hours=30)),
+                prediction("old", at=NOW - dt.timedelta(hours=31)),
+                prediction(
+                    "done",
+                    sync_id="x",
+                    outcome_status="sync_id",
+                    actual_conflict_occurred=True,
+                    prediction_correct=False,
+                    linked_event_id="x",
+                ),
+            ]
+        )
     counts = link(session_factory)
     rows = stored(session_factory)
     assert counts.candidates == 1
@@ -137,17 +192,23 @@ def test_age_window_is_configurable(session_factory: sessionmaker[Session]) -> N
 
 def test_second_run_changes_nothing(session_factory: sessionmaker[Session]) -> None:
     with session_factory.begin() as session:
-        session.add_all([
-            sync("ev-1", IN_WINDOW + MIN, conflict=True),
-            prediction("a", sync_id="ev-1", predicted=True),
-            prediction("b", entity="lonely"),
-        ])
+        session.add_all(
+            [
+                sync("ev-1", IN_WINDOW + MIN, conflict=True),
+                prediction("a", sync_id="ev-1", predicted=True),
+                prediction("b", entity="lonely"),
+            ]
+        )
     link(session_factory)
-    first = {k: (p.outcome_status, p.actual_conflict_occurred, p.prediction_correct, p.outcome_at)
-             for k, p in stored(session_factory).items()}
+    first = {
+        k: (p.outcome_status, p.actual_conflict_occurred, p.prediction_correct, p.outcome_at)
+        for k, p in stored(session_factory).items()
+    }
     again = link(session_factory, now=NOW + dt.timedelta(minutes=5))
-    second = {k: (p.outcome_status, p.actual_conflict_occurred, p.prediction_correct, p.outcome_at)
-              for k, p in stored(session_factory).items()}
+    second = {
+        k: (p.outcome_status, p.actual_conflict_occurred, p.prediction_correct, p.outcome_at)
+        for k, p in stored(session_factory).items()
+    }
     assert again.updated == 0 and again.candidates == 0
     assert first == second
 
@@ -155,10 +216,13 @@ def test_second_run_changes_nothing(session_factory: sessionmaker[Session]) -> N
 def test_bulk_linking_of_thousands(session_factory: sessionmaker[Session]) -> None:
     n = 3000
     with session_factory.begin() as session:
-        session.add_all(sync(f"s{i}", IN_WINDOW + MIN, conflict=i % 10 == 0, entity=f"e{i}", user=f"u{i % 300}")
-                        for i in range(n))
-        session.add_all(prediction(f"p{i}", sync_id=f"s{i}" if i % 2 else None, entity=f"e{i}", user=f"u{i % 300}")
-                        for i in range(n))
+        session.add_all(
+            sync(f"s{i}", IN_WINDOW + MIN, conflict=i % 10 == 0, entity=f"e{i}", user=f"u{i % 300}") for i in range(n)
+        )
+        session.add_all(
+            prediction(f"p{i}", sync_id=f"s{i}" if i % 2 else None, entity=f"e{i}", user=f"u{i % 300}")
+            for i in range(n)
+        )
     counts = link(session_factory)
     assert (counts.by_sync_id, counts.by_nearest, counts.conflicts) == (n // 2, n // 2, n // 10)
 

@@ -18,24 +18,35 @@ from training import retention, retrain
 
 NOW = dt.datetime(2026, 3, 2, 3, 0, tzinfo=dt.UTC)
 CONFIG = {
-    "applications": [{
-        "name": "conflict_predictor",
-        "import_path": "serve_app.app:build",
-        "deployments": [{"name": "ModelInference", "user_config": {"model_version": "v_old"}}],
-    }]
+    "applications": [
+        {
+            "name": "conflict_predictor",
+            "import_path": "serve_app.app:build",
+            "deployments": [{"name": "ModelInference", "user_config": {"model_version": "v_old"}}],
+        }
+    ]
 }
 
 
-def add_model(settings: Settings, factory: sessionmaker[Session], version: str, *, activate: bool,
-              by: str = "manual") -> registry.GateDecision:
+def add_model(
+    settings: Settings, factory: sessionmaker[Session], version: str, *, activate: bool, by: str = "manual"
+) -> registry.GateDecision:
     artifact = settings.models_dir / version / "model.joblib"
     artifact.parent.mkdir(parents=True, exist_ok=True)
     artifact.write_bytes(version.encode())
     with session_scope(factory) as session:
         registry.register(
-            session, version=version, algorithm="logreg", params={}, metrics={"holdout": {"roc_auc": 0.8}},
-            feature_columns=["concurrent_editors"], train_samples=100, holdout_samples=20,
-            training_window_start=NOW, training_window_end=NOW, artifact_path=str(artifact),
+            session,
+            version=version,
+            algorithm="logreg",
+            params={},
+            metrics={"holdout": {"roc_auc": 0.8}},
+            feature_columns=["concurrent_editors"],
+            train_samples=100,
+            holdout_samples=20,
+            training_window_start=NOW,
+            training_window_end=NOW,
+            artifact_path=str(artifact),
             artifact_sha256=registry.sha256_file(artifact),
         )
         if activate:
@@ -47,12 +58,18 @@ def add_model(settings: Settings, factory: sessionmaker[Session], version: str, 
 def settings(tmp_path: Path, database_url: str) -> Settings:
     config = tmp_path / "serve_config.yaml"
     config.write_text(yaml.safe_dump(CONFIG, sort_keys=False))
-    return Settings(database_url=database_url, data_dir=tmp_path / "data", serve_config_path=config,
-                    dashboard_url="http://127.0.0.1:9")
+    return Settings(
+        database_url=database_url,
+        data_dir=tmp_path / "data",
+        serve_config_path=config,
+        dashboard_url="http://127.0.0.1:9",
+    )
 
 
 @pytest.fixture
-def fake_steps(monkeypatch: pytest.MonkeyPatch, settings: Settings, session_factory: sessionmaker[Session]) -> dict[str, Any]:
+def fake_steps(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, session_factory: sessionmaker[Session]
+) -> dict[str, Any]:
     """Export, extract and train without data or Ray; the fake train registers and gates like the pipeline."""
     add_model(settings, session_factory, "v_old", activate=True)
     state: dict[str, Any] = {"gate": True}
@@ -60,13 +77,21 @@ def fake_steps(monkeypatch: pytest.MonkeyPatch, settings: Settings, session_fact
     monkeypatch.setattr(retrain, "extract_step", lambda s, *, now, use_ray: {"training_set": "unused", "rows": 10})
 
     def fake_train(s: Settings, factory: sessionmaker[Session], *, activated_by: str, **_: Any) -> dict[str, Any]:
-        version = f"v_new{len(state) }"
+        version = f"v_new{len(state)}"
         add_model(s, factory, version, activate=state["gate"], by=activated_by)
         with factory() as session:
             row = registry.get(session, version)
-        return {"version": version, "algorithm": "logreg", "activated": state["gate"], "gate_reason": "test gate",
-                "holdout": {"roc_auc": 0.9}, "active_before_holdout": {"roc_auc": 0.8}, "report_path": "r.md",
-                "artifact_path": row.artifact_path, "artifact_sha256": row.artifact_sha256}
+        return {
+            "version": version,
+            "algorithm": "logreg",
+            "activated": state["gate"],
+            "gate_reason": "test gate",
+            "holdout": {"roc_auc": 0.9},
+            "active_before_holdout": {"roc_auc": 0.8},
+            "report_path": "r.md",
+            "artifact_path": row.artifact_path,
+            "artifact_sha256": row.artifact_sha256,
+        }
 
     monkeypatch.setattr(retrain, "train_step", fake_train)
     return state
@@ -88,7 +113,10 @@ def test_a_successful_run_activates_publishes_and_records_a_summary(
     summary = run(settings, session_factory)
     assert summary.status == "succeeded" and summary.activated
     assert active_version(session_factory) == summary.version
-    assert serve_config.inference_user_config(serve_config.read(settings.serve_config_path))["model_version"] == summary.version
+    assert (
+        serve_config.inference_user_config(serve_config.read(settings.serve_config_path))["model_version"]
+        == summary.version
+    )
     assert summary.serve_config_updated and not summary.serve_app_reconfigured
     assert list(summary.steps) == list(retrain.STEPS)
     with session_factory() as session:
@@ -112,19 +140,25 @@ def _fail_after_activation(original: Any) -> Any:
     def train(*args: Any, **kwargs: Any) -> dict[str, Any]:
         original(*args, **kwargs)  # the candidate is registered and activated ...
         raise RuntimeError("injected: train crashed after activation")  # ... then the step fails
+
     return train
 
 
 def _fail_in_apply(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(path: Path, dashboard_url: str, timeout_s: float = 30.0) -> bool:
         raise ConfigurationError("injected: Serve refused the config")
+
     monkeypatch.setattr(serve_config, "apply", refuse)  # after set_model has rewritten the file
 
 
-@pytest.mark.parametrize("where", ["export", "extract", "train", "train_after_activation", "publish",
-                                   "publish_apply", "retention"])
+@pytest.mark.parametrize(
+    "where", ["export", "extract", "train", "train_after_activation", "publish", "publish_apply", "retention"]
+)
 def test_failure_at_any_step_leaves_the_active_model_and_serve_config_untouched(
-    where: str, monkeypatch: pytest.MonkeyPatch, settings: Settings, session_factory: sessionmaker[Session],
+    where: str,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
     fake_steps: dict[str, Any],
 ) -> None:
     config_before = settings.serve_config_path.read_text()
@@ -153,7 +187,9 @@ def test_failure_at_any_step_leaves_the_active_model_and_serve_config_untouched(
 
 
 def test_failure_after_the_first_ever_activation_leaves_no_model_active(
-    monkeypatch: pytest.MonkeyPatch, settings: Settings, session_factory: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
     fake_steps: dict[str, Any],
 ) -> None:
     with session_scope(session_factory) as session:
@@ -165,7 +201,9 @@ def test_failure_after_the_first_ever_activation_leaves_no_model_active(
 
 
 def test_an_activation_by_someone_else_is_not_undone(
-    monkeypatch: pytest.MonkeyPatch, settings: Settings, session_factory: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
     fake_steps: dict[str, Any],
 ) -> None:
     fake_steps["gate"] = False
@@ -180,7 +218,9 @@ def test_an_activation_by_someone_else_is_not_undone(
     assert active_version(session_factory) == "v_operator"
 
 
-def test_two_runs_never_overlap(settings: Settings, session_factory: sessionmaker[Session], fake_steps: dict[str, Any]) -> None:
+def test_two_runs_never_overlap(
+    settings: Settings, session_factory: sessionmaker[Session], fake_steps: dict[str, Any]
+) -> None:
     locks.acquire(session_factory, retrain.LOCK_NAME, ttl=dt.timedelta(hours=1), holder="other-run")
     with pytest.raises(JobLockedError, match="other-run"):
         run(settings, session_factory)
@@ -196,15 +236,24 @@ def test_rerun_after_a_crash_restores_what_the_crashed_run_changed(
     # A run that was killed after activating and publishing: its row still says "running",
     # its lock expired.
     with session_scope(session_factory) as session:
-        crashed = JobRun(job="retrain", started_at=NOW, status="running",
-                         summary={"restore": {"active_version": "v_old", "serve_config_text": config_before}})
+        crashed = JobRun(
+            job="retrain",
+            started_at=NOW,
+            status="running",
+            summary={"restore": {"active_version": "v_old", "serve_config_text": config_before}},
+        )
         session.add(crashed)
         session.flush()
         crashed_id = crashed.id
     add_model(settings, session_factory, "v_crashed", activate=True, by=f"retrain#{crashed_id}")
     serve_config.set_model(settings.serve_config_path, version="v_crashed", artifact_path="x", artifact_sha256="y")
-    locks.acquire(session_factory, retrain.LOCK_NAME, ttl=dt.timedelta(minutes=1), holder="killed",
-                  now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+    locks.acquire(
+        session_factory,
+        retrain.LOCK_NAME,
+        ttl=dt.timedelta(minutes=1),
+        holder="killed",
+        now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
+    )
 
     fake_steps["gate"] = False
     summary = run(settings, session_factory)

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core import registry
 from conflict_core.errors import TrainingDataError
@@ -49,9 +48,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory, training_frame: Frame) -> 
     frame, window, files = training_frame
     write_training_set(frame, root / "features", window=window, params=FeatureParams(), files=files)
     serve_config = root / "serve_config.yaml"
-    serve_config.write_text(yaml.safe_dump({"applications": [{"name": "a", "deployments": [{"name": "ModelInference"}]}]}))
-    settings = Settings(database_url=f"sqlite:///{root / 'store.db'}", data_dir=root, serve_config_path=serve_config,
-                        dashboard_url="http://127.0.0.1:9")  # nothing listens: no running app
+    serve_config.write_text(
+        yaml.safe_dump({"applications": [{"name": "a", "deployments": [{"name": "ModelInference"}]}]})
+    )
+    settings = Settings(
+        database_url=f"sqlite:///{root / 'store.db'}",
+        data_dir=root,
+        serve_config_path=serve_config,
+        dashboard_url="http://127.0.0.1:9",
+    )  # nothing listens: no running app
     db.upgrade(settings.database_url)
     factory = make_session_factory(make_engine(settings.database_url))
     result = train_and_register(settings, factory, training_set=root / "features", sweep="local", num_samples=4)
@@ -67,9 +72,14 @@ def test_first_model_clears_the_floor_activates_and_is_published(trained: dict) 
         row = registry.active(session)
         assert row is not None and row.version == result.version and row.activated_by == "gate"
         assert row.artifact_sha256 == registry.sha256_file(Path(row.artifact_path))
-    user_config = yaml.safe_load(trained["settings"].serve_config_path.read_text())["applications"][0]["deployments"][0]["user_config"]
-    assert user_config == {"model_version": result.version, "artifact_path": result.artifact_path,
-                           "artifact_sha256": result.artifact_sha256}
+    user_config = yaml.safe_load(trained["settings"].serve_config_path.read_text())["applications"][0]["deployments"][
+        0
+    ]["user_config"]
+    assert user_config == {
+        "model_version": result.version,
+        "artifact_path": result.artifact_path,
+        "artifact_sha256": result.artifact_sha256,
+    }
     assert result.serve_config_updated and not result.serve_app_reconfigured
 
 
@@ -100,7 +110,7 @@ def test_more_of_a_risk_feature_never_lowers_the_predicted_risk(trained: dict, f
     low = base.assign(**{feature: 0.0})
     steps = [0, 1, 2, 5] if feature == "concurrent_editors" else [0.0, 0.25, 0.5, 1.0]
     probas = [artifact["estimator"].predict_proba(low.assign(**{feature: v}))[:, 1] for v in steps]
-    for lower, higher in zip(probas, probas[1:]):
+    for lower, higher in zip(probas, probas[1:], strict=False):
         assert np.all(higher >= lower - 1e-12)
     assert np.mean(probas[-1] - probas[0]) > 0  # and it matters
 
@@ -115,7 +125,9 @@ def test_prediction_does_not_depend_on_row_order(trained: dict) -> None:
 
 def test_a_retrain_that_is_not_clearly_better_stays_a_candidate(trained: dict) -> None:
     settings, factory = trained["settings"], trained["factory"]
-    again = train_and_register(settings, factory, training_set=trained["root"] / "features", sweep="local", num_samples=2)
+    again = train_and_register(
+        settings, factory, training_set=trained["root"] / "features", sweep="local", num_samples=2
+    )
     assert not again.activated
     assert again.active_before == trained["result"].version
     assert "needs more than +5.0%" in again.gate_reason

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 import conflict_core.store
 
 revision: str = "0001"
@@ -62,12 +61,8 @@ def upgrade() -> None:
         sa.Column("feature_columns", sa.JSON(), nullable=False),
         sa.Column("train_samples", sa.Integer(), nullable=False),
         sa.Column("holdout_samples", sa.Integer(), nullable=False),
-        sa.Column(
-            "training_window_start", conflict_core.store.UTCDateTime(timezone=True), nullable=False
-        ),
-        sa.Column(
-            "training_window_end", conflict_core.store.UTCDateTime(timezone=True), nullable=False
-        ),
+        sa.Column("training_window_start", conflict_core.store.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("training_window_end", conflict_core.store.UTCDateTime(timezone=True), nullable=False),
         sa.Column("artifact_path", sa.Text(), nullable=False),
         sa.Column("artifact_sha256", sa.String(length=64), nullable=False),
         sa.Column("report_path", sa.Text(), nullable=True),
@@ -130,9 +125,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("prediction_id"),
     )
     with op.batch_alter_table("prediction_log", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_prediction_log_created_at"), ["created_at"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_prediction_log_created_at"), ["created_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_prediction_log_sync_id"), ["sync_id"], unique=False)
 
     op.create_table(
@@ -152,9 +145,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("event_id"),
     )
     with op.batch_alter_table("sync_log", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_sync_log_entity_time", ["entity_type", "entity_id", "synced_at"], unique=False
-        )
+        batch_op.create_index("ix_sync_log_entity_time", ["entity_type", "entity_id", "synced_at"], unique=False)
         batch_op.create_index("ix_sync_log_synced_at", ["synced_at"], unique=False)
         batch_op.create_index("ix_sync_log_user_time", ["user_id", "synced_at"], unique=False)
 
