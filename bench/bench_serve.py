@@ -2,10 +2,14 @@
 
 Run from the repo root (it starts a local Ray, so hold the machine's Ray lock):
 
-    flock /tmp/conflict-ray.lock .venv/bin/python bench/bench_serve.py [--mode default|haproxy|throughput]
-        [--duration 10] [--concurrency 8,32,64] [--burst]
+    flock /tmp/conflict-ray.lock .venv/bin/python bench/bench_serve.py
+        [--mode default|throughput|haproxy|haproxy+throughput]
+        [--duration 10] [--concurrency 8,16,24,32,40,48,64] [--burst]
 
-``--mode`` sets RAY_SERVE_ENABLE_HA_PROXY / RAY_SERVE_THROUGHPUT_OPTIMIZED before Ray starts.
+``--mode`` sets RAY_SERVE_THROUGHPUT_OPTIMIZED (``throughput``), RAY_SERVE_ENABLE_HA_PROXY
+(``haproxy``) or both (``haproxy+throughput``) before Ray starts. HAProxy mode binds its stats
+and metrics listeners and the replicas' direct-ingress ports on all interfaces (Ray 2.60), so
+run it only where that is acceptable; the load itself goes to 127.0.0.1 only.
 Prints requests/s, predictions/s and latency percentiles per scenario and writes a JSON
 results file under bench/results/.
 """
@@ -162,7 +166,13 @@ def _custom_metrics(timeout_s: float = 40) -> list[str]:
 
 
 _COMPONENTS = ("Ingress", "FeatureLookup", "ModelInference", "FallbackHeuristics", "ProxyActor", "ServeController",
-               "serve_baseline", "raylet", "gcs_server", "wrk")
+               "serve_baseline", "haproxy", "raylet", "gcs_server", "wrk")
+MODES = {
+    "default": {},
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    "haproxy+throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
 
 
 def _cpu_by_component() -> dict[str, float]:
@@ -182,10 +192,11 @@ def _cpu_by_component() -> dict[str, float]:
     return totals
 
 
-def _scenarios(url: str, work: Path, concurrencies: list[int], duration: float, label: str) -> list[dict[str, Any]]:
+def _scenarios(url: str, work: Path, concurrencies: list[int], duration: float, label: str,
+               item_counts: tuple[int, ...] = (1, 50)) -> list[dict[str, Any]]:
     """Each load point, with the CPU each component spent per request during it (profile by process)."""
     rows = []
-    for items in (1, 50):
+    for items in item_counts:
         bodies = work / f"bodies_{items}.jsonl"
         lua = work / f"post_{items}.lua"
         lua.write_text(LUA % bodies)
@@ -208,20 +219,34 @@ def _scenarios(url: str, work: Path, concurrencies: list[int], duration: float, 
     return rows
 
 
+def _summary(results: list[dict[str, Any]]) -> None:
+    """Where each target's rate is first reached (1,000 req/s single item, 10,000 predictions/s on 50 items)."""
+    goals = {1: ("requests_per_s", 1000.0), 50: ("predictions_per_s", 10000.0)}
+    for target in dict.fromkeys(r["target"] for r in results if "items" in r):
+        for items, (key, goal) in goals.items():
+            rows = [r for r in results if r.get("target") == target and r.get("items") == items]
+            hit = next((r for r in rows if r[key] >= goal), None)
+            print(f"{target}: items={items} {key} >= {goal:,.0f}: "
+                  + (f"first at c={hit['concurrency']} ({hit[key]:,.0f}, p95 {hit.get('p95_ms', 0):.1f} ms)"
+                     if hit else f"not reached (best {max((r[key] for r in rows), default=0):,.0f})"), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["default", "haproxy", "throughput"], default="default")
+    parser.add_argument("--mode", choices=list(MODES), default="default")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--concurrency", default="8,32,64")
     parser.add_argument("--burst", action="store_true", help="Also run the 10x load step and report replicas.")
+    parser.add_argument("--burst-connections", default="6,60", help="Connections before,after the load step.")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--items", default="1,50", help="Items per request to measure: 1, 50 or both.")
+    parser.add_argument("--config", default=str(REPO / "serve_config.yaml"),
+                        help="Serve config to deploy (default: the committed serve_config.yaml).")
     parser.add_argument("--burst-only", action="store_true", help="Only the burst, from a freshly started graph.")
     a = parser.parse_args()
     concurrencies = [int(c) for c in a.concurrency.split(",")]
-    if a.mode == "haproxy":
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-    if a.mode == "throughput":
-        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    item_counts = tuple(int(i) for i in a.items.split(","))
+    os.environ.update(MODES[a.mode])
 
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     url = f"sqlite:///{work / 'store.db'}"
@@ -239,7 +264,7 @@ def main() -> None:
                                      "--artifact", artifact, "--sha256", sha, "--port", "8100"])
         try:
             _wait_http("http://127.0.0.1:8100")
-            results += _scenarios("http://127.0.0.1:8100", work, concurrencies, a.duration, "baseline")
+            results += _scenarios("http://127.0.0.1:8100", work, concurrencies, a.duration, "baseline", item_counts)
         finally:
             baseline.send_signal(signal.SIGTERM)
             baseline.wait(timeout=30)
@@ -250,7 +275,7 @@ def main() -> None:
 
     from conflict_core.cli.serve_commands import deploy_config
 
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config = yaml.safe_load(Path(a.config).read_text())
     config["applications"][0]["args"].update(database_url=url, log_spool_dir=str(work / "spool"))
     for d in config["applications"][0]["deployments"]:
         if d["name"] == "ModelInference":
@@ -262,7 +287,8 @@ def main() -> None:
         if a.burst_only:
             (work / "post_1.lua").write_text(LUA % (work / "bodies_1.jsonl"))
         else:
-            results += _scenarios("http://127.0.0.1:8000", work, concurrencies, a.duration, f"ray-{a.mode}")
+            results += _scenarios("http://127.0.0.1:8000", work, concurrencies, a.duration, f"ray-{a.mode}",
+                                  item_counts)
         if a.burst:
             lua = work / "post_1.lua"
 
@@ -271,21 +297,23 @@ def main() -> None:
                 return {n: sum(d.replica_states.values()) for n, d in app.deployments.items()}
 
             before = replicas()
-            low = _wrk("http://127.0.0.1:8000", lua, 4, a.duration)
+            low_c, high_c = (int(c) for c in a.burst_connections.split(","))
+            low = _wrk("http://127.0.0.1:8000", lua, low_c, a.duration)
             peak = dict(before)
             high_run = subprocess.Popen(
-                ["wrk", "-t", "2", "-c", "40", "-d", f"{int(max(a.duration, 20))}s", "--latency", "-s", str(lua),
+                ["wrk", "-t", "2", "-c", str(high_c), "-d", f"{int(max(a.duration, 20))}s", "--latency", "-s", str(lua),
                  "http://127.0.0.1:8000"], stdout=subprocess.PIPE, text=True)
             while high_run.poll() is None:
                 time.sleep(1)
                 peak = {n: max(peak.get(n, 0), c) for n, c in replicas().items()}
             high = _parse_wrk(high_run.communicate()[0])
             after = replicas()
-            print(f"burst: c=4 req/s={low['requests_per_s']:.0f} p95={low.get('p95_ms', 0):.1f}ms "
-                  f"errors={int(low['errors'])} -> c=40 req/s={high['requests_per_s']:.0f} "
+            print(f"burst: c={low_c} req/s={low['requests_per_s']:.0f} p95={low.get('p95_ms', 0):.1f}ms "
+                  f"errors={int(low['errors'])} -> c={high_c} req/s={high['requests_per_s']:.0f} "
                   f"p95={high.get('p95_ms', 0):.1f}ms p99={high.get('p99_ms', 0):.1f}ms errors={int(high['errors'])}; "
                   f"replicas {before} -> peak {peak}", flush=True)
-            results.append({"target": "burst", "low": low, "high": high, "replicas_before": before,
+            results.append({"target": "burst", "connections": [low_c, high_c], "low": low, "high": high,
+                            "replicas_before": before,
                             "replicas_peak": peak, "replicas_after": after})
         results.append({"target": "metrics", "custom_metrics": _custom_metrics()})
     finally:
@@ -298,9 +326,10 @@ def main() -> None:
             b = base[(r["items"], r["concurrency"])]
             print(f"ratio graph/baseline items={r['items']} c={r['concurrency']}: "
                   f"{r['requests_per_s'] / max(b['requests_per_s'], 1e-9):.2f}")
+    _summary(results)
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
-    path = out / f"serve_{a.mode}_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    path = out / f"serve_{a.mode.replace('+', '_')}_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"results: {path}")
 

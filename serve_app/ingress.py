@@ -11,7 +11,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import uuid
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +29,7 @@ from serve_app.feature_lookup import FEATURE_NAMES
 from serve_app.heuristics import (
     HEURISTIC_VERSION,
     FallbackReason,
+    RiskLevel,
     heuristic_probabilities,
     recommendation_for,
     risk_level,
@@ -49,6 +50,18 @@ T = TypeVar("T")
 
 def _iso_utc(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _prediction_ids(count: int) -> list[str]:
+    """``count`` random version-4 UUIDs as 32 hex digits (``uuid.uuid4().hex``), from one urandom call."""
+    raw = os.urandom(16 * count).hex()
+    return [
+        f"{raw[i : i + 12]}4{raw[i + 13 : i + 16]}{_VARIANT[raw[i + 16]]}{raw[i + 17 : i + 32]}"
+        for i in range(0, 32 * count, 32)
+    ]
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 async def _awaited(awaitable: Awaitable[T]) -> T:
@@ -208,34 +221,42 @@ class Ingress:
         predicted_at = _iso_utc(now)
         responses, records = [], []
         levels: dict[str, int] = {}
-        for item, features, probability in zip(items, feature_rows, probabilities, strict=True):
+        reason_value = None if reason is None else reason.value
+        # Enum lookups and uuid.UUID objects cost more than the rest of this loop; per level once.
+        labels: dict[RiskLevel, tuple[str, str]] = {}
+        ids = _prediction_ids(len(items))
+        medium, high = self.medium, self.high
+        for item, features, probability, prediction_id in zip(items, feature_rows, probabilities, ids, strict=True):
             probability = float(probability)
-            level = risk_level(probability, medium_threshold=self.medium, high_threshold=self.high)
-            recommendation = recommendation_for(level)
-            prediction_id = uuid.uuid4().hex
+            level = risk_level(probability, medium_threshold=medium, high_threshold=high)
+            label = labels.get(level)
+            if label is None:
+                label = labels[level] = (level.value, recommendation_for(level).value)
+            level_value, recommendation_value = label
+            features = features or {}
             body: dict[str, Any] = {
                 "prediction_id": prediction_id,
                 "probability": round(probability, 6),
-                "risk_level": level.value,
-                "recommendation": recommendation.value,
+                "risk_level": level_value,
+                "recommendation": recommendation_value,
                 "model_version": model_version,
-                "features_used": features or {},
+                "features_used": features,
                 "predicted_at": predicted_at,
             }
             if item.sync_id is not None:
                 body["sync_id"] = item.sync_id
-            if reason is not None:
-                body["fallback_reason"] = reason.value
+            if reason_value is not None:
+                body["fallback_reason"] = reason_value
             responses.append(body)
             records.append({
                 "prediction_id": prediction_id, "model_type": "conflict_predictor", "model_version": model_version,
                 "sync_id": item.sync_id, "user_id": item.user_id, "device_id": item.device_id,
                 "entity_type": item.entity_type, "entity_id": item.entity_id,
-                "predicted_conflict": probability >= self.high, "probability": probability,
-                "risk_level": level.value, "recommendation": recommendation.value, "features": features or {},
-                "fallback_reason": None if reason is None else reason.value, "created_at": now,
+                "predicted_conflict": probability >= high, "probability": probability,
+                "risk_level": level_value, "recommendation": recommendation_value, "features": features,
+                "fallback_reason": reason_value, "created_at": now,
             })
-            levels[level.value] = levels.get(level.value, 0) + 1
+            levels[level_value] = levels.get(level_value, 0) + 1
         for level_value, count in levels.items():  # one metric update per level, not per item
             self.metrics.predictions.inc(count, tags={"model_version": model_version, "risk_level": level_value})
         if reason is not None:
