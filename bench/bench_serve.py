@@ -10,7 +10,8 @@ Run from the repo root (it starts a local Ray, so hold the machine's Ray lock):
 (``haproxy``) or both (``haproxy+throughput``) before Ray starts. HAProxy mode binds its stats
 and metrics listeners and the replicas' direct-ingress ports on all interfaces (Ray 2.60), so
 run it only where that is acceptable; the load itself goes to 127.0.0.1 only.
-Prints requests/s, predictions/s and latency percentiles per scenario and writes a JSON
+Each request size starts with a 3 s unmeasured warm-up at the first concurrency. Prints
+requests/s, predictions/s and latency percentiles per scenario and writes a JSON
 results file under bench/results/.
 """
 
@@ -167,6 +168,7 @@ def _custom_metrics(timeout_s: float = 40) -> list[str]:
 
 _COMPONENTS = ("Ingress", "FeatureLookup", "ModelInference", "FallbackHeuristics", "ProxyActor", "ServeController",
                "serve_baseline", "haproxy", "raylet", "gcs_server", "wrk")
+WARMUP_S = 3
 MODES = {
     "default": {},
     "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
@@ -200,6 +202,7 @@ def _scenarios(url: str, work: Path, concurrencies: list[int], duration: float, 
         bodies = work / f"bodies_{items}.jsonl"
         lua = work / f"post_{items}.lua"
         lua.write_text(LUA % bodies)
+        _wrk(url, lua, concurrencies[0], WARMUP_S)  # not measured: first requests, lazy imports, caches
         for c in concurrencies:
             cpu_before = _cpu_by_component()
             r = _wrk(url, lua, c, duration)
@@ -237,7 +240,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--concurrency", default="8,32,64")
     parser.add_argument("--burst", action="store_true", help="Also run the 10x load step and report replicas.")
-    parser.add_argument("--burst-connections", default="6,60", help="Connections before,after the load step.")
+    parser.add_argument("--burst-connections", default="8,80", help="Connections before,after the load step.")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--items", default="1,50", help="Items per request to measure: 1, 50 or both.")
     parser.add_argument("--config", default=str(REPO / "serve_config.yaml"),
