@@ -6,6 +6,7 @@ import datetime as dt
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -14,6 +15,37 @@ from conflict_core.cli.context import AppContext, pass_app, progress_bar
 
 def _step(title: str) -> None:
     click.secho(f"\n== {title}", bold=True)
+
+
+def logged_feature_parity(engine: Any) -> tuple[int, int]:
+    """How many logged predictions carry exactly the features the offline definitions give.
+
+    Recomputes, from the store's events, the features of every synced event a prediction was
+    logged for (by its sync id), as the extraction job would, and compares them with the
+    features the online lookup served. Returns ``(identical, compared)``.
+    """
+    import numpy as np
+    import pandas as pd
+    from sqlalchemy import select
+
+    from conflict_core.events_io import load_events
+    from conflict_core.features import ALL_FEATURES, TARGET_COLUMNS, compute_features
+    from conflict_core.store import PredictionLog
+
+    with engine.connect() as connection:
+        logged = connection.execute(
+            select(PredictionLog.sync_id, PredictionLog.features).where(
+                PredictionLog.sync_id.is_not(None), PredictionLog.fallback_reason.is_(None)
+            )
+        ).all()
+    online = pd.DataFrame([features for _, features in logged], index=[sync_id for sync_id, _ in logged])
+    events = load_events(engine)
+    targets = events[events["event_id"].isin(online.index)]
+    offline = compute_features(events, targets[list(TARGET_COLUMNS)])
+    offline.index = pd.Index(targets["event_id"].tolist())
+    online = online.loc[offline.index, list(ALL_FEATURES)].astype(float)
+    same = np.isclose(online.to_numpy(), offline[list(ALL_FEATURES)].to_numpy(dtype=float), rtol=0, atol=1e-9)
+    return int(same.all(axis=1).sum()), len(offline)
 
 
 def _fmt(value: object, spec: str = ".3f") -> str:
@@ -151,7 +183,12 @@ def run_command(
         training = job_summary(logs)
 
         _step(f"Ray Serve: deploy {settings.serve_config_path} on 127.0.0.1:8000")
-        deploy_config(load_config(settings.serve_config_path, settings.database_url))
+        serve_config = load_config(settings.serve_config_path, settings.database_url)
+        # The replay compresses a day into seconds: half a second of refresh lag would hide
+        # minutes of simulated syncs from the features, so the app tails the store per batch.
+        for application in serve_config["applications"]:
+            application["args"]["feature_refresh_interval_s"] = 0
+        deploy_config(serve_config)
         wait_until_running()
         click.echo(
             f"serving at {settings.serve_url}; devices replay the live day for up to {traffic_seconds:.0f} s "
@@ -198,6 +235,13 @@ def run_command(
         from ray import serve
 
         serve.shutdown()
+
+    _step("online/offline feature parity")
+    identical, compared = logged_feature_parity(app.engine)
+    click.echo(
+        f"{identical:,} of {compared:,} live predictions were served exactly the features the extraction "
+        "job computes for the same syncs"
+    )
 
     _step("summary")
     with app.session_factory() as session:

@@ -8,6 +8,7 @@ import random
 import statistics
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,27 @@ def drive_traffic(
     }
 
 
+def independent_run(pushes: Sequence[Any], start: int, limit: int) -> int:
+    """How many pushes from ``start`` on can be replayed at once without changing any feature.
+
+    A push's features depend on earlier syncs of its user and of its entities; pushes that share
+    neither can run concurrently, in any order. The run ends before the first push that shares a
+    user or an entity with one already in it, or at ``limit``.
+    """
+    users: set[str] = set()
+    entities: set[tuple[str, str]] = set()
+    count = 0
+    for push in pushes[start : start + limit]:
+        push_users = set(push["user_id"])
+        push_entities = set(zip(push["entity_type"], push["entity_id"], strict=True))
+        if users & push_users or entities & push_entities:
+            break
+        users |= push_users
+        entities |= push_entities
+        count += 1
+    return max(count, 1)
+
+
 def _percentiles(latencies: list[float]) -> list[float]:
     """Percentiles 1..99 of the latencies (NaN when there are none)."""
     if len(latencies) > 1:
@@ -209,7 +231,9 @@ def replay_events(
     """Replay a simulated day through the app as devices would: predict each push, then record it.
 
     ``events`` is a table in the import format. Its rows are grouped into pushes (one device's
-    syncs at one instant) and replayed in time order, ``concurrency`` devices at a time: each
+    syncs at one instant) and replayed in time order, up to ``concurrency`` pushes at a time
+    when they share no user and no entity (:func:`independent_run`), so that each push's
+    features are exactly what a strictly sequential replay would give: each
     push is predicted as of its own instant (``at``, so features see only what preceded it) with
     the event ids as sync ids, then recorded through ``/v1/sync-events`` with its real outcome.
     Pushes left when ``seconds`` run out are recorded without a prediction, so the store ends
@@ -272,7 +296,7 @@ def replay_events(
         ThreadPoolExecutor(max_workers=concurrency) as pool,
     ):
         while replayed < len(pushes) and time.monotonic() < deadline:
-            wave = pushes[replayed : replayed + concurrency]
+            wave = pushes[replayed : replayed + independent_run(pushes, replayed, concurrency)]
             for latency, predicted, fallbacks, failed in pool.map(lambda p: one(client, p), wave):
                 latencies.append(latency)
                 tallies["predictions"] += predicted

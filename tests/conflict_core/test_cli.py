@@ -166,3 +166,60 @@ def test_the_ingress_mode_is_a_validated_setting(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CONFLICT_SERVE_INGRESS_MODE", "fast")
     with pytest.raises(ValidationError, match="serve_ingress_mode"):
         Settings()
+
+
+def test_concurrent_replay_never_groups_pushes_that_share_a_user_or_an_entity() -> None:
+    from conflict_core.cli.serve_commands import independent_run
+
+    def push(user: str, *entities: str) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"user_id": [user] * len(entities), "entity_type": ["task"] * len(entities), "entity_id": list(entities)}
+        )
+
+    pushes = [push("u1", "a"), push("u2", "b", "c"), push("u3", "d"), push("u1", "e"), push("u4", "f")]
+    assert independent_run(pushes, 0, limit=8) == 3  # the second push of u1 waits for the first
+    assert independent_run(pushes, 3, limit=8) == 2
+    assert independent_run(pushes, 0, limit=2) == 2
+    shared_entity = [push("u1", "a"), push("u2", "b", "a")]
+    assert independent_run(shared_entity, 0, limit=8) == 1  # u2 must see u1's sync of "a"
+    assert independent_run(shared_entity, 1, limit=8) == 1
+
+
+def test_logged_feature_parity_counts_predictions_served_the_offline_features(
+    simulated_store: tuple[str, Any], tmp_path: Any
+) -> None:
+    import shutil
+
+    from conflict_core.cli.pipeline_commands import logged_feature_parity
+    from conflict_core.events_io import load_events
+    from conflict_core.features import ALL_FEATURES, TARGET_COLUMNS, compute_features
+    from conflict_core.store import PredictionLog, make_engine, make_session_factory
+
+    shutil.copy(simulated_store[0].removeprefix("sqlite:///"), tmp_path / "store.db")
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    events = load_events(engine).sample(3, random_state=0)
+    offline = compute_features(load_events(engine), events[list(TARGET_COLUMNS)])
+    served = [{name: float(row[name]) for name in ALL_FEATURES} for _, row in offline.iterrows()]
+    served[2]["hours_since_last_sync"] += 0.5  # one prediction saw a stale history
+    with make_session_factory(engine).begin() as session:
+        for i, (event, features) in enumerate(zip(events.itertuples(), served, strict=True)):
+            session.add(
+                PredictionLog(
+                    prediction_id=f"p{i}",
+                    model_type="hgb",
+                    model_version="v1",
+                    sync_id=event.event_id,
+                    user_id=event.user_id,
+                    device_id=event.device_id,
+                    entity_type=event.entity_type,
+                    entity_id=event.entity_id,
+                    predicted_conflict=False,
+                    probability=0.1,
+                    risk_level="low",
+                    recommendation="sync_now",
+                    features=features,
+                    created_at=event.synced_at.to_pydatetime(),
+                )
+            )
+    assert logged_feature_parity(engine) == (2, 3)
+    engine.dispose()
