@@ -18,7 +18,9 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     database_url: str | None = Field(default=None, description="Store URL; default from settings.")
-    log_spool_dir: str | None = Field(default=None, description="Prediction-log spill directory; default from settings.")
+    log_spool_dir: str | None = Field(
+        default=None, description="Prediction-log spill directory; default from settings."
+    )
     max_items_per_request: int | None = Field(default=None, gt=0)
     max_events_per_request: int = Field(default=5000, gt=0)
     max_request_bytes: int | None = Field(default=None, gt=0)
@@ -44,9 +46,9 @@ class AppArgs(BaseModel):
 
     @model_validator(mode="after")
     def _thresholds(self) -> AppArgs:
-        if self.risk_medium_threshold is not None and self.risk_high_threshold is not None:
-            if self.risk_medium_threshold >= self.risk_high_threshold:
-                raise ValueError("risk_medium_threshold must be below risk_high_threshold")
+        medium, high = self.risk_medium_threshold, self.risk_high_threshold
+        if medium is not None and high is not None and medium >= high:
+            raise ValueError("risk_medium_threshold must be below risk_high_threshold")
         if self.feature_refresh_interval_s >= self.feature_max_staleness_s:
             raise ValueError("feature_refresh_interval_s must be below feature_max_staleness_s")
         return self

@@ -153,7 +153,9 @@ class ModelInference:
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         self.predict.set_max_batch_size(int(user_config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))
-        self.predict.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S)))
+        self.predict.set_batch_wait_timeout_s(
+            float(user_config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S))
+        )
         # Fault injection for the timeout drill and its test; 0 in every real config.
         self.delay_s = float(user_config.get("fault_injection_delay_s", 0.0))
         # An optional label of the config revision, so operators can tell which one a replica runs.

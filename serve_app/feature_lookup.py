@@ -23,7 +23,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -44,6 +43,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MS = dt.timedelta(milliseconds=1)
 _TIME_MS = pa.timestamp("ms", tz="UTC")
 _FIELDS = pa.list_(pa.string())
+_NO_POSITIONS = np.zeros(0, dtype=np.int64)
 _MAX_GAPS = 1_000  # ids re-asked for at most; more gaps than that are mostly old imports
 _WINDOW_COLUMNS = ("row_id", "user_id", "entity_type", "entity_id", "changed_fields", "synced_at",
                    "conflict", "resolved_at")
@@ -86,6 +86,8 @@ class EventWindow:
         self._table: pa.Table | None = None
         self._by_user: dict[str, list[int]] = {}
         self._by_entity: dict[tuple[str, str], list[int]] = {}
+        # The same positions as int64 arrays, built on first use and dropped when a key grows.
+        self._arrays: dict[Any, np.ndarray] = {}
         self._seen: set[int] = set()  # row ids of rows loaded since the last compaction
         self._last_id = 0
         self._gaps: dict[int, float] = {}  # ids skipped by the sequence, first seen missing at
@@ -149,9 +151,12 @@ class EventWindow:
             table = page if self._table is None else pa.concat_tables([self._table, page])
             if table.column("row_id").num_chunks > self.max_chunks:
                 table = table.combine_chunks()
+            arrays = self._arrays
             for offset, (user, entity) in enumerate(zip(users, entities, strict=True)):
                 self._by_user.setdefault(user, []).append(base + offset)
                 self._by_entity.setdefault(entity, []).append(base + offset)
+                arrays.pop(user, None)
+                arrays.pop(entity, None)
             self._table = table
         return len(ids)
 
@@ -173,6 +178,7 @@ class EventWindow:
         seen = set(kept.column("row_id").to_pylist())
         with self._lock:
             self._table, self._by_user, self._by_entity, self._seen = kept, by_user, by_entity, seen
+            self._arrays = {}
         log.info("event window compacted: %d rows kept, %d older than the lookback dropped", kept.num_rows, dropped)
 
     def history(self, users: Sequence[str], entities: Sequence[tuple[str, str]]) -> pa.Table:
@@ -181,9 +187,23 @@ class EventWindow:
             table = self._table
             if table is None:
                 raise FeatureLookupUnavailable("the event window has not been loaded from the store yet")
-            lists = [self._by_user.get(u, ()) for u in users] + [self._by_entity.get(e, ()) for e in entities]
-            positions = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=sum(map(len, lists)))
-        return table.take(np.unique(positions))
+            parts = [self._positions(self._by_user, u) for u in users]
+            parts += [self._positions(self._by_entity, e) for e in entities]
+        # A row mask instead of sorting the positions: each row once, in ingest order.
+        mask = np.zeros(table.num_rows, dtype=bool)
+        if parts:
+            mask[np.concatenate(parts)] = True
+        return table.filter(pa.array(mask, pa.bool_()))
+
+    def _positions(self, index: dict[Any, list[int]], key: Any) -> np.ndarray:
+        """``index[key]`` as an int64 array, cached until the key's list grows (call under the lock)."""
+        array = self._arrays.get(key)
+        if array is None:
+            positions = index.get(key)
+            if positions is None:  # not cached: request keys are unbounded
+                return _NO_POSITIONS
+            array = self._arrays[key] = np.array(positions, dtype=np.int64)
+        return array
 
 
 class OnlineFeatureLookup:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import functools
 import itertools
@@ -40,6 +41,7 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "fallback_reason", "created_at",
 )
 SPOOL_SUFFIX = ".jsonl"
+_REPEATED = frozenset({"created_at", "predicted_conflict"})  # hashable, shared by many records
 
 
 def insert_ignoring_duplicates(engine: Engine, records: list[dict[str, Any]]) -> None:
@@ -77,10 +79,17 @@ def _sqlite_insert(engine: Engine, records: list[dict[str, Any]]) -> None:
     """The same rows as ``connection.execute(insert, records)``, with the statement compiled once and the
     values converted by SQLAlchemy's own processors (a third of the CPU per record)."""
     sql, columns = _sqlite_statement(engine.dialect)
-    rows = [
-        tuple(record.get(column) if process is None else process(record.get(column)) for column, process in columns)
-        for record in records
-    ]
+    values: list[list[Any]] = []
+    for column, process in columns:  # column by column: one comprehension each, no per-value dispatch
+        raw = [record.get(column) for record in records]
+        if process is None:
+            values.append(raw)
+        elif column in _REPEATED:  # the same few values across a request's records: convert each once
+            memo: dict[Any, Any] = {}
+            values.append([memo[v] if v in memo else memo.setdefault(v, process(v)) for v in raw])
+        else:
+            values.append([process(v) for v in raw])
+    rows = list(zip(*values, strict=True))
     with engine.begin() as connection:
         connection.exec_driver_sql(sql, rows)
 
@@ -175,10 +184,8 @@ class PredictionLogWriter:
         # Records spilled by an earlier process (a crashed or restarted replica) go first.
         await self._replay_spool()
         while not self._closed:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.flush_interval_s)
-            except TimeoutError:
-                pass
             self._wake.clear()
             try:
                 await self.flush()
@@ -266,10 +273,8 @@ class PredictionLogWriter:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
         deadline = time.monotonic() + timeout_s
         while self._buffer and time.monotonic() < deadline:
             batch = list(itertools.islice(self._buffer, 0, self.batch_size))

@@ -93,7 +93,8 @@ def parse_predict_body(payload: Any, *, max_items: int) -> tuple[list[PredictIte
     else:
         raw_items = payload
     if not isinstance(raw_items, list):
-        raise RequestError(422, prefix or "body", f"expected an item object or a list of items, got {type(raw_items).__name__}")
+        got = type(raw_items).__name__
+        raise RequestError(422, prefix or "body", f"expected an item object or a list of items, got {got}")
     if not raw_items:
         raise RequestError(422, prefix or "body", "expected at least one item, got an empty list")
     if len(raw_items) > max_items:
