@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -59,6 +60,35 @@ def _prediction_ids(count: int) -> list[str]:
         f"{raw[i : i + 12]}4{raw[i + 13 : i + 16]}{_VARIANT[raw[i + 16]]}{raw[i + 17 : i + 32]}"
         for i in range(0, 32 * count, 32)
     ]
+
+
+def _all_finite(values: list[float]) -> bool:
+    return all(map(math.isfinite, values))
+
+
+_FEATURES_JSON = "{" + ",".join(f"{json.dumps(name)}:%r" for name in FEATURE_NAMES) + "}"
+
+
+def _render(responses: list[dict[str, Any]], values: list[list[float]] | None, single: bool) -> bytes:
+    """The bytes ``JSONResponse`` renders for these responses (compact, ``ensure_ascii=False``), with the
+    features formatted from the matrix rows (finite floats: ``repr`` is what ``json`` writes)."""
+    first = responses[0]
+    model_version = json.dumps(first["model_version"], ensure_ascii=False)
+    predicted_at = json.dumps(first["predicted_at"])
+    features = ["{}"] * len(responses) if values is None else [_FEATURES_JSON % tuple(row) for row in values]
+    parts = []
+    for body, features_json in zip(responses, features, strict=True):
+        text = (
+            f'{{"prediction_id":"{body["prediction_id"]}","probability":{body["probability"]!r},'
+            f'"risk_level":"{body["risk_level"]}","recommendation":"{body["recommendation"]}",'
+            f'"model_version":{model_version},"features_used":{features_json},"predicted_at":{predicted_at}'
+        )
+        if "sync_id" in body:
+            text += ',"sync_id":' + json.dumps(body["sync_id"], ensure_ascii=False)
+        if "fallback_reason" in body:
+            text += ',"fallback_reason":"' + body["fallback_reason"] + '"'
+        parts.append(text + "}")
+    return (parts[0] if single else '{"predictions":[' + ",".join(parts) + "]}").encode("utf-8")
 
 
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
@@ -149,10 +179,9 @@ class Ingress:
     async def predict_route(self, request: Request) -> Response:
         payload = await self._read_json(request)
         items, single = parse_predict_body(payload, max_items=self.max_items)
-        predictions = await self.predict(items)
-        return JSONResponse(predictions[0] if single else {"predictions": predictions})
+        return await self.predict(items, single)
 
-    async def predict(self, items: list[PredictItem]) -> list[dict[str, Any]]:
+    async def predict(self, items: list[PredictItem], single: bool = False) -> Response:
         now = utcnow()
         targets = [
             {"user_id": i.user_id, "entity_type": i.entity_type, "entity_id": i.entity_id,
@@ -165,15 +194,21 @@ class Ingress:
         model_version: str = scored.get("model_version") or HEURISTIC_VERSION
         unavailable = scored.get("unavailable")
         reason = None if unavailable is None else FallbackReason(unavailable)
+        values = matrix.tolist() if matrix is not None else None
         feature_rows: list[dict[str, float] | None] = (
-            [dict(zip(FEATURE_NAMES, row, strict=True)) for row in matrix.tolist()]
-            if matrix is not None
+            [dict(zip(FEATURE_NAMES, row, strict=True)) for row in values]
+            if values is not None
             else [None] * len(items)
         )
         if probabilities is None:
             model_version = HEURISTIC_VERSION
             probabilities = await self._heuristics(feature_rows)
-        return self._respond(items, feature_rows, probabilities, model_version, reason, now)
+        probabilities = [float(p) for p in probabilities]
+        responses = self._respond(items, feature_rows, probabilities, model_version, reason, now)
+        if not _all_finite(probabilities) or (matrix is not None and not np.isfinite(matrix).all()):
+            # JSONResponse refuses NaN/inf (allow_nan=False): keep that behaviour exactly.
+            return JSONResponse(responses[0] if single else {"predictions": responses})
+        return Response(_render(responses, values, single), media_type="application/json")
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=8)
     async def _score(self, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
