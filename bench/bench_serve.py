@@ -65,11 +65,20 @@ def _seed_store(url: str, n_events: int = 20_000) -> None:
     for i in range(n_events):
         t = now - dt.timedelta(seconds=rng.uniform(0, 20 * 86400))
         conflict = rng.random() < 0.08
-        rows.append({"event_id": f"seed-{i}", "user_id": f"user-{rng.randrange(300)}", "device_id": "d",
-                     "entity_type": "task", "entity_id": f"task-{rng.randrange(2000)}",
-                     "changed_fields": rng.sample(["title", "status", "notes", "due", "owner"], 2),
-                     "synced_at": t, "conflict": conflict, "resolution_type": "manual" if conflict else None,
-                     "resolved_at": t + dt.timedelta(minutes=5) if conflict else None})
+        rows.append(
+            {
+                "event_id": f"seed-{i}",
+                "user_id": f"user-{rng.randrange(300)}",
+                "device_id": "d",
+                "entity_type": "task",
+                "entity_id": f"task-{rng.randrange(2000)}",
+                "changed_fields": rng.sample(["title", "status", "notes", "due", "owner"], 2),
+                "synced_at": t,
+                "conflict": conflict,
+                "resolution_type": "manual" if conflict else None,
+                "resolved_at": t + dt.timedelta(minutes=5) if conflict else None,
+            }
+        )
     frame = pd.DataFrame(rows)
     engine = make_engine(url)
     with session_scope(make_session_factory(engine)) as session:
@@ -90,8 +99,14 @@ def _artifact(directory: Path) -> tuple[str, str]:
     x = pd.DataFrame(rng.random((2000, len(ALL_FEATURES))), columns=list(ALL_FEATURES))
     y = (x.iloc[:, 0] + x.iloc[:, 4] + rng.random(2000) > 1.6).astype(int)
     path = directory / "bench_model.joblib"
-    joblib.dump({"estimator": HistGradientBoostingClassifier(max_iter=50).fit(x, y),
-                 "feature_columns": list(ALL_FEATURES), "version": "v_bench"}, path)
+    joblib.dump(
+        {
+            "estimator": HistGradientBoostingClassifier(max_iter=50).fit(x, y),
+            "feature_columns": list(ALL_FEATURES),
+            "version": "v_bench",
+        },
+        path,
+    )
     return str(path), sha256_file(path)
 
 
@@ -99,9 +114,16 @@ def _bodies(path: Path, items_per_request: int, count: int = 500) -> None:
     rng = random.Random(1)
     with path.open("w") as out:
         for _ in range(count):
-            items = [{"user_id": f"user-{rng.randrange(300)}", "device_id": "d", "entity_type": "task",
-                      "entity_id": f"task-{rng.randrange(2000)}", "changed_fields": ["title", "status"]}
-                     for _ in range(items_per_request)]
+            items = [
+                {
+                    "user_id": f"user-{rng.randrange(300)}",
+                    "device_id": "d",
+                    "entity_type": "task",
+                    "entity_id": f"task-{rng.randrange(2000)}",
+                    "changed_fields": ["title", "status"],
+                }
+                for _ in range(items_per_request)
+            ]
             out.write(json.dumps(items[0] if items_per_request == 1 else items) + "\n")
 
 
@@ -125,7 +147,19 @@ def _parse_wrk(text: str) -> dict[str, float]:
 
 def _wrk(url: str, lua: Path, concurrency: int, duration: float, rate: int | None = None) -> dict[str, float]:
     threads = min(2, concurrency)
-    cmd = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{int(duration)}s", "--latency", "-s", str(lua), url]
+    cmd = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(concurrency),
+        "-d",
+        f"{int(duration)}s",
+        "--latency",
+        "-s",
+        str(lua),
+        url,
+    ]
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return _parse_wrk(text)
 
@@ -166,8 +200,19 @@ def _custom_metrics(timeout_s: float = 40) -> list[str]:
     return sorted(names)
 
 
-_COMPONENTS = ("Ingress", "FeatureLookup", "ModelInference", "FallbackHeuristics", "ProxyActor", "ServeController",
-               "serve_baseline", "haproxy", "raylet", "gcs_server", "wrk")
+_COMPONENTS = (
+    "Ingress",
+    "FeatureLookup",
+    "ModelInference",
+    "FallbackHeuristics",
+    "ProxyActor",
+    "ServeController",
+    "serve_baseline",
+    "haproxy",
+    "raylet",
+    "gcs_server",
+    "wrk",
+)
 WARMUP_S = 3
 MODES = {
     "default": {},
@@ -194,8 +239,9 @@ def _cpu_by_component() -> dict[str, float]:
     return totals
 
 
-def _scenarios(url: str, work: Path, concurrencies: list[int], duration: float, label: str,
-               item_counts: tuple[int, ...] = (1, 50)) -> list[dict[str, Any]]:
+def _scenarios(
+    url: str, work: Path, concurrencies: list[int], duration: float, label: str, item_counts: tuple[int, ...] = (1, 50)
+) -> list[dict[str, Any]]:
     """Each load point, with the CPU each component spent per request during it (profile by process)."""
     rows = []
     for items in item_counts:
@@ -208,16 +254,29 @@ def _scenarios(url: str, work: Path, concurrencies: list[int], duration: float, 
             r = _wrk(url, lua, c, duration)
             cpu_after = _cpu_by_component()
             requests = max(r["requests_per_s"] * duration, 1.0)
-            cpu_ms = {k: round((v - cpu_before.get(k, 0.0)) * 1000 / requests, 3) for k, v in cpu_after.items()
-                      if v - cpu_before.get(k, 0.0) > 0.05 and k != "wrk"}
-            r.update(target=label, items=items, concurrency=c, predictions_per_s=r["requests_per_s"] * items,
-                     cpu_ms_per_request=cpu_ms)
-            print(f"{label:9s} items={items:3d} c={c:3d}  req/s={r['requests_per_s']:8.1f}  "
-                  f"pred/s={r['predictions_per_s']:9.1f}  p50={r.get('p50_ms', 0):7.1f}ms  "
-                  f"p95={r.get('p95_ms', 0):7.1f}ms  p99={r.get('p99_ms', 0):7.1f}ms  errors={int(r['errors'])}",
-                  flush=True)
-            print(f"{'':9s} CPU ms/request: total {sum(v for k, v in cpu_ms.items() if k != 'other'):.2f}  "
-                  + "  ".join(f"{k} {v:.2f}" for k, v in sorted(cpu_ms.items(), key=lambda kv: -kv[1])), flush=True)
+            cpu_ms = {
+                k: round((v - cpu_before.get(k, 0.0)) * 1000 / requests, 3)
+                for k, v in cpu_after.items()
+                if v - cpu_before.get(k, 0.0) > 0.05 and k != "wrk"
+            }
+            r.update(
+                target=label,
+                items=items,
+                concurrency=c,
+                predictions_per_s=r["requests_per_s"] * items,
+                cpu_ms_per_request=cpu_ms,
+            )
+            print(
+                f"{label:9s} items={items:3d} c={c:3d}  req/s={r['requests_per_s']:8.1f}  "
+                f"pred/s={r['predictions_per_s']:9.1f}  p50={r.get('p50_ms', 0):7.1f}ms  "
+                f"p95={r.get('p95_ms', 0):7.1f}ms  p99={r.get('p99_ms', 0):7.1f}ms  errors={int(r['errors'])}",
+                flush=True,
+            )
+            print(
+                f"{'':9s} CPU ms/request: total {sum(v for k, v in cpu_ms.items() if k != 'other'):.2f}  "
+                + "  ".join(f"{k} {v:.2f}" for k, v in sorted(cpu_ms.items(), key=lambda kv: -kv[1])),
+                flush=True,
+            )
             rows.append(r)
     return rows
 
@@ -229,9 +288,15 @@ def _summary(results: list[dict[str, Any]]) -> None:
         for items, (key, goal) in goals.items():
             rows = [r for r in results if r.get("target") == target and r.get("items") == items]
             hit = next((r for r in rows if r[key] >= goal), None)
-            print(f"{target}: items={items} {key} >= {goal:,.0f}: "
-                  + (f"first at c={hit['concurrency']} ({hit[key]:,.0f}, p95 {hit.get('p95_ms', 0):.1f} ms)"
-                     if hit else f"not reached (best {max((r[key] for r in rows), default=0):,.0f})"), flush=True)
+            print(
+                f"{target}: items={items} {key} >= {goal:,.0f}: "
+                + (
+                    f"first at c={hit['concurrency']} ({hit[key]:,.0f}, p95 {hit.get('p95_ms', 0):.1f} ms)"
+                    if hit
+                    else f"not reached (best {max((r[key] for r in rows), default=0):,.0f})"
+                ),
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -243,8 +308,11 @@ def main() -> None:
     parser.add_argument("--burst-connections", default="8,80", help="Connections before,after the load step.")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--items", default="1,50", help="Items per request to measure: 1, 50 or both.")
-    parser.add_argument("--config", default=str(REPO / "serve_config.yaml"),
-                        help="Serve config to deploy (default: the committed serve_config.yaml).")
+    parser.add_argument(
+        "--config",
+        default=str(REPO / "serve_config.yaml"),
+        help="Serve config to deploy (default: the committed serve_config.yaml).",
+    )
     parser.add_argument("--burst-only", action="store_true", help="Only the burst, from a freshly started graph.")
     a = parser.parse_args()
     concurrencies = [int(c) for c in a.concurrency.split(",")]
@@ -263,8 +331,20 @@ def main() -> None:
     if a.burst_only:
         a.skip_baseline, a.burst = True, True
     if not a.skip_baseline:
-        baseline = subprocess.Popen([sys.executable, str(REPO / "bench" / "serve_baseline.py"), "--database-url", url,
-                                     "--artifact", artifact, "--sha256", sha, "--port", "8100"])
+        baseline = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "bench" / "serve_baseline.py"),
+                "--database-url",
+                url,
+                "--artifact",
+                artifact,
+                "--sha256",
+                sha,
+                "--port",
+                "8100",
+            ]
+        )
         try:
             _wait_http("http://127.0.0.1:8100")
             results += _scenarios("http://127.0.0.1:8100", work, concurrencies, a.duration, "baseline", item_counts)
@@ -290,8 +370,9 @@ def main() -> None:
         if a.burst_only:
             (work / "post_1.lua").write_text(LUA % (work / "bodies_1.jsonl"))
         else:
-            results += _scenarios("http://127.0.0.1:8000", work, concurrencies, a.duration, f"ray-{a.mode}",
-                                  item_counts)
+            results += _scenarios(
+                "http://127.0.0.1:8000", work, concurrencies, a.duration, f"ray-{a.mode}", item_counts
+            )
         if a.burst:
             lua = work / "post_1.lua"
 
@@ -304,20 +385,45 @@ def main() -> None:
             low = _wrk("http://127.0.0.1:8000", lua, low_c, a.duration)
             peak = dict(before)
             high_run = subprocess.Popen(
-                ["wrk", "-t", "2", "-c", str(high_c), "-d", f"{int(max(a.duration, 20))}s", "--latency", "-s", str(lua),
-                 "http://127.0.0.1:8000"], stdout=subprocess.PIPE, text=True)
+                [
+                    "wrk",
+                    "-t",
+                    "2",
+                    "-c",
+                    str(high_c),
+                    "-d",
+                    f"{int(max(a.duration, 20))}s",
+                    "--latency",
+                    "-s",
+                    str(lua),
+                    "http://127.0.0.1:8000",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             while high_run.poll() is None:
                 time.sleep(1)
                 peak = {n: max(peak.get(n, 0), c) for n, c in replicas().items()}
             high = _parse_wrk(high_run.communicate()[0])
             after = replicas()
-            print(f"burst: c={low_c} req/s={low['requests_per_s']:.0f} p95={low.get('p95_ms', 0):.1f}ms "
-                  f"errors={int(low['errors'])} -> c={high_c} req/s={high['requests_per_s']:.0f} "
-                  f"p95={high.get('p95_ms', 0):.1f}ms p99={high.get('p99_ms', 0):.1f}ms errors={int(high['errors'])}; "
-                  f"replicas {before} -> peak {peak}", flush=True)
-            results.append({"target": "burst", "connections": [low_c, high_c], "low": low, "high": high,
-                            "replicas_before": before,
-                            "replicas_peak": peak, "replicas_after": after})
+            print(
+                f"burst: c={low_c} req/s={low['requests_per_s']:.0f} p95={low.get('p95_ms', 0):.1f}ms "
+                f"errors={int(low['errors'])} -> c={high_c} req/s={high['requests_per_s']:.0f} "
+                f"p95={high.get('p95_ms', 0):.1f}ms p99={high.get('p99_ms', 0):.1f}ms errors={int(high['errors'])}; "
+                f"replicas {before} -> peak {peak}",
+                flush=True,
+            )
+            results.append(
+                {
+                    "target": "burst",
+                    "connections": [low_c, high_c],
+                    "low": low,
+                    "high": high,
+                    "replicas_before": before,
+                    "replicas_peak": peak,
+                    "replicas_after": after,
+                }
+            )
         results.append({"target": "metrics", "custom_metrics": _custom_metrics()})
     finally:
         serve.shutdown()
@@ -327,8 +433,10 @@ def main() -> None:
     for r in results:
         if str(r.get("target", "")).startswith("ray-") and (r["items"], r["concurrency"]) in base:
             b = base[(r["items"], r["concurrency"])]
-            print(f"ratio graph/baseline items={r['items']} c={r['concurrency']}: "
-                  f"{r['requests_per_s'] / max(b['requests_per_s'], 1e-9):.2f}")
+            print(
+                f"ratio graph/baseline items={r['items']} c={r['concurrency']}: "
+                f"{r['requests_per_s'] / max(b['requests_per_s'], 1e-9):.2f}"
+            )
     _summary(results)
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)

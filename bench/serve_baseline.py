@@ -32,9 +32,15 @@ def make_app(database_url: str, artifact: str, sha256: str) -> Starlette:
         out: list[dict[str, Any]] = []
         for row, p in zip(matrix, model.predict_proba(matrix), strict=True):
             level = risk_level(float(p), medium_threshold=0.2, high_threshold=0.5)
-            out.append({"probability": float(p), "risk_level": level.value,
-                        "recommendation": recommendation_for(level).value, "model_version": model.version,
-                        "features_used": dict(zip(FEATURE_NAMES, map(float, row), strict=True))})
+            out.append(
+                {
+                    "probability": float(p),
+                    "risk_level": level.value,
+                    "recommendation": recommendation_for(level).value,
+                    "model_version": model.version,
+                    "features_used": dict(zip(FEATURE_NAMES, map(float, row), strict=True)),
+                }
+            )
         return JSONResponse(out[0] if single else {"predictions": out})
 
     return Starlette(routes=[Route("/v1/predict", predict, methods=["POST"])])

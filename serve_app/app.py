@@ -55,13 +55,17 @@ class AppArgs(BaseModel):
 
     def resolved(self, settings: Settings | None = None) -> dict[str, object]:
         """The ingress options: these arguments with settings filling the gaps."""
-        overrides = {k: v for k, v in {
-            "database_url": self.database_url,
-            "max_items_per_request": self.max_items_per_request,
-            "max_request_bytes": self.max_request_bytes,
-            "risk_medium_threshold": self.risk_medium_threshold,
-            "risk_high_threshold": self.risk_high_threshold,
-        }.items() if v is not None}
+        overrides = {
+            k: v
+            for k, v in {
+                "database_url": self.database_url,
+                "max_items_per_request": self.max_items_per_request,
+                "max_request_bytes": self.max_request_bytes,
+                "risk_medium_threshold": self.risk_medium_threshold,
+                "risk_high_threshold": self.risk_high_threshold,
+            }.items()
+            if v is not None
+        }
         settings = settings or Settings(**overrides)  # re-validates thresholds and the URL
         return {
             **self.model_dump(),
@@ -98,8 +102,12 @@ def build_graph(args: AppArgs, inference_user_config: dict[str, Any] | None = No
         inference_deployment = ModelInference.options(user_config=inference_user_config)
     inference = inference_deployment.bind(options["database_url"])
     lookup = FeatureLookup.bind(
-        options["database_url"], args.feature_refresh_interval_s, args.feature_max_staleness_s,
-        inference, args.lookup_timeout_s, args.inference_timeout_s,
+        options["database_url"],
+        args.feature_refresh_interval_s,
+        args.feature_max_staleness_s,
+        inference,
+        args.lookup_timeout_s,
+        args.inference_timeout_s,
     )
     fallback = FallbackHeuristics.bind()
     return Ingress.bind(lookup, inference, fallback, options)

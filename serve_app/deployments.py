@@ -95,7 +95,8 @@ class FeatureLookup:
         return await self._features(requests)
 
     @serve.batch(
-        max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S,
+        max_batch_size=DEFAULT_MAX_BATCH_SIZE,
+        batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S,
         max_concurrent_batches=2,  # the next batch's features overlap this batch's inference
     )
     async def score(self, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

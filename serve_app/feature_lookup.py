@@ -45,8 +45,16 @@ _TIME_MS = pa.timestamp("ms", tz="UTC")
 _FIELDS = pa.list_(pa.string())
 _NO_POSITIONS = np.zeros(0, dtype=np.int64)
 _MAX_GAPS = 1_000  # ids re-asked for at most; more gaps than that are mostly old imports
-_WINDOW_COLUMNS = ("row_id", "user_id", "entity_type", "entity_id", "changed_fields", "synced_at",
-                   "conflict", "resolved_at")
+_WINDOW_COLUMNS = (
+    "row_id",
+    "user_id",
+    "entity_type",
+    "entity_id",
+    "changed_fields",
+    "synced_at",
+    "conflict",
+    "resolved_at",
+)
 
 
 class FeatureLookupUnavailable(ConflictPredictorError):
@@ -280,13 +288,15 @@ class OnlineFeatureLookup:
             )
 
     def targets_table(self, items: Sequence[dict[str, Any]], now: dt.datetime) -> pa.Table:
-        return pa.table({
-            "user_id": pa.array([i["user_id"] for i in items], pa.string()),
-            "entity_type": pa.array([i["entity_type"] for i in items], pa.string()),
-            "entity_id": pa.array([i["entity_id"] for i in items], pa.string()),
-            "changed_fields": pa.array([list(i["changed_fields"]) for i in items], _FIELDS),
-            "synced_at": pa.array([_epoch_ms(i.get("at") or now) for i in items], _TIME_MS),
-        })
+        return pa.table(
+            {
+                "user_id": pa.array([i["user_id"] for i in items], pa.string()),
+                "entity_type": pa.array([i["entity_type"] for i in items], pa.string()),
+                "entity_id": pa.array([i["entity_id"] for i in items], pa.string()),
+                "changed_fields": pa.array([list(i["changed_fields"]) for i in items], _FIELDS),
+                "synced_at": pa.array([_epoch_ms(i.get("at") or now) for i in items], _TIME_MS),
+            }
+        )
 
     def compute(self, items: Sequence[dict[str, Any]], now: dt.datetime | None = None) -> np.ndarray:
         """An ``(len(items), len(FEATURE_NAMES))`` float matrix, rows in item order."""

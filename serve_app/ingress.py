@@ -184,8 +184,13 @@ class Ingress:
     async def predict(self, items: list[PredictItem], single: bool = False) -> Response:
         now = utcnow()
         targets = [
-            {"user_id": i.user_id, "entity_type": i.entity_type, "entity_id": i.entity_id,
-             "changed_fields": i.changed_fields, "at": i.at or now}
+            {
+                "user_id": i.user_id,
+                "entity_type": i.entity_type,
+                "entity_id": i.entity_id,
+                "changed_fields": i.changed_fields,
+                "at": i.at or now,
+            }
             for i in items
         ]
         scored = await self._score(targets)
@@ -283,14 +288,25 @@ class Ingress:
             if reason_value is not None:
                 body["fallback_reason"] = reason_value
             responses.append(body)
-            records.append({
-                "prediction_id": prediction_id, "model_type": "conflict_predictor", "model_version": model_version,
-                "sync_id": item.sync_id, "user_id": item.user_id, "device_id": item.device_id,
-                "entity_type": item.entity_type, "entity_id": item.entity_id,
-                "predicted_conflict": probability >= high, "probability": probability,
-                "risk_level": level_value, "recommendation": recommendation_value, "features": features,
-                "fallback_reason": reason_value, "created_at": now,
-            })
+            records.append(
+                {
+                    "prediction_id": prediction_id,
+                    "model_type": "conflict_predictor",
+                    "model_version": model_version,
+                    "sync_id": item.sync_id,
+                    "user_id": item.user_id,
+                    "device_id": item.device_id,
+                    "entity_type": item.entity_type,
+                    "entity_id": item.entity_id,
+                    "predicted_conflict": probability >= high,
+                    "probability": probability,
+                    "risk_level": level_value,
+                    "recommendation": recommendation_value,
+                    "features": features,
+                    "fallback_reason": reason_value,
+                    "created_at": now,
+                }
+            )
             levels[level_value] = levels.get(level_value, 0) + 1
         for level_value, count in levels.items():  # one metric update per level, not per item
             self.metrics.predictions.inc(count, tags={"model_version": model_version, "risk_level": level_value})
@@ -354,8 +370,14 @@ class Ingress:
 
             with session_scope(self.sessions) as session:
                 return [
-                    {"version": r.version, "algorithm": r.algorithm, "status": r.status, "is_active": r.is_active,
-                     "created_at": _iso_utc(r.created_at), "metrics": r.metrics}
+                    {
+                        "version": r.version,
+                        "algorithm": r.algorithm,
+                        "status": r.status,
+                        "is_active": r.is_active,
+                        "created_at": _iso_utc(r.created_at),
+                        "metrics": r.metrics,
+                    }
                     for r in registry.list_versions(session)
                 ]
 
@@ -373,16 +395,27 @@ class Ingress:
         model_loaded = bool(status and status.get("loaded"))
         store = await self._store_reachable()
         ready = model_loaded and store
-        body = {"ready": ready, "model_loaded": model_loaded, "store_reachable": store,
-                "model_version": status.get("model_version") if status else None,
-                "unavailable_reason": status.get("unavailable_reason") if status else "inference_unreachable"}
+        body = {
+            "ready": ready,
+            "model_loaded": model_loaded,
+            "store_reachable": store,
+            "model_version": status.get("model_version") if status else None,
+            "unavailable_reason": status.get("unavailable_reason") if status else "inference_unreachable",
+        }
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def log_status_route(self, request: Request) -> Response:
         w = self.writer
-        return JSONResponse({"buffered": w.depth, "written": w.written, "spilled": w.spilled,
-                             "spool_files": len(w.spool_files()), "store_available": w.store_available,
-                             "last_error": w.last_error})
+        return JSONResponse(
+            {
+                "buffered": w.depth,
+                "written": w.written,
+                "spilled": w.spilled,
+                "spool_files": len(w.spool_files()),
+                "store_available": w.store_available,
+                "last_error": w.last_error,
+            }
+        )
 
     async def __del__(self) -> None:
         await self.writer.close()

@@ -36,9 +36,21 @@ log = logging.getLogger(__name__)
 
 _TABLE = cast(Table, PredictionLog.__table__)
 RECORD_COLUMNS: tuple[str, ...] = (
-    "prediction_id", "model_type", "model_version", "sync_id", "user_id", "device_id", "entity_type",
-    "entity_id", "predicted_conflict", "probability", "risk_level", "recommendation", "features",
-    "fallback_reason", "created_at",
+    "prediction_id",
+    "model_type",
+    "model_version",
+    "sync_id",
+    "user_id",
+    "device_id",
+    "entity_type",
+    "entity_id",
+    "predicted_conflict",
+    "probability",
+    "risk_level",
+    "recommendation",
+    "features",
+    "fallback_reason",
+    "created_at",
 )
 SPOOL_SUFFIX = ".jsonl"
 _REPEATED = frozenset({"created_at", "predicted_conflict"})  # hashable, shared by many records

@@ -29,8 +29,11 @@ class RequestError(Exception):
         super().__init__(f"{field}: {problem}")
 
     def to_body(self) -> dict[str, Any]:
-        return {"error": "invalid_request" if self.status != 413 else "payload_too_large",
-                "field": self.field, "problem": self.problem}
+        return {
+            "error": "invalid_request" if self.status != 413 else "payload_too_large",
+            "field": self.field,
+            "problem": self.problem,
+        }
 
 
 class PredictItem(BaseModel):

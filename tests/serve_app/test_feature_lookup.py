@@ -30,11 +30,20 @@ def _events(n: int, *, seed: int = 0, prefix: str = "ev", span_days: float = 20)
     for i in range(n):
         t = NOW - dt.timedelta(seconds=rng.uniform(0, span_days * 86400))
         conflict = rng.random() < 0.2
-        rows.append({"event_id": f"{prefix}-{i}", "user_id": f"u{rng.randrange(6)}", "device_id": "d",
-                     "entity_type": rng.choice(["task", "form"]), "entity_id": f"e{rng.randrange(8)}",
-                     "changed_fields": rng.sample(["a", "b", "c", "d"], rng.randint(1, 3)), "synced_at": t,
-                     "conflict": conflict, "resolution_type": "manual" if conflict else None,
-                     "resolved_at": t + dt.timedelta(hours=rng.uniform(0, 48)) if conflict else None})
+        rows.append(
+            {
+                "event_id": f"{prefix}-{i}",
+                "user_id": f"u{rng.randrange(6)}",
+                "device_id": "d",
+                "entity_type": rng.choice(["task", "form"]),
+                "entity_id": f"e{rng.randrange(8)}",
+                "changed_fields": rng.sample(["a", "b", "c", "d"], rng.randint(1, 3)),
+                "synced_at": t,
+                "conflict": conflict,
+                "resolution_type": "manual" if conflict else None,
+                "resolved_at": t + dt.timedelta(hours=rng.uniform(0, 48)) if conflict else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -48,19 +57,29 @@ def _store(url: str, frame: pd.DataFrame) -> sessionmaker[Session]:
 
 def _items(n: int, seed: int = 1) -> list[dict[str, Any]]:
     rng = random.Random(seed)
-    return [{"user_id": f"u{rng.randrange(7)}", "entity_type": rng.choice(["task", "form"]),
-             "entity_id": f"e{rng.randrange(9)}", "changed_fields": rng.sample(["a", "b", "c", "x"], 2),
-             "at": NOW - dt.timedelta(seconds=rng.uniform(0, 3 * 86400))} for _ in range(n)]
+    return [
+        {
+            "user_id": f"u{rng.randrange(7)}",
+            "entity_type": rng.choice(["task", "form"]),
+            "entity_id": f"e{rng.randrange(9)}",
+            "changed_fields": rng.sample(["a", "b", "c", "x"], 2),
+            "at": NOW - dt.timedelta(seconds=rng.uniform(0, 3 * 86400)),
+        }
+        for _ in range(n)
+    ]
 
 
 def _from_store(url: str, items: list[dict[str, Any]]) -> np.ndarray:
     """The reference: the whole store as history, pandas targets, the shared definitions."""
-    targets = pd.DataFrame({
-        "user_id": [i["user_id"] for i in items], "entity_type": [i["entity_type"] for i in items],
-        "entity_id": [i["entity_id"] for i in items],
-        "changed_fields": pd.Series([list(i["changed_fields"]) for i in items], dtype=object),
-        "synced_at": pd.to_datetime([i["at"] for i in items], utc=True),
-    })
+    targets = pd.DataFrame(
+        {
+            "user_id": [i["user_id"] for i in items],
+            "entity_type": [i["entity_type"] for i in items],
+            "entity_id": [i["entity_id"] for i in items],
+            "changed_fields": pd.Series([list(i["changed_fields"]) for i in items], dtype=object),
+            "synced_at": pd.to_datetime([i["at"] for i in items], utc=True),
+        }
+    )
     return compute_features(load_events(make_engine(url)), targets)[list(ALL_FEATURES)].to_numpy(np.float64)
 
 
@@ -104,9 +123,17 @@ def test_ids_committed_out_of_order_are_picked_up(sqlite_url: str) -> None:
     assert window.refresh() == 10
 
     def row(row_id: int) -> dict[str, Any]:
-        return {"id": row_id, "event_id": f"manual-{row_id}", "user_id": "u1", "device_id": "d",
-                "entity_type": "task", "entity_id": "e1", "changed_fields": ["a"], "synced_at": NOW,
-                "conflict": False}
+        return {
+            "id": row_id,
+            "event_id": f"manual-{row_id}",
+            "user_id": "u1",
+            "device_id": "d",
+            "entity_type": "task",
+            "entity_id": "e1",
+            "changed_fields": ["a"],
+            "synced_at": NOW,
+            "conflict": False,
+        }
 
     with session_scope(factory) as session:
         session.execute(insert(SyncLog), [row(13)])

@@ -37,8 +37,9 @@ BASE = "http://127.0.0.1:8000"
 ITEM = {"user_id": "u1", "device_id": "d1", "entity_type": "task", "entity_id": "t1", "changed_fields": ["title"]}
 
 
-def _artifact(directory: Path, version: str, *, columns: list[str] | None = None, fit_columns: int | None = None,
-              raw: Any = None) -> dict[str, Any]:
+def _artifact(
+    directory: Path, version: str, *, columns: list[str] | None = None, fit_columns: int | None = None, raw: Any = None
+) -> dict[str, Any]:
     """A tiny model artifact and its user_config; ``fit_columns`` fits on fewer columns than it claims."""
     path = directory / f"{version}.joblib"
     if raw is not None:
@@ -50,8 +51,13 @@ def _artifact(directory: Path, version: str, *, columns: list[str] | None = None
         y = (x[:, 0] + rng.random(200) * 0.5 > 0.8).astype(int)
         model = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
         joblib.dump({"estimator": model, "feature_columns": columns, "version": version}, path)
-    return {"model_version": version, "artifact_path": str(path), "artifact_sha256": sha256_file(path),
-            "max_batch_size": 64, "batch_wait_timeout_s": 0.003}
+    return {
+        "model_version": version,
+        "artifact_path": str(path),
+        "artifact_sha256": sha256_file(path),
+        "max_batch_size": 64,
+        "batch_wait_timeout_s": 0.003,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +90,11 @@ def _deploy_config(config: dict[str, Any]) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     schema = ServeDeploySchema.model_validate(config)
-    client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
-                         global_logging_config=schema.logging_config)
+    client = serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        global_logging_config=schema.logging_config,
+    )
     client.deploy_apps(schema)
 
 
@@ -97,8 +106,14 @@ class Graph:
 
         self.config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
         self.config["applications"][0]["args"].update(
-            database_url=url, log_spool_dir=str(spool), lookup_timeout_s=3.0, inference_timeout_s=1.0,
-            max_request_bytes=100_000, max_items_per_request=100, log_flush_interval_s=0.1, feature_refresh_interval_s=0.0,
+            database_url=url,
+            log_spool_dir=str(spool),
+            lookup_timeout_s=3.0,
+            inference_timeout_s=1.0,
+            max_request_bytes=100_000,
+            max_items_per_request=100,
+            log_flush_interval_s=0.1,
+            feature_refresh_interval_s=0.0,
         )
         self.models = models
         self.v1 = _artifact(models, "v_test_1")
@@ -145,10 +160,18 @@ def client(graph: Graph) -> Iterator[httpx.Client]:
 
 def _events(n: int, start: dt.datetime) -> list[dict[str, Any]]:
     return [
-        {"event_id": f"ev-{i}", "user_id": f"u{i % 3}", "device_id": "d", "entity_type": "task", "entity_id": "t1",
-         "changed_fields": ["title", "status"][: 1 + i % 2], "synced_at": (start + dt.timedelta(seconds=30 * i)).isoformat(),
-         "conflict": i % 4 == 0, "resolution_type": "manual" if i % 4 == 0 else None,
-         "resolved_at": (start + dt.timedelta(seconds=30 * i + 5)).isoformat() if i % 4 == 0 else None}
+        {
+            "event_id": f"ev-{i}",
+            "user_id": f"u{i % 3}",
+            "device_id": "d",
+            "entity_type": "task",
+            "entity_id": "t1",
+            "changed_fields": ["title", "status"][: 1 + i % 2],
+            "synced_at": (start + dt.timedelta(seconds=30 * i)).isoformat(),
+            "conflict": i % 4 == 0,
+            "resolution_type": "manual" if i % 4 == 0 else None,
+            "resolved_at": (start + dt.timedelta(seconds=30 * i + 5)).isoformat() if i % 4 == 0 else None,
+        }
         for i in range(n)
     ]
 
@@ -246,7 +269,8 @@ def test_hot_model_switch_under_load_in_place(graph: Graph, client: httpx.Client
                 r = c.post("/v1/predict", json=[ITEM, dict(ITEM, user_id="u2")])
                 versions = (
                     {p["model_version"] + ":" + str(p.get("fallback_reason")) for p in r.json()["predictions"]}
-                    if r.status_code == 200 else {"?"}
+                    if r.status_code == 200
+                    else {"?"}
                 )
                 outcomes.append((r.status_code, ",".join(sorted(versions))))
 
@@ -273,8 +297,9 @@ def test_logging_survives_a_store_outage_without_loss(graph: Graph, client: http
     import psycopg
 
     name = pg_url.rsplit("/", 1)[1]
-    admin = psycopg.connect(os.environ.get("CONFLICT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
-                            autocommit=True)
+    admin = psycopg.connect(
+        os.environ.get("CONFLICT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"), autocommit=True
+    )
     ids: list[str] = []
     reasons: list[str | None] = []
 
@@ -304,13 +329,17 @@ def test_logging_survives_a_store_outage_without_loss(graph: Graph, client: http
         stored = 0
         while time.monotonic() < deadline:
             with engine.connect() as c:
-                stored = c.scalar(select(func.count()).select_from(PredictionLog).where(PredictionLog.prediction_id.in_(ids)))
+                stored = c.scalar(
+                    select(func.count()).select_from(PredictionLog).where(PredictionLog.prediction_id.in_(ids))
+                )
             if stored == len(ids):
                 break
             time.sleep(0.5)
         assert stored == len(ids) == 210
         with engine.connect() as c:
-            synced = c.scalar(select(func.count()).select_from(PredictionLog).where(PredictionLog.sync_id.like("sync-%")))
+            synced = c.scalar(
+                select(func.count()).select_from(PredictionLog).where(PredictionLog.sync_id.like("sync-%"))
+            )
         assert synced == 210
     finally:
         engine.dispose()

@@ -11,14 +11,25 @@ from serve_app.heuristics import (
     risk_level,
 )
 
-QUIET = {"concurrent_editors": 0, "hours_since_last_sync": 0.1, "user_conflict_rate": 0.0,
-         "entity_edit_frequency": 0.1, "field_overlap_score": 0.0}
+QUIET = {
+    "concurrent_editors": 0,
+    "hours_since_last_sync": 0.1,
+    "user_conflict_rate": 0.0,
+    "entity_edit_frequency": 0.1,
+    "field_overlap_score": 0.0,
+}
 
 
 @pytest.mark.parametrize(
     ("probability", "expected"),
-    [(0.0, RiskLevel.LOW), (0.199, RiskLevel.LOW), (0.2, RiskLevel.MEDIUM), (0.499, RiskLevel.MEDIUM),
-     (0.5, RiskLevel.HIGH), (1.0, RiskLevel.HIGH)],
+    [
+        (0.0, RiskLevel.LOW),
+        (0.199, RiskLevel.LOW),
+        (0.2, RiskLevel.MEDIUM),
+        (0.499, RiskLevel.MEDIUM),
+        (0.5, RiskLevel.HIGH),
+        (1.0, RiskLevel.HIGH),
+    ],
 )
 def test_risk_bands_follow_thresholds(probability: float, expected: RiskLevel) -> None:
     assert risk_level(probability, medium_threshold=0.2, high_threshold=0.5) is expected

@@ -17,10 +17,20 @@ from serve_app.prediction_log import PredictionLogWriter, insert_ignoring_duplic
 
 def _record(**overrides: Any) -> dict[str, Any]:
     record = {
-        "prediction_id": uuid.uuid4().hex, "model_type": "conflict_predictor", "model_version": "v1",
-        "sync_id": "e1", "user_id": "u1", "device_id": "d1", "entity_type": "task", "entity_id": "t1",
-        "predicted_conflict": False, "probability": 0.1, "risk_level": "low", "recommendation": "sync_now",
-        "features": {"concurrent_editors": 0.0}, "fallback_reason": None,
+        "prediction_id": uuid.uuid4().hex,
+        "model_type": "conflict_predictor",
+        "model_version": "v1",
+        "sync_id": "e1",
+        "user_id": "u1",
+        "device_id": "d1",
+        "entity_type": "task",
+        "entity_id": "t1",
+        "predicted_conflict": False,
+        "probability": 0.1,
+        "risk_level": "low",
+        "recommendation": "sync_now",
+        "features": {"concurrent_editors": 0.0},
+        "fallback_reason": None,
         "created_at": dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
     }
     record.update(overrides)
@@ -67,8 +77,14 @@ def test_outage_buffers_spills_and_replays_without_loss_or_duplicates(
     flaky = _FlakyEngine(database_url)
     depths: list[int] = []
     writer = PredictionLogWriter(
-        database_url, tmp_path / "spool", batch_size=50, flush_interval_s=0.02, max_buffer=120,
-        max_backoff_s=0.05, on_depth=depths.append, engine=flaky,  # type: ignore[arg-type]
+        database_url,
+        tmp_path / "spool",
+        batch_size=50,
+        flush_interval_s=0.02,
+        max_buffer=120,
+        max_backoff_s=0.05,
+        on_depth=depths.append,
+        engine=flaky,  # type: ignore[arg-type]
     )
 
     async def scenario() -> None:

@@ -16,8 +16,11 @@ def _responses(values: list[list[float]] | None, n: int, *, sync: bool, reason: 
     out = []
     for i, prediction_id in enumerate(_prediction_ids(n)):
         body: dict[str, Any] = {
-            "prediction_id": prediction_id, "probability": round(i / 7 + 1e-9, 6), "risk_level": "medium",
-            "recommendation": "fetch_first", "model_version": 'v_"ünïcode"',
+            "prediction_id": prediction_id,
+            "probability": round(i / 7 + 1e-9, 6),
+            "risk_level": "medium",
+            "recommendation": "fetch_first",
+            "model_version": 'v_"ünïcode"',
             "features_used": {} if values is None else dict(zip(FEATURE_NAMES, values[i], strict=True)),
             "predicted_at": "2026-01-01T00:00:00.000Z",
         }

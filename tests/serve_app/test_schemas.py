@@ -11,7 +11,9 @@ ITEM = {"user_id": "u1", "device_id": "d1", "entity_type": "task", "entity_id": 
 
 def test_single_item_and_lists() -> None:
     items, single = parse_predict_body(dict(ITEM, sync_id="e1", at="2025-01-01T00:00:00Z"), max_items=5)
-    assert single and items[0].sync_id == "e1" and items[0].at is not None and items[0].at.utcoffset().total_seconds() == 0
+    assert (
+        single and items[0].sync_id == "e1" and items[0].at is not None and items[0].at.utcoffset().total_seconds() == 0
+    )
     items, single = parse_predict_body([ITEM, ITEM], max_items=5)
     assert not single and len(items) == 2
     items, single = parse_predict_body({"items": [ITEM]}, max_items=5)

@@ -57,10 +57,18 @@ def store(tmp_path: Path) -> str:
     engine = make_engine(url)
     with session_scope(make_session_factory(engine)) as session:
         registry.register(
-            session, version="v_cli", algorithm="logistic_regression", params={}, metrics={},
-            feature_columns=list(ALL_FEATURES), train_samples=200, holdout_samples=0,
-            training_window_start=now - dt.timedelta(days=1), training_window_end=now,
-            artifact_path=str(artifact), artifact_sha256=registry.sha256_file(artifact),
+            session,
+            version="v_cli",
+            algorithm="logistic_regression",
+            params={},
+            metrics={},
+            feature_columns=list(ALL_FEATURES),
+            train_samples=200,
+            holdout_samples=0,
+            training_window_start=now - dt.timedelta(days=1),
+            training_window_end=now,
+            artifact_path=str(artifact),
+            artifact_sha256=registry.sha256_file(artifact),
         )
         registry.activate(session, "v_cli", by="test")
     engine.dispose()
@@ -131,8 +139,11 @@ def logfile(tmp_path: Path) -> Iterator[Any]:
 
 def test_serve_run_brings_up_the_graph(store: str, logfile: Any) -> None:
     proc = subprocess.Popen(
-        [SERVE, "run", "serve_config.yaml"], cwd=REPO, env=_env(DATABASE_URL=store),
-        stdout=logfile, stderr=subprocess.STDOUT,
+        [SERVE, "run", "serve_config.yaml"],
+        cwd=REPO,
+        env=_env(DATABASE_URL=store),
+        stdout=logfile,
+        stderr=subprocess.STDOUT,
     )
     try:
         assert _wait_for("/healthz", 200, proc).json() == {"status": "ok"}
@@ -155,8 +166,11 @@ def test_serve_deploy_onto_a_running_ray(store: str, tmp_path: Path, logfile: An
         "    time.sleep(3600)\n"
     )
     ray_proc = subprocess.Popen(
-        [sys.executable, "-c", starter], cwd=REPO, env=_env(DATABASE_URL=store),
-        stdout=logfile, stderr=subprocess.STDOUT,
+        [sys.executable, "-c", starter],
+        cwd=REPO,
+        env=_env(DATABASE_URL=store),
+        stdout=logfile,
+        stderr=subprocess.STDOUT,
     )
     try:
         address = f"http://127.0.0.1:{port}"
@@ -172,8 +186,12 @@ def test_serve_deploy_onto_a_running_ray(store: str, tmp_path: Path, logfile: An
             time.sleep(0.5)
         # The CLI sends ~/.ray/auth_token only when token auth is on in its own environment.
         deployed = subprocess.run(
-            [SERVE, "deploy", "serve_config.yaml", "--address", address], cwd=REPO,
-            env=_env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=120,
+            [SERVE, "deploy", "serve_config.yaml", "--address", address],
+            cwd=REPO,
+            env=_env(RAY_AUTH_MODE="token"),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         _wait_for("/healthz", 200, ray_proc)
