@@ -38,14 +38,21 @@ def logged_feature_parity(engine: Any) -> tuple[int, int]:
                 PredictionLog.sync_id.is_not(None), PredictionLog.fallback_reason.is_(None)
             )
         ).all()
-    online = pd.DataFrame([features for _, features in logged], index=[sync_id for sync_id, _ in logged])
+    online = pd.DataFrame([features for _, features in logged], columns=list(ALL_FEATURES))
+    online.insert(0, "sync_id", [sync_id for sync_id, _ in logged])
     events = load_events(engine)
-    targets = events[events["event_id"].isin(online.index)]
+    targets = events[events["event_id"].isin(online["sync_id"])]
     offline = compute_features(events, targets[list(TARGET_COLUMNS)])
-    offline.index = pd.Index(targets["event_id"].tolist())
-    online = online.loc[offline.index, list(ALL_FEATURES)].astype(float)
-    same = np.isclose(online.to_numpy(), offline[list(ALL_FEATURES)].to_numpy(dtype=float), rtol=0, atol=1e-9)
-    return int(same.all(axis=1).sum()), len(offline)
+    offline.insert(0, "sync_id", targets["event_id"].tolist())
+    # A sync may have been predicted more than once (a re-run); each prediction is compared.
+    paired = online.merge(offline, on="sync_id", suffixes=("_online", ""), validate="many_to_one")
+    same = np.isclose(
+        paired[[f"{name}_online" for name in ALL_FEATURES]].to_numpy(dtype=float),
+        paired[list(ALL_FEATURES)].to_numpy(dtype=float),
+        rtol=0,
+        atol=1e-9,
+    )
+    return int(same.all(axis=1).sum()), len(paired)
 
 
 def _fmt(value: object, spec: str = ".3f") -> str:

@@ -222,4 +222,25 @@ def test_logged_feature_parity_counts_predictions_served_the_offline_features(
                 )
             )
     assert logged_feature_parity(engine) == (2, 3)
+    with make_session_factory(engine).begin() as session:  # a re-run predicts the same sync again
+        first = events.iloc[0]
+        session.add(
+            PredictionLog(
+                prediction_id="p-again",
+                model_type="hgb",
+                model_version="v1",
+                sync_id=first.event_id,
+                user_id=first.user_id,
+                device_id=first.device_id,
+                entity_type=first.entity_type,
+                entity_id=first.entity_id,
+                predicted_conflict=False,
+                probability=0.1,
+                risk_level="low",
+                recommendation="sync_now",
+                features=served[0],
+                created_at=first.synced_at.to_pydatetime(),
+            )
+        )
+    assert logged_feature_parity(engine) == (3, 4)
     engine.dispose()
