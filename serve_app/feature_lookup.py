@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 
 from conflict_core.errors import ConflictPredictorError
 from conflict_core.events_io import load_events, tail_events
-from conflict_core.features import ALL_FEATURES, FeatureParams, feature_arrays
+from conflict_core.features import ALL_FEATURES, HISTORY_COLUMNS, FeatureParams, feature_arrays
 from conflict_core.store import make_engine, utcnow
 
 log = logging.getLogger(__name__)
@@ -45,16 +45,7 @@ _TIME_MS = pa.timestamp("ms", tz="UTC")
 _FIELDS = pa.list_(pa.string())
 _NO_POSITIONS = np.zeros(0, dtype=np.int64)
 _MAX_GAPS = 1_000  # ids re-asked for at most; more gaps than that are mostly old imports
-_WINDOW_COLUMNS = (
-    "row_id",
-    "user_id",
-    "entity_type",
-    "entity_id",
-    "changed_fields",
-    "synced_at",
-    "conflict",
-    "resolved_at",
-)
+_WINDOW_COLUMNS = ("row_id", *HISTORY_COLUMNS)
 
 
 class FeatureLookupUnavailable(ConflictPredictorError):

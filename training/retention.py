@@ -147,28 +147,17 @@ def run_retention_job(
     """:func:`apply_retention` under the ``retention`` lock, recorded as a ``job_run`` row."""
     with locks.job_lock(session_factory, "retention", ttl=lock_ttl):
         started = utcnow()
+
+        def record(status: str, summary: dict[str, Any]) -> None:
+            with session_scope(session_factory) as session:
+                session.add(
+                    JobRun(job="retention", started_at=started, finished_at=utcnow(), status=status, summary=summary)
+                )
+
         try:
             result = apply_retention(settings, days=days, dry_run=dry_run)
         except Exception as exc:
-            with session_scope(session_factory) as session:
-                session.add(
-                    JobRun(
-                        job="retention",
-                        started_at=started,
-                        finished_at=utcnow(),
-                        status="failed",
-                        summary={"error": f"{type(exc).__name__}: {exc}"},
-                    )
-                )
+            record("failed", {"error": f"{type(exc).__name__}: {exc}"})
             raise
-        with session_scope(session_factory) as session:
-            session.add(
-                JobRun(
-                    job="retention",
-                    started_at=started,
-                    finished_at=utcnow(),
-                    status="succeeded",
-                    summary=result.to_dict(),
-                )
-            )
+        record("succeeded", result.to_dict())
         return result

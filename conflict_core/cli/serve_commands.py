@@ -176,7 +176,7 @@ def drive_traffic(
                 errors += 1
     if not latencies:
         raise click.ClickException("no request completed")
-    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    q = _percentiles(latencies)
     return {
         "requests": len(latencies),
         "predictions": predictions,

@@ -185,6 +185,27 @@ def test_concurrent_replay_never_groups_pushes_that_share_a_user_or_an_entity() 
     assert independent_run(shared_entity, 1, limit=8) == 1
 
 
+def _logged_prediction(prediction_id: str, event: Any, features: dict[str, float]) -> Any:
+    from conflict_core.store import PredictionLog
+
+    return PredictionLog(
+        prediction_id=prediction_id,
+        model_type="hgb",
+        model_version="v1",
+        sync_id=event.event_id,
+        user_id=event.user_id,
+        device_id=event.device_id,
+        entity_type=event.entity_type,
+        entity_id=event.entity_id,
+        predicted_conflict=False,
+        probability=0.1,
+        risk_level="low",
+        recommendation="sync_now",
+        features=features,
+        created_at=event.synced_at.to_pydatetime(),
+    )
+
+
 def test_logged_feature_parity_counts_predictions_served_the_offline_features(
     simulated_store: tuple[str, Any], tmp_path: Any
 ) -> None:
@@ -193,7 +214,7 @@ def test_logged_feature_parity_counts_predictions_served_the_offline_features(
     from conflict_core.cli.pipeline_commands import logged_feature_parity
     from conflict_core.events_io import load_events
     from conflict_core.features import ALL_FEATURES, TARGET_COLUMNS, compute_features
-    from conflict_core.store import PredictionLog, make_engine, make_session_factory
+    from conflict_core.store import make_engine, make_session_factory
 
     shutil.copy(simulated_store[0].removeprefix("sqlite:///"), tmp_path / "store.db")
     engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
@@ -203,44 +224,9 @@ def test_logged_feature_parity_counts_predictions_served_the_offline_features(
     served[2]["hours_since_last_sync"] += 0.5  # one prediction saw a stale history
     with make_session_factory(engine).begin() as session:
         for i, (event, features) in enumerate(zip(events.itertuples(), served, strict=True)):
-            session.add(
-                PredictionLog(
-                    prediction_id=f"p{i}",
-                    model_type="hgb",
-                    model_version="v1",
-                    sync_id=event.event_id,
-                    user_id=event.user_id,
-                    device_id=event.device_id,
-                    entity_type=event.entity_type,
-                    entity_id=event.entity_id,
-                    predicted_conflict=False,
-                    probability=0.1,
-                    risk_level="low",
-                    recommendation="sync_now",
-                    features=features,
-                    created_at=event.synced_at.to_pydatetime(),
-                )
-            )
+            session.add(_logged_prediction(f"p{i}", event, features))
     assert logged_feature_parity(engine) == (2, 3)
     with make_session_factory(engine).begin() as session:  # a re-run predicts the same sync again
-        first = events.iloc[0]
-        session.add(
-            PredictionLog(
-                prediction_id="p-again",
-                model_type="hgb",
-                model_version="v1",
-                sync_id=first.event_id,
-                user_id=first.user_id,
-                device_id=first.device_id,
-                entity_type=first.entity_type,
-                entity_id=first.entity_id,
-                predicted_conflict=False,
-                probability=0.1,
-                risk_level="low",
-                recommendation="sync_now",
-                features=served[0],
-                created_at=first.synced_at.to_pydatetime(),
-            )
-        )
+        session.add(_logged_prediction("p-again", next(events.itertuples()), served[0]))
     assert logged_feature_parity(engine) == (3, 4)
     engine.dispose()

@@ -27,6 +27,7 @@ from sklearn.preprocessing import StandardScaler
 from sqlalchemy import func, select
 
 from conflict_core import db
+from conflict_core.cli.serve_commands import deploy_config
 from conflict_core.features import ALL_FEATURES
 from conflict_core.registry import sha256_file
 from conflict_core.store import PredictionLog, make_engine
@@ -84,20 +85,6 @@ def pg_url() -> Iterator[str]:
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _deploy_config(config: dict[str, Any]) -> None:
-    """What the dashboard's ``PUT /api/serve/applications/`` (``serve deploy``) does with a config."""
-    from ray.serve._private.api import serve_start
-    from ray.serve.schema import ServeDeploySchema
-
-    schema = ServeDeploySchema.model_validate(config)
-    client = serve_start(
-        http_options=schema.http_options.model_dump(),
-        proxy_location=schema.proxy_location,
-        global_logging_config=schema.logging_config,
-    )
-    client.deploy_apps(schema)
-
-
 class Graph:
     """The app deployed from ``serve_config.yaml`` through the dashboard, as ``serve deploy`` does."""
 
@@ -125,7 +112,7 @@ class Graph:
         for deployment in self.config["applications"][0]["deployments"]:
             if deployment["name"] == "ModelInference":
                 deployment["user_config"] = {**user_config, "revision": revision}
-        _deploy_config(self.config)
+        deploy_config(self.config)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             app = serve.status().applications.get("conflict_predictor")
