@@ -41,11 +41,11 @@ class Settings(BaseSettings):
     )
     serve_config_path: Path = Field(default=Path("serve_config.yaml"))
     serve_url: str = Field(default="http://127.0.0.1:8000", description="Base URL of the running prediction app.")
-    serve_ingress_mode: Literal["throughput", "haproxy", "default"] = Field(
-        default="throughput",
-        description="Ray Serve's HTTP path when conflictctl starts Ray: throughput-optimized (loopback "
-        "only), HAProxy (fastest; Ray 2.60 binds its stats, metrics and replica ports on every "
-        "interface) or the default Python proxy.",
+    serve_ingress_mode: Literal["haproxy", "throughput", "default"] = Field(
+        default="haproxy",
+        description="Ray Serve's HTTP path when conflictctl starts Ray: Ray's bundled HAProxy (fastest; "
+        "its listeners moved onto 127.0.0.1 by the conflict-haproxy launcher), throughput-optimized "
+        "behind the Python proxy, or the default Python proxy.",
     )
     dashboard_url: str = Field(
         default="http://127.0.0.1:8265", description="Ray dashboard, for Serve deploys and job submission."

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from conflict_core.errors import ConflictPredictorError
@@ -19,25 +20,42 @@ from conflict_core.errors import ConflictPredictorError
 def serve_env(mode: str) -> dict[str, str]:
     """Environment that puts Ray Serve's HTTP path in ``mode``; it must be set before Ray starts.
 
-    ``throughput`` (the default): Ray Serve's throughput-optimized mode — direct ingress into
-    the ingress replica, gRPC between replicas, no per-request log lines; about 1.2x the
-    default proxy on 50-item requests here. Every HTTP port stays on the serve config's host
-    (127.0.0.1). ``haproxy``: the bundled HAProxy replaces the Python proxy (several times the
-    requests/s here, see BENCHMARKS.md), but in Ray 2.60 its stats and Prometheus listeners
-    and the replicas' direct-ingress ports bind every interface, so it is an explicit opt-in
-    for hosts whose firewall closes them. ``default``: Ray Serve's Python proxy.
+    ``haproxy`` (the default): Ray's bundled HAProxy replaces the Python proxy and forwards to
+    the ingress replica's own HTTP port (throughput-optimized mode underneath): several times
+    the requests/s of the other modes here, see BENCHMARKS.md. Ray 2.60 writes HAProxy's stats
+    and Prometheus listeners on every interface, so HAProxy is started through the
+    ``conflict-haproxy`` launcher (:mod:`serve_app.haproxy_launcher`), which moves them onto
+    127.0.0.1 (``CONFLICT_HAPROXY_BIND_HOST`` to choose another address). ``throughput``: Ray
+    Serve's throughput-optimized mode — direct ingress behind the Python proxy, gRPC between
+    replicas. ``default``: Ray Serve's Python proxy. In every mode the HTTP ports follow the
+    serve config's ``http_options.host`` (127.0.0.1).
 
     A draining ingress replica waits 30 s by default for an external load balancer to notice;
     a local instance has none, so 2 s. Values already in the environment win.
     """
-    modes = {
+    modes: dict[str, dict[str, str]] = {
         "default": {},
         "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-        "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+        "haproxy": {
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_launcher_path(),
+        },
     }
     if mode not in modes:
         raise ValueError(f"serve ingress mode must be one of {sorted(modes)}, got {mode!r}")
     return {**modes[mode], "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"} if modes[mode] else {}
+
+
+def haproxy_launcher_path() -> str:
+    """The ``conflict-haproxy`` console script of this interpreter's environment (absolute)."""
+    launcher = Path(sys.executable).parent / "conflict-haproxy"
+    if not launcher.is_file():
+        raise ConflictPredictorError(
+            f"{launcher} is missing: install the project into this environment (scripts/setup.sh) "
+            "or choose another serve ingress mode (CONFLICT_SERVE_INGRESS_MODE=throughput)"
+        )
+    return str(launcher)
 
 
 class JobFailedError(ConflictPredictorError):

@@ -137,11 +137,50 @@ def logfile(tmp_path: Path) -> Iterator[Any]:
             print(tail)
 
 
-def test_serve_run_brings_up_the_graph(store: str, logfile: Any) -> None:
+def _listening(pids: set[int]) -> list[tuple[str, int]]:
+    """(address, port) of every listening TCP socket the processes ``pids`` hold (from /proc)."""
+    by_inode: dict[str, tuple[str, int]] = {}
+    for table, width in (("tcp", 4), ("tcp6", 16)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # LISTEN
+                continue
+            hex_addr, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_addr)
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, width, 4))  # little-endian 32-bit words
+            address = socket.inet_ntop(socket.AF_INET if width == 4 else socket.AF_INET6, words)
+            by_inode[fields[9]] = (address, int(hex_port, 16))
+    found = []
+    for pid in pids:
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        found += [by_inode[link[8:-1]] for link in links if link.startswith("socket:[") and link[8:-1] in by_inode]
+    return found
+
+
+def _haproxy_pids() -> set[int]:
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"/haproxy"):
+                pids.add(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("mode", ["default", "haproxy"])
+def test_serve_run_brings_up_the_graph(store: str, logfile: Any, mode: str) -> None:
+    from conflict_core.cli.ray_jobs import serve_env
+
     proc = subprocess.Popen(
         [SERVE, "run", "serve_config.yaml"],
         cwd=REPO,
-        env=_env(DATABASE_URL=store),
+        env=_env(DATABASE_URL=store, **serve_env(mode)),
         stdout=logfile,
         stderr=subprocess.STDOUT,
     )
@@ -150,6 +189,12 @@ def test_serve_run_brings_up_the_graph(store: str, logfile: Any) -> None:
         ready = _wait_for("/readyz", 200, proc, timeout_s=60).json()
         assert ready["model_version"] == "v_cli" and ready["store_reachable"]
         _predict_with_registry_model()
+        if mode == "haproxy":
+            # HAProxy serves 8000 and its stats and Prometheus ports, all on loopback only.
+            listening = _listening(_haproxy_pids())
+            assert ("127.0.0.1", 8000) in listening, listening
+            assert {port for _, port in listening} >= {8000, 8404, 9101}, listening
+            assert {address for address, _ in listening} == {"127.0.0.1"}, listening
     finally:
         code = _stop(proc)
     assert proc.poll() is not None, code
