@@ -299,10 +299,13 @@ class OnlineFeatureLookup:
         earliest = min(i.get("at") or now for i in items) - self.params.lookback.to_pytimedelta()
         covered = self.window.covered_since
         if covered is not None and earliest >= covered:
-            history: Any = self.window.history(users, entities)
+            # Each side from only the history it needs: the users' events for the user side,
+            # the entities' events for the entity side (most of the work, over far fewer rows).
+            arrays = feature_arrays(self.window.history(users, ()), targets, self.params, side="user")
+            arrays |= feature_arrays(self.window.history((), entities), targets, self.params, side="entity")
         else:  # a target older than the window reaches (a client-supplied past `at`): ask the store
             history = load_events(self.engine, since=earliest, user_ids=users, entity_keys=entities)
-        arrays = feature_arrays(history, targets, self.params)
+            arrays = feature_arrays(history, targets, self.params)
         return np.column_stack([np.asarray(arrays[name], dtype=np.float64) for name in FEATURE_NAMES])
 
     def compute_many(self, requests: Sequence[Sequence[dict[str, Any]]]) -> list[np.ndarray]:

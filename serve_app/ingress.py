@@ -69,13 +69,17 @@ def _all_finite(values: list[float]) -> bool:
 _FEATURES_JSON = "{" + ",".join(f"{json.dumps(name)}:%r" for name in FEATURE_NAMES) + "}"
 
 
-def _render(responses: list[dict[str, Any]], values: list[list[float]] | None, single: bool) -> bytes:
-    """The bytes ``JSONResponse`` renders for these responses (compact, ``ensure_ascii=False``), with the
-    features formatted from the matrix rows (finite floats: ``repr`` is what ``json`` writes)."""
+def _features_json(values: list[list[float]]) -> list[str]:
+    """Each feature row as its JSON object (finite floats: ``repr`` is what ``json`` writes)."""
+    return [_FEATURES_JSON % tuple(row) for row in values]
+
+
+def _render(responses: list[dict[str, Any]], features: list[str], single: bool) -> bytes:
+    """The bytes ``JSONResponse`` renders for these responses (compact, ``ensure_ascii=False``), with
+    ``features_used`` taken from ``features``, each item's features as JSON text."""
     first = responses[0]
     model_version = json.dumps(first["model_version"], ensure_ascii=False)
     predicted_at = json.dumps(first["predicted_at"])
-    features = ["{}"] * len(responses) if values is None else [_FEATURES_JSON % tuple(row) for row in values]
     parts = []
     for body, features_json in zip(responses, features, strict=True):
         text = (
@@ -92,6 +96,13 @@ def _render(responses: list[dict[str, Any]], values: list[list[float]] | None, s
 
 
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def _feature_rows(values: list[list[float]] | None, count: int) -> list[dict[str, float] | None]:
+    """Each feature row as a name → value mapping, or ``count`` Nones when the lookup failed."""
+    if values is None:
+        return [None] * count
+    return [dict(zip(FEATURE_NAMES, row, strict=True)) for row in values]
 
 
 async def _awaited(awaitable: Awaitable[T]) -> T:
@@ -200,20 +211,21 @@ class Ingress:
         unavailable = scored.get("unavailable")
         reason = None if unavailable is None else FallbackReason(unavailable)
         values = matrix.tolist() if matrix is not None else None
-        feature_rows: list[dict[str, float] | None] = (
-            [dict(zip(FEATURE_NAMES, row, strict=True)) for row in values]
-            if values is not None
-            else [None] * len(items)
-        )
         if probabilities is None:
             model_version = HEURISTIC_VERSION
-            probabilities = await self._heuristics(feature_rows)
+            probabilities = await self._heuristics(_feature_rows(values, len(items)))
         probabilities = [float(p) for p in probabilities]
-        responses = self._respond(items, feature_rows, probabilities, model_version, reason, now)
-        if not _all_finite(probabilities) or (matrix is not None and not np.isfinite(matrix).all()):
-            # JSONResponse refuses NaN/inf (allow_nan=False): keep that behaviour exactly.
-            return JSONResponse(responses[0] if single else {"predictions": responses})
-        return Response(_render(responses, values, single), media_type="application/json")
+        if _all_finite(probabilities) and (matrix is None or np.isfinite(matrix).all()):
+            # The features' JSON text serves both the response and the log record.
+            features = ["{}"] * len(items) if values is None else _features_json(values)
+            responses = self._respond(items, features, probabilities, model_version, reason, now)
+            return Response(_render(responses, features, single), media_type="application/json")
+        # JSONResponse refuses NaN/inf (allow_nan=False): keep that behaviour exactly.
+        rows = [row or {} for row in _feature_rows(values, len(items))]
+        responses = self._respond(items, rows, probabilities, model_version, reason, now)
+        for body, row in zip(responses, rows, strict=True):
+            body["features_used"] = row
+        return JSONResponse(responses[0] if single else {"predictions": responses})
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=8)
     async def _score(self, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -252,7 +264,7 @@ class Ingress:
     def _respond(
         self,
         items: list[PredictItem],
-        feature_rows: list[dict[str, float] | None],
+        features: list[str] | list[dict[str, float]],
         probabilities: Any,
         model_version: str,
         reason: FallbackReason | None,
@@ -266,21 +278,19 @@ class Ingress:
         labels: dict[RiskLevel, tuple[str, str]] = {}
         ids = _prediction_ids(len(items))
         medium, high = self.medium, self.high
-        for item, features, probability, prediction_id in zip(items, feature_rows, probabilities, ids, strict=True):
+        for item, item_features, probability, prediction_id in zip(items, features, probabilities, ids, strict=True):
             probability = float(probability)
             level = risk_level(probability, medium_threshold=medium, high_threshold=high)
             label = labels.get(level)
             if label is None:
                 label = labels[level] = (level.value, recommendation_for(level).value)
             level_value, recommendation_value = label
-            features = features or {}
-            body: dict[str, Any] = {
+            body: dict[str, Any] = {  # features_used is added by the caller, which has them as text
                 "prediction_id": prediction_id,
                 "probability": round(probability, 6),
                 "risk_level": level_value,
                 "recommendation": recommendation_value,
                 "model_version": model_version,
-                "features_used": features,
                 "predicted_at": predicted_at,
             }
             if item.sync_id is not None:
@@ -302,7 +312,7 @@ class Ingress:
                     "probability": probability,
                     "risk_level": level_value,
                     "recommendation": recommendation_value,
-                    "features": features,
+                    "features": item_features,
                     "fallback_reason": reason_value,
                     "created_at": now,
                 }

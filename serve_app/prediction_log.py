@@ -7,6 +7,10 @@ beyond ``max_buffer`` the oldest are spilled to JSON-lines files in the spool di
 when the store answers again the spool is replayed. A record therefore reaches the store
 once whatever fails in between: a replay after a crash between commit and file removal
 re-inserts rows that the unique ``prediction_id`` turns into no-ops.
+
+A record's ``features`` is a mapping of feature name to value, or that mapping already
+serialized as a JSON object (a ``str``), as the ingress has it from rendering the response;
+both store the same JSON.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ def insert_ignoring_duplicates(engine: Engine, records: list[dict[str, Any]]) ->
     dialect = engine.dialect.name
     if dialect == "postgresql":
         statement: Any = postgresql.insert(_TABLE).on_conflict_do_nothing(index_elements=["prediction_id"])
+        records = [_with_features_decoded(r) for r in records]
     elif dialect == "sqlite":
         _sqlite_insert(engine, records)
         return
@@ -96,6 +101,8 @@ def _sqlite_insert(engine: Engine, records: list[dict[str, Any]]) -> None:
         raw = [record.get(column) for record in records]
         if process is None:
             values.append(raw)
+        elif column == "features":  # JSON text is stored as it is; a mapping is serialized
+            values.append([v if isinstance(v, str) else process(v) for v in raw])
         elif column in _REPEATED:  # the same few values across a request's records: convert each once
             memo: dict[Any, Any] = {}
             values.append([memo[v] if v in memo else memo.setdefault(v, process(v)) for v in raw])
@@ -104,6 +111,11 @@ def _sqlite_insert(engine: Engine, records: list[dict[str, Any]]) -> None:
     rows = list(zip(*values, strict=True))
     with engine.begin() as connection:
         connection.exec_driver_sql(sql, rows)
+
+
+def _with_features_decoded(record: dict[str, Any]) -> dict[str, Any]:
+    features = record.get("features")
+    return {**record, "features": json.loads(features)} if isinstance(features, str) else record
 
 
 def _to_json(record: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,35 @@ def test_duplicate_prediction_ids_are_ignored(database_url: str, session_factory
     insert_ignoring_duplicates(engine, [record, _record()])
     engine.dispose()
     assert _count(session_factory) == 2
+
+
+def test_features_as_mapping_or_json_text_store_the_same_json(
+    database_url: str, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    features = {"concurrent_editors": 2.0, "user_conflict_rate": 0.125, "hours_since_last_sync": 168.0}
+    as_text = _record(features=json.dumps(features, separators=(",", ":")))
+    engine = make_engine(database_url)
+    insert_ignoring_duplicates(engine, [_record(prediction_id="a" * 32, features=features)])
+    insert_ignoring_duplicates(engine, [dict(as_text, prediction_id="b" * 32)])
+    engine.dispose()
+
+    # A text record spilled to disk and replayed by a writer comes back the same.
+    async def spill_then_replay() -> None:
+        writer = PredictionLogWriter(database_url, tmp_path / "spool", max_buffer=0)
+        writer.store_available = False  # as after a failed write: the excess goes to disk
+        writer._retry_at = float("inf")
+        writer.submit([dict(as_text, prediction_id="c" * 32)])
+        await writer.flush()
+        assert writer.spilled == 1 and len(writer.spool_files()) == 1
+        writer._mark_up()
+        await writer.flush()
+        assert writer.spool_files() == []
+        await writer.close()
+
+    asyncio.run(spill_then_replay())
+    with session_factory() as session:
+        stored = dict(session.execute(select(PredictionLog.prediction_id, PredictionLog.features)).tuples().all())
+    assert stored == {"a" * 32: features, "b" * 32: features, "c" * 32: features}
 
 
 def test_outage_buffers_spills_and_replays_without_loss_or_duplicates(

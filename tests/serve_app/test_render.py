@@ -9,7 +9,7 @@ import pytest
 from starlette.responses import JSONResponse
 
 from serve_app.feature_lookup import FEATURE_NAMES
-from serve_app.ingress import _prediction_ids, _render
+from serve_app.ingress import _features_json, _prediction_ids, _render
 
 
 def _responses(values: list[list[float]] | None, n: int, *, sync: bool, reason: str | None) -> list[dict[str, Any]]:
@@ -44,4 +44,5 @@ def test_render_matches_json_response(single: bool, with_features: bool, sync: b
     values = matrix.tolist() if with_features else None
     responses = _responses(values, n, sync=sync, reason=reason)
     expected = JSONResponse(responses[0] if single else {"predictions": responses}).body
-    assert _render(responses, values, single) == expected
+    features = ["{}"] * n if values is None else _features_json(values)
+    assert _render(responses, features, single) == expected
