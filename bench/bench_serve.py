@@ -3,13 +3,14 @@
 Run from the repo root (it starts a local Ray, so hold the machine's Ray lock):
 
     flock /tmp/conflict-ray.lock .venv/bin/python bench/bench_serve.py
-        [--mode default|throughput|haproxy|haproxy+throughput]
+        [--mode haproxy|throughput|default]
         [--duration 10] [--concurrency 8,16,24,32,40,48,64] [--burst]
 
-``--mode`` sets RAY_SERVE_THROUGHPUT_OPTIMIZED (``throughput``), RAY_SERVE_ENABLE_HA_PROXY
-(``haproxy``) or both (``haproxy+throughput``) before Ray starts. HAProxy mode binds its stats
-and metrics listeners and the replicas' direct-ingress ports on all interfaces (Ray 2.60), so
-run it only where that is acceptable; the load itself goes to 127.0.0.1 only.
+``--mode`` is the serve ingress mode, set in the environment before Ray starts exactly as
+``conflictctl`` does (:func:`conflict_core.cli.ray_jobs.serve_env`): ``haproxy`` (the default;
+Ray's HAProxy through the loopback launcher, throughput-optimized replicas), ``throughput``
+(throughput-optimized behind Ray's Python proxy) or ``default`` (Ray's Python proxy). The load
+goes to 127.0.0.1 only.
 Each request size starts with a 3 s unmeasured warm-up at the first concurrency. Prints
 requests/s, predictions/s and latency percentiles per scenario and writes a JSON
 results file under bench/results/.
@@ -30,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from conflict_core.cli.ray_jobs import serve_env
 
 REPO = Path(__file__).resolve().parents[1]
 LUA = """
@@ -214,12 +217,7 @@ _COMPONENTS = (
     "wrk",
 )
 WARMUP_S = 3
-MODES = {
-    "default": {},
-    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
-    "haproxy+throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-}
+MODES = ("haproxy", "throughput", "default")
 
 
 def _cpu_by_component() -> dict[str, float]:
@@ -301,7 +299,7 @@ def _summary(results: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=list(MODES), default="default")
+    parser.add_argument("--mode", choices=MODES, default="haproxy")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--concurrency", default="8,32,64")
     parser.add_argument("--burst", action="store_true", help="Also run the 10x load step and report replicas.")
@@ -317,7 +315,7 @@ def main() -> None:
     a = parser.parse_args()
     concurrencies = [int(c) for c in a.concurrency.split(",")]
     item_counts = tuple(int(i) for i in a.items.split(","))
-    os.environ.update(MODES[a.mode])
+    os.environ.update(serve_env(a.mode))
 
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     url = f"sqlite:///{work / 'store.db'}"
@@ -440,7 +438,7 @@ def main() -> None:
     _summary(results)
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
-    path = out / f"serve_{a.mode.replace('+', '_')}_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    path = out / f"serve_{a.mode}_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"results: {path}")
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -315,6 +315,7 @@ class _Frame:
     """History and targets reduced to integer codes and shifted millisecond times."""
 
     params: FeatureParams
+    origin: np.int64  # every time below is milliseconds since the epoch minus this
     stride: np.int64
     h_time: np.ndarray
     t_time: np.ndarray
@@ -342,6 +343,7 @@ class _Frame:
         entities = _codes(_stacked(history, targets, "entity_type"), _stacked(history, targets, "entity_id"))
         return cls(
             params=params,
+            origin=np.int64(origin),
             stride=stride,
             h_time=h_time - origin,
             t_time=t_time - origin,
@@ -364,24 +366,139 @@ class _Frame:
         return self.t_time - self.params.history_window_ms
 
 
-def _user_side(f: _Frame) -> dict[str, np.ndarray]:
+class UserCounts(NamedTuple):
+    """What the user-side features of each target are made of; additive over disjoint histories.
+
+    ``last`` is the time (epoch ms) of the user's latest sync strictly before the target, or
+    -1; ``syncs`` the user's syncs in the 30 days before it; ``conflicts`` those of them whose
+    conflict was resolved (known) before it.
+    """
+
+    last: np.ndarray
+    syncs: np.ndarray
+    conflicts: np.ndarray
+
+    def plus(self, other: UserCounts) -> UserCounts:
+        """The counts over both histories (which must not share an event)."""
+        return UserCounts(np.maximum(self.last, other.last), self.syncs + other.syncs, self.conflicts + other.conflicts)
+
+
+class _UserTables:
+    """The user side's sorted event tables over one history, in a frame's shifted times."""
+
+    def __init__(
+        self,
+        h_user: np.ndarray,
+        h_time: np.ndarray,
+        h_resolved: np.ndarray,
+        h_conflict: np.ndarray,
+        stride: np.int64,
+        n_users: int,
+        params: FeatureParams,
+    ):
+        self.stride, self.params = stride, params
+        self.by_user = _KeyedTimes(h_user, h_time, stride, n_users)
+        # A conflict synced at s and resolved at r counts for targets at t with
+        # r < t <= s + 30 days: its resolution is known and the sync is inside the window.
+        known = h_conflict & (h_resolved >= 0)
+        opens, closes = h_resolved[known], h_time[known] + params.history_window_ms
+        valid = opens < closes
+        codes = h_user[known][valid]
+        self.opened = _KeyedTimes(codes, opens[valid], stride, n_users)
+        self.closed = _KeyedTimes(codes, closes[valid], stride, n_users)
+
+    def counts(self, t_user: np.ndarray, t_time: np.ndarray, origin: np.int64) -> UserCounts:
+        """Counts for targets given by user code and shifted time; ``last`` back in epoch ms."""
+        queries = _Queries(t_user, t_time, self.stride)
+        last = self.by_user.last_time_before(queries, t_time)
+        return UserCounts(
+            last=np.where(last >= 0, last + origin, _NONE),
+            syncs=self.by_user.count_between(queries, t_time - self.params.history_window_ms, t_time),
+            conflicts=self.opened.count_before(queries, t_time) - self.closed.count_before(queries, t_time),
+        )
+
+
+def user_side_features(counts: UserCounts, t_ms: np.ndarray, params: FeatureParams) -> dict[str, np.ndarray]:
+    """:data:`USER_SIDE` features of targets at ``t_ms`` (epoch ms) from their counts."""
+    hours = np.where(counts.last >= 0, (t_ms - counts.last) / _MS_PER_HOUR, params.hours_since_cap)
+    rate = (counts.conflicts + params.prior_strength * params.prior_conflict_rate) / (
+        counts.syncs + params.prior_strength
+    )
+    return {"hours_since_last_sync": np.minimum(hours, params.hours_since_cap), "user_conflict_rate": rate}
+
+
+def user_side_counts(history: Frame, targets: Frame, params: FeatureParams = FeatureParams()) -> UserCounts:
+    """:class:`UserCounts` of every target from the events of ``history`` (the generic path)."""
+    _require_columns(history, HISTORY_COLUMNS, "history")
+    _require_columns(targets, TARGET_COLUMNS, "targets")
+    f = _Frame.build(history, targets, params)
+    if f is None:
+        empty = np.zeros(0, dtype=np.int64)
+        return UserCounts(empty, empty, empty)
+    return _user_counts(f)
+
+
+def _user_counts(f: _Frame) -> UserCounts:
     h_user, t_user, n_users = f.split(f.users, "user")
-    by_user = _KeyedTimes(h_user, f.h_time, f.stride, n_users)
-    q_user = _Queries(t_user, f.t_time, f.stride)
-    p = f.params
+    tables = _UserTables(h_user, f.h_time, f.h_resolved, f.h_conflict, f.stride, n_users, f.params)
+    return tables.counts(t_user, f.t_time, f.origin)
 
-    last = by_user.last_time_before(q_user, f.t_time)
-    hours = np.where(last >= 0, (f.t_time - last) / _MS_PER_HOUR, p.hours_since_cap)
 
-    # A conflict synced at s and resolved at r counts for targets at t with
-    # r < t <= s + 30 days: its resolution is known and the sync is inside the window.
-    known = f.h_conflict & (f.h_resolved >= 0)
-    opens, closes = f.h_resolved[known], f.h_time[known] + p.history_window_ms
-    valid = opens < closes
-    conflicts = _count_covering(h_user[known][valid], opens[valid], closes[valid], f.stride, n_users, q_user, f.t_time)
-    syncs = by_user.count_between(q_user, f.window_start, f.t_time)
-    rate = (conflicts + p.prior_strength * p.prior_conflict_rate) / (syncs + p.prior_strength)
-    return {"hours_since_last_sync": np.minimum(hours, p.hours_since_cap), "user_conflict_rate": rate}
+def _user_side(f: _Frame) -> dict[str, np.ndarray]:
+    return user_side_features(_user_counts(f), f.t_time + f.origin, f.params)
+
+
+class UserHistoryIndex:
+    """The user side over a fixed history, sorted once and then queried for any targets.
+
+    The online lookup keeps one over its event window, so a batch of requests costs a few
+    binary searches per target instead of sorting every requesting user's history again. The
+    tables and the arithmetic are those of :func:`compute_features`; counts over events
+    added later come from :func:`user_side_counts` on just those events and are combined
+    with :meth:`UserCounts.plus`. Exact for target times in ``[earliest_ms, latest_ms]``;
+    :meth:`counts` returns None for a batch reaching outside.
+    """
+
+    def __init__(self, history: Frame, params: FeatureParams = FeatureParams(), *, now_ms: int, horizon_ms: int):
+        _require_columns(history, HISTORY_COLUMNS, "history")
+        self.params = params
+        h_time = to_epoch_ms(_column(history, "synced_at"))
+        h_resolved = to_epoch_ms(_column(history, "resolved_at"))
+        users = _column(history, "user_id")
+        if isinstance(users, pa.ChunkedArray):
+            encoded = users.combine_chunks().cast(pa.string()).dictionary_encode()
+            codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            names = encoded.dictionary.to_pylist()
+        else:
+            codes, uniques = pd.factorize(users.astype("str"))
+            names = list(uniques)
+        self.code: dict[str, int] = {name: i for i, name in enumerate(names)}
+        self.unknown = len(names)  # the code of a user without history: an empty group
+        w30, w5 = params.history_window_ms, params.concurrent_window_ms
+        known = np.concatenate([h_time, h_resolved[h_resolved >= 0], [now_ms]])
+        self.origin = np.int64(known.min() - w30 - w5 - 2)
+        self.latest_ms = int(known.max()) + horizon_ms
+        self.earliest_ms = int(self.origin) + w30 + w5 + 2
+        self.rows = len(h_time)
+        stride = np.int64(self.latest_ms - self.origin + w30 + w5 + 2)
+        if self.unknown + 1 > np.iinfo(np.int64).max // stride:
+            raise FeatureComputationError("too many distinct user keys for the time span; split the input")
+        self._tables = _UserTables(
+            np.asarray(codes, dtype=np.int64),
+            h_time - self.origin,
+            np.where(h_resolved >= 0, h_resolved - self.origin, _NONE),
+            _bool_array(_column(history, "conflict")),
+            stride,
+            self.unknown + 1,
+            params,
+        )
+
+    def counts(self, user_ids: Sequence[str], t_ms: np.ndarray) -> UserCounts | None:
+        if len(t_ms) and (t_ms.min() < self.earliest_ms or t_ms.max() > self.latest_ms):
+            return None
+        code, unknown = self.code, self.unknown
+        t_user = np.fromiter((code.get(u, unknown) for u in user_ids), dtype=np.int64, count=len(user_ids))
+        return self._tables.counts(t_user, np.asarray(t_ms, dtype=np.int64) - self.origin, self.origin)
 
 
 def _entity_side(f: _Frame, history: Frame, targets: Frame) -> dict[str, np.ndarray]:

@@ -32,7 +32,16 @@ from sqlalchemy.engine import Engine
 
 from conflict_core.errors import ConflictPredictorError
 from conflict_core.events_io import load_events, tail_events
-from conflict_core.features import ALL_FEATURES, HISTORY_COLUMNS, FeatureParams, feature_arrays
+from conflict_core.features import (
+    ALL_FEATURES,
+    HISTORY_COLUMNS,
+    FeatureParams,
+    UserCounts,
+    UserHistoryIndex,
+    feature_arrays,
+    user_side_counts,
+    user_side_features,
+)
 from conflict_core.store import make_engine, utcnow
 
 log = logging.getLogger(__name__)
@@ -46,6 +55,7 @@ _FIELDS = pa.list_(pa.string())
 _NO_POSITIONS = np.zeros(0, dtype=np.int64)
 _MAX_GAPS = 1_000  # ids re-asked for at most; more gaps than that are mostly old imports
 _WINDOW_COLUMNS = ("row_id", *HISTORY_COLUMNS)
+_INDEX_HORIZON_MS = 6 * 3_600_000  # the user index answers targets up to 6 h past its newest time
 
 
 class FeatureLookupUnavailable(ConflictPredictorError):
@@ -88,6 +98,7 @@ class EventWindow:
         # The same positions as int64 arrays, built on first use and dropped when a key grows.
         self._arrays: dict[Any, np.ndarray] = {}
         self._seen: set[int] = set()  # row ids of rows loaded since the last compaction
+        self.generation = 0  # bumped by each compaction, which renumbers the row positions
         self._last_id = 0
         self._gaps: dict[int, float] = {}  # ids skipped by the sequence, first seen missing at
         self.covered_since: dt.datetime | None = None  # targets from covered_since + lookback on are exact
@@ -178,21 +189,42 @@ class EventWindow:
         with self._lock:
             self._table, self._by_user, self._by_entity, self._seen = kept, by_user, by_entity, seen
             self._arrays = {}
+            self.generation += 1
         log.info("event window compacted: %d rows kept, %d older than the lookback dropped", kept.num_rows, dropped)
 
     def history(self, users: Sequence[str], entities: Sequence[tuple[str, str]]) -> pa.Table:
         """Every windowed event of ``users`` and of ``entities``, each once, in ingest order."""
+        table = self._select(users, entities, since_row=0, generation=None)
+        assert table is not None
+        return table
+
+    def added_since(self, users: Sequence[str], since_row: int, generation: int) -> pa.Table | None:
+        """The events of ``users`` at row ``since_row`` or later of ``generation``; None when a
+        compaction has renumbered the rows since."""
+        return self._select(users, (), since_row=since_row, generation=generation)
+
+    def _select(
+        self, users: Sequence[str], entities: Sequence[tuple[str, str]], *, since_row: int, generation: int | None
+    ) -> pa.Table | None:
         with self._lock:
             table = self._table
             if table is None:
                 raise FeatureLookupUnavailable("the event window has not been loaded from the store yet")
+            if generation is not None and generation != self.generation:
+                return None
             parts = [self._positions(self._by_user, u) for u in users]
             parts += [self._positions(self._by_entity, e) for e in entities]
         # A row mask instead of sorting the positions: each row once, in ingest order.
         mask = np.zeros(table.num_rows, dtype=bool)
         if parts:
             mask[np.concatenate(parts)] = True
+        mask[:since_row] = False
         return table.filter(pa.array(mask, pa.bool_()))
+
+    def snapshot(self) -> tuple[pa.Table | None, int]:
+        """The window's rows as of now (an immutable table) and their generation."""
+        with self._lock:
+            return self._table, self.generation
 
     def _positions(self, index: dict[Any, list[int]], key: Any) -> np.ndarray:
         """``index[key]`` as an int64 array, cached until the key's list grows (call under the lock)."""
@@ -212,6 +244,12 @@ class OnlineFeatureLookup:
     :meth:`compute` refuses a window older than ``max_staleness_s``. ``refresh_interval_s``
     == 0: every :meth:`compute` tails the store first (read-your-writes, one indexed query
     per call; for tests and tiny deployments).
+
+    The user-side features come from a :class:`UserHistoryIndex` over the window, rebuilt
+    after a refresh once the rows added since its build exceed ``index_rebuild_rows`` (or a
+    tenth of the window, whichever is more); those rows are counted from the window directly
+    until then, so every answer covers every loaded event. The entity side is computed per
+    batch from the requested entities' events, which are few.
     """
 
     def __init__(
@@ -222,6 +260,7 @@ class OnlineFeatureLookup:
         params: FeatureParams = FeatureParams(),
         refresh_interval_s: float = 0.5,
         max_staleness_s: float = 5.0,
+        index_rebuild_rows: int = 2_000,
     ):
         if engine is None:
             if database_url is None:
@@ -236,6 +275,8 @@ class OnlineFeatureLookup:
         self.refresh_interval_s = refresh_interval_s
         self.max_staleness_s = max_staleness_s
         self.window = EventWindow(engine, params.lookback.to_pytimedelta())
+        self.index_rebuild_rows = index_rebuild_rows
+        self._user_index: tuple[UserHistoryIndex, int] | None = None  # and the window generation it indexes
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -253,12 +294,32 @@ class OnlineFeatureLookup:
         try:
             with self._refresh_lock:
                 self.window.refresh()
+                self._maybe_rebuild_index()
             return True
         except Exception as exc:
             if self.window.last_error is None:
                 log.warning("event window refresh failed: %s: %s", type(exc).__name__, exc)
             self.window.last_error = f"{type(exc).__name__}: {exc}"
             return False
+
+    def _maybe_rebuild_index(self) -> None:
+        """Rebuild the user index when it is missing, renumbered, too far behind or near its horizon."""
+        table, generation = self.window.snapshot()
+        if table is None:
+            return
+        current = self._user_index
+        now_ms = _epoch_ms(utcnow())
+        if current is not None:
+            index, indexed_generation = current
+            behind = table.num_rows - index.rows
+            if (
+                indexed_generation == generation
+                and behind <= max(self.index_rebuild_rows, index.rows // 10)
+                and now_ms < index.latest_ms - _INDEX_HORIZON_MS // 2
+            ):
+                return
+        index = UserHistoryIndex(table, self.params, now_ms=now_ms, horizon_ms=_INDEX_HORIZON_MS)
+        self._user_index = (index, generation)  # one assignment: readers see the old or the new
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.refresh_interval_s):
@@ -268,6 +329,7 @@ class OnlineFeatureLookup:
         if self.refresh_interval_s == 0:
             with self._refresh_lock:
                 self.window.refresh()
+                self._maybe_rebuild_index()
             return
         loaded_at = self.window.loaded_at
         if loaded_at is None:
@@ -299,14 +361,28 @@ class OnlineFeatureLookup:
         earliest = min(i.get("at") or now for i in items) - self.params.lookback.to_pytimedelta()
         covered = self.window.covered_since
         if covered is not None and earliest >= covered:
-            # Each side from only the history it needs: the users' events for the user side,
-            # the entities' events for the entity side (most of the work, over far fewer rows).
-            arrays = feature_arrays(self.window.history(users, ()), targets, self.params, side="user")
+            # Each side from only what it needs: the user side from the index over the window,
+            # the entity side from the requested entities' events.
+            arrays = self._user_side(items, users, targets)
             arrays |= feature_arrays(self.window.history((), entities), targets, self.params, side="entity")
         else:  # a target older than the window reaches (a client-supplied past `at`): ask the store
             history = load_events(self.engine, since=earliest, user_ids=users, entity_keys=entities)
             arrays = feature_arrays(history, targets, self.params)
         return np.column_stack([np.asarray(arrays[name], dtype=np.float64) for name in FEATURE_NAMES])
+
+    def _user_side(self, items: Sequence[dict[str, Any]], users: list[str], targets: pa.Table) -> dict[str, np.ndarray]:
+        t_ms = targets.column("synced_at").combine_chunks().cast(pa.int64()).to_numpy()
+        counts: UserCounts | None = None
+        current = self._user_index
+        if current is not None:
+            index, generation = current
+            indexed = index.counts([i["user_id"] for i in items], t_ms)
+            added = None if indexed is None else self.window.added_since(users, index.rows, generation)
+            if indexed is not None and added is not None:
+                counts = indexed.plus(user_side_counts(added, targets, self.params)) if added.num_rows else indexed
+        if counts is None:  # no index yet, or the targets or the rows moved past it
+            return feature_arrays(self.window.history(users, ()), targets, self.params, side="user")
+        return user_side_features(counts, t_ms, self.params)
 
     def compute_many(self, requests: Sequence[Sequence[dict[str, Any]]]) -> list[np.ndarray]:
         """:meth:`compute` over several requests at once; one matrix per request."""

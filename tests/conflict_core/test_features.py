@@ -11,8 +11,11 @@ from conflict_core.features import (
     ALL_FEATURES,
     FeatureComputationError,
     FeatureParams,
+    UserHistoryIndex,
     compute_features,
     features_for_request,
+    user_side_counts,
+    user_side_features,
 )
 
 T0 = pd.Timestamp("2026-03-02 12:00:00", tz="UTC")
@@ -269,3 +272,31 @@ def test_arrow_naive_timestamps_are_refused() -> None:
     naive = history.set_column(4, "synced_at", history.column("synced_at").cast(pa.timestamp("ns")))
     with pytest.raises(FeatureComputationError, match="naive"):
         compute_features(naive, history)
+
+
+@pytest.mark.parametrize("as_arrow", [False, True])
+def test_user_index_plus_later_events_equals_the_user_side(as_arrow: bool) -> None:
+    history = random_history(11, n=500)
+    targets = history.sample(90, random_state=2).reset_index(drop=True)
+    targets.loc[:4, "user_id"] = "never-seen"
+    targets["synced_at"] = targets.synced_at + pd.to_timedelta(np.arange(90) * 11, unit="s")
+    expected = compute_features(history, targets, side="user")
+    # The index over the first 400 events, the rest counted separately and added.
+    base, later = history.iloc[:400], history.iloc[400:]
+    t_ms = targets.synced_at.to_numpy(dtype="datetime64[ms]").astype(np.int64)
+    index = UserHistoryIndex(_as_arrow(base) if as_arrow else base, now_ms=int(t_ms.max()), horizon_ms=0)
+    counts = index.counts(targets.user_id.tolist(), t_ms)
+    assert counts is not None
+    counts = counts.plus(user_side_counts(later, targets))
+    got = user_side_features(counts, t_ms, FeatureParams())
+    for name in expected.columns:
+        np.testing.assert_array_equal(got[name], expected[name].to_numpy(), err_msg=name)
+
+
+def test_user_index_refuses_targets_outside_its_span() -> None:
+    history = random_history(12, n=50)
+    newest = int(max(history.synced_at.max(), history.resolved_at.max()).value // 1_000_000)
+    index = UserHistoryIndex(history, now_ms=newest, horizon_ms=3_600_000)
+    assert index.counts(["u1"], np.array([newest + 3_600_000])) is not None
+    assert index.counts(["u1"], np.array([newest + 3_600_001])) is None
+    assert index.counts(["u1"], np.array([index.earliest_ms - 1])) is None

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core import db
 from conflict_core.events_io import insert_event_frame, load_events
-from conflict_core.features import ALL_FEATURES, FeatureParams, compute_features
+from conflict_core.features import ALL_FEATURES, FeatureParams, compute_features, feature_arrays
 from conflict_core.store import SyncLog, make_engine, make_session_factory, session_scope
 from serve_app import feature_lookup
 from serve_app.feature_lookup import EventWindow, FeatureLookupUnavailable, OnlineFeatureLookup
@@ -90,6 +90,50 @@ def test_window_features_equal_the_whole_store_computation(sqlite_url: str) -> N
     np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)
     parts = lookup.compute_many([items[:1], items[1:30], items[30:]])
     np.testing.assert_allclose(np.concatenate(parts), lookup.compute(items), rtol=0, atol=0)
+
+
+def test_user_index_with_rows_added_after_it_equals_the_whole_store(sqlite_url: str) -> None:
+    factory = _store(sqlite_url, _events(400))
+    lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0, index_rebuild_rows=10_000)
+    items = _items(60, seed=3)
+    np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)
+    assert lookup._user_index is not None
+    index, _ = lookup._user_index
+    assert index.rows == 400
+    # New syncs and conflicts of known and new users, below the rebuild threshold: the index
+    # stays, the rows after it are counted from the window.
+    late = _events(120, seed=5, prefix="late", span_days=4)
+    late.loc[late.index[:10], "user_id"] = "u-new"
+    with session_scope(factory) as session:
+        insert_event_frame(session, late)
+    items += [dict(i, user_id="u-new") for i in _items(5, seed=4)]
+    np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)
+    assert lookup._user_index[0] is index and lookup.window.rows == 520
+
+    lookup.index_rebuild_rows = 50  # past the threshold: the next refresh rebuilds it
+    np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)
+    assert lookup._user_index[0].rows == 520
+
+
+def test_user_index_is_not_used_across_a_compaction(sqlite_url: str) -> None:
+    _store(sqlite_url, _events(400, span_days=20))
+    lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0)
+    items = _items(30, seed=6)
+    lookup.compute(items)
+    index, generation = lookup._user_index or (None, None)
+    assert index is not None
+    lookup.window.compact_min_rows = 0
+    lookup.window.lookback = dt.timedelta(days=10)  # as if twenty days had passed
+    lookup.window.refresh()
+    assert lookup.window.generation == generation + 1
+    # The index's row positions no longer hold: the window is read instead.
+    assert lookup.window.added_since(["u1"], index.rows, generation) is None
+    expected = feature_arrays(
+        lookup.window.history(sorted({i["user_id"] for i in items}), ()), lookup.targets_table(items, NOW), side="user"
+    )
+    got = lookup._user_side(items, sorted({i["user_id"] for i in items}), lookup.targets_table(items, NOW))
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
 
 
 def test_a_target_older_than_the_window_reads_the_store(sqlite_url: str) -> None:
