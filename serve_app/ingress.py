@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,12 +55,15 @@ def _iso_utc(moment: dt.datetime) -> str:
 
 
 def _prediction_ids(count: int) -> list[str]:
-    """``count`` random version-4 UUIDs as 32 hex digits (``uuid.uuid4().hex``), from one urandom call."""
-    raw = os.urandom(16 * count).hex()
-    return [
-        f"{raw[i : i + 12]}4{raw[i + 13 : i + 16]}{_VARIANT[raw[i + 16]]}{raw[i + 17 : i + 32]}"
-        for i in range(0, 32 * count, 32)
-    ]
+    """``count`` version-7 UUIDs (RFC 9562) as 32 hex digits, from the clock and one urandom call.
+
+    Version 7 starts with the Unix time in milliseconds, so new ids sort after older ones and
+    ``prediction_log``'s unique index takes them at its end: a batch of inserts dirties a few
+    index pages instead of one page per row, which random (version-4) ids cost.
+    """
+    millis = f"{time.time_ns() // 1_000_000:012x}"
+    raw = os.urandom(10 * count).hex()
+    return [f"{millis}7{raw[i : i + 3]}{_VARIANT[raw[i + 3]]}{raw[i + 4 : i + 19]}" for i in range(0, 20 * count, 20)]
 
 
 def _all_finite(values: list[float]) -> bool:

@@ -46,3 +46,19 @@ def test_render_matches_json_response(single: bool, with_features: bool, sync: b
     expected = JSONResponse(responses[0] if single else {"predictions": responses}).body
     features = ["{}"] * n if values is None else _features_json(values)
     assert _render(responses, features, single) == expected
+
+
+def test_prediction_ids_are_time_ordered_version_7_uuids() -> None:
+    import time
+    import uuid
+
+    first = _prediction_ids(200)
+    time.sleep(0.002)
+    later = _prediction_ids(3)
+    for value in first + later:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and parsed.hex == value
+    assert len(set(first + later)) == 203
+    # The leading 48 bits are the milliseconds: a later call sorts after every earlier id.
+    assert min(later) > max(first)
+    assert abs(int(first[0][:12], 16) - time.time_ns() // 1_000_000) < 5_000
