@@ -22,6 +22,9 @@ from serve_app.schemas import parse_predict_body
 
 
 def make_app(database_url: str, artifact: str, sha256: str) -> Starlette:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)  # as ModelInference: idle OpenMP workers would spin between requests
     lookup = OnlineFeatureLookup(database_url, refresh_interval_s=0.5)
     model = load_model("baseline", artifact, sha256)
 

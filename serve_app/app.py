@@ -6,10 +6,10 @@ left out comes from :class:`conflict_core.settings.Settings`, read once when the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from ray.serve import Application
+from ray.serve import Application, Deployment
 
 from conflict_core.settings import Settings
 
@@ -55,7 +55,7 @@ class AppArgs(BaseModel):
 
     def resolved(self, settings: Settings | None = None) -> dict[str, object]:
         """The ingress options: these arguments with settings filling the gaps."""
-        overrides = {
+        overrides: dict[str, Any] = {
             k: v
             for k, v in {
                 "database_url": self.database_url,
@@ -93,15 +93,19 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
 
 def build_graph(args: AppArgs, inference_user_config: dict[str, Any] | None = None) -> Application:
     """The graph, optionally with the inference ``user_config`` given in code (tests, bench)."""
-    from serve_app.deployments import FallbackHeuristics, FeatureLookup, ModelInference
-    from serve_app.ingress import Ingress
+    from serve_app import deployments, ingress
+
+    # @serve.deployment makes these classes Deployments; Ray's type hints keep the class type.
+    model_inference = cast(Deployment, deployments.ModelInference)
+    feature_lookup = cast(Deployment, deployments.FeatureLookup)
+    fallback_heuristics = cast(Deployment, deployments.FallbackHeuristics)
+    ingress_deployment = cast(Deployment, ingress.Ingress)
 
     options = args.resolved()
-    inference_deployment = ModelInference
     if inference_user_config is not None:
-        inference_deployment = ModelInference.options(user_config=inference_user_config)
-    inference = inference_deployment.bind(options["database_url"])
-    lookup = FeatureLookup.bind(
+        model_inference = model_inference.options(user_config=inference_user_config)
+    inference = model_inference.bind(options["database_url"])
+    lookup = feature_lookup.bind(
         options["database_url"],
         args.feature_refresh_interval_s,
         args.feature_max_staleness_s,
@@ -109,8 +113,8 @@ def build_graph(args: AppArgs, inference_user_config: dict[str, Any] | None = No
         args.lookup_timeout_s,
         args.inference_timeout_s,
     )
-    fallback = FallbackHeuristics.bind()
-    return Ingress.bind(lookup, inference, fallback, options)
+    fallback = fallback_heuristics.bind()
+    return ingress_deployment.bind(lookup, inference, fallback, options)
 
 
 def _absolute_sqlite(database_url: str) -> str:

@@ -35,6 +35,13 @@ async def _awaited(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
+def configure_batching(method: Any, user_config: Mapping[str, Any]) -> None:
+    """Apply ``max_batch_size`` / ``batch_wait_timeout_s`` from ``user_config`` to a ``@serve.batch``
+    method (its setters are not in Ray's type hints, hence ``Any``)."""
+    method.set_max_batch_size(int(user_config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))
+    method.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S)))
+
+
 @serve.deployment(
     max_ongoing_requests=256,
     ray_actor_options={"num_cpus": 0.25},
@@ -76,10 +83,7 @@ class FeatureLookup:
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         for method in (self.lookup, self.score):
-            method.set_max_batch_size(int(user_config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))
-            method.set_batch_wait_timeout_s(
-                float(user_config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S))
-            )
+            configure_batching(method, user_config)
 
     async def _features(self, requests: list[list[dict[str, Any]]]) -> list[np.ndarray]:
         started = time.perf_counter()
@@ -146,6 +150,12 @@ class ModelInference:
     """
 
     def __init__(self, database_url: str | None = None) -> None:
+        from threadpoolctl import threadpool_limits
+
+        # One thread per replica: batches are small, and idle OpenMP/BLAS workers spin between
+        # calls (measured: 9 ms of CPU per 3 ms predict_proba call with 2 threads on 2 cores).
+        # Replicas scale out instead.
+        threadpool_limits(limits=1)
         self.database_url = database_url
         self.holder = ModelHolder()
         self.metrics = ServeMetrics()
@@ -153,10 +163,7 @@ class ModelInference:
         self.revision: str | None = None
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
-        self.predict.set_max_batch_size(int(user_config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))
-        self.predict.set_batch_wait_timeout_s(
-            float(user_config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S))
-        )
+        configure_batching(self.predict, user_config)
         # Fault injection for the timeout drill and its test; 0 in every real config.
         self.delay_s = float(user_config.get("fault_injection_delay_s", 0.0))
         # An optional label of the config revision, so operators can tell which one a replica runs.

@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 
 from conflict_core.errors import ImportFormatError
 from conflict_core.store import make_engine, make_session_factory, session_scope, utcnow
+from serve_app.deployments import configure_batching
 from serve_app.feature_lookup import FEATURE_NAMES
 from serve_app.heuristics import (
     HEURISTIC_VERSION,
@@ -139,8 +140,13 @@ class Ingress:
         self.inference_timeout_s: float = options["inference_timeout_s"]
         # FeatureLookup enforces both limits itself; this one only covers a lost or stuck call.
         self.score_timeout_s = self.lookup_timeout_s + self.inference_timeout_s + 1.0
-        self._score.set_max_batch_size(int(options.get("ingress_max_batch_size", 64)))
-        self._score.set_batch_wait_timeout_s(float(options.get("ingress_batch_wait_timeout_s", 0.002)))
+        configure_batching(
+            self._score,
+            {
+                "max_batch_size": options.get("ingress_max_batch_size", 64),
+                "batch_wait_timeout_s": options.get("ingress_batch_wait_timeout_s", 0.002),
+            },
+        )
         self.engine = make_engine(options["database_url"])
         self.sessions = make_session_factory(self.engine)
         self.metrics = ServeMetrics()

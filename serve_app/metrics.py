@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
-_LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000]
-_BATCH = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
+_LATENCY_MS: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000]
+_BATCH: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
 
 
 class ServeMetrics:
