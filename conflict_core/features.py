@@ -239,19 +239,16 @@ def _take(values: np.ndarray, positions: np.ndarray, missing: Any = _NONE) -> np
     return np.where(positions >= 0, values[np.maximum(positions, 0)], missing)
 
 
-def _count_covering(
-    codes: np.ndarray,
-    opens: np.ndarray,
-    closes: np.ndarray,
-    stride: np.int64,
-    n_codes: int,
-    queries: _Queries,
-    times: np.ndarray,
-) -> np.ndarray:
-    """For each query, how many intervals ``(open, close]`` of its code contain its time."""
-    started = _KeyedTimes(codes, opens, stride, n_codes).count_before(queries, times)
-    ended = _KeyedTimes(codes, closes, stride, n_codes).count_before(queries, times)
-    return started - ended
+class _Intervals:
+    """Intervals ``(open, close]`` grouped by an integer code, answering coverage counts in bulk."""
+
+    def __init__(self, codes: np.ndarray, opens: np.ndarray, closes: np.ndarray, stride: np.int64, n_codes: int):
+        self.opened = _KeyedTimes(codes, opens, stride, n_codes)
+        self.closed = _KeyedTimes(codes, closes, stride, n_codes)
+
+    def covering(self, queries: _Queries, times: np.ndarray) -> np.ndarray:
+        """For each query, how many intervals of its code contain its time."""
+        return self.opened.count_before(queries, times) - self.closed.count_before(queries, times)
 
 
 # --------------------------------------------------------------------------------------
@@ -403,9 +400,7 @@ class _UserTables:
         known = h_conflict & (h_resolved >= 0)
         opens, closes = h_resolved[known], h_time[known] + params.history_window_ms
         valid = opens < closes
-        codes = h_user[known][valid]
-        self.opened = _KeyedTimes(codes, opens[valid], stride, n_users)
-        self.closed = _KeyedTimes(codes, closes[valid], stride, n_users)
+        self.conflicts = _Intervals(h_user[known][valid], opens[valid], closes[valid], stride, n_users)
 
     def counts(self, t_user: np.ndarray, t_time: np.ndarray, origin: np.int64) -> UserCounts:
         """Counts for targets given by user code and shifted time; ``last`` back in epoch ms."""
@@ -414,7 +409,7 @@ class _UserTables:
         return UserCounts(
             last=np.where(last >= 0, last + origin, _NONE),
             syncs=self.by_user.count_between(queries, t_time - self.params.history_window_ms, t_time),
-            conflicts=self.opened.count_before(queries, t_time) - self.closed.count_before(queries, t_time),
+            conflicts=self.conflicts.covering(queries, t_time),
         )
 
 
@@ -517,7 +512,7 @@ def _entity_side(f: _Frame, history: Frame, targets: Frame) -> dict[str, np.ndar
     same_pair_next = by_pair.codes[1:] == by_pair.codes[:-1]
     next_same[by_pair.order[:-1][same_pair_next]] = by_pair.times[1:][same_pair_next]
     closes = np.minimum(next_same, f.h_time + w5 - 1)
-    editors = _count_covering(h_ent, f.h_time, closes, f.stride, n_entities, q_ent, f.t_time)
+    editors = _Intervals(h_ent, f.h_time, closes, f.stride, n_entities).covering(q_ent, f.t_time)
     own_last = by_pair.last_time_before(q_pair, f.t_time)
     editors -= (own_last >= 0) & (own_last > f.t_time - w5)
 

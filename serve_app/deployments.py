@@ -31,7 +31,8 @@ DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.005
 T = TypeVar("T")
 
 
-async def _awaited(awaitable: Awaitable[T]) -> T:
+async def awaited(awaitable: Awaitable[T]) -> T:
+    """``awaitable`` as a coroutine, which ``asyncio.wait_for`` takes (a ``DeploymentResponse`` is not one)."""
     return await awaitable
 
 
@@ -82,8 +83,7 @@ class FeatureLookup:
             core.close()
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
-        for method in (self.lookup, self.score):
-            configure_batching(method, user_config)
+        configure_batching(self.score, user_config)
 
     async def _features(self, requests: list[list[dict[str, Any]]]) -> list[np.ndarray]:
         started = time.perf_counter()
@@ -92,11 +92,6 @@ class FeatureLookup:
         result = await asyncio.wait_for(asyncio.to_thread(self.core.compute_many, requests), self.lookup_timeout_s)
         self.metrics.lookup_latency.observe((time.perf_counter() - started) * 1000)
         return result
-
-    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
-    async def lookup(self, requests: list[list[dict[str, Any]]]) -> list[np.ndarray]:
-        """Features only: one matrix per request."""
-        return await self._features(requests)
 
     @serve.batch(
         max_batch_size=DEFAULT_MAX_BATCH_SIZE,
@@ -125,7 +120,7 @@ class FeatureLookup:
             return {"unavailable": FallbackReason.NO_ACTIVE_MODEL.value}
         try:
             answer: dict[str, Any] = await asyncio.wait_for(
-                _awaited(self.inference.predict.remote(matrix)), self.inference_timeout_s
+                awaited(self.inference.predict.remote(matrix)), self.inference_timeout_s
             )
         except TimeoutError:
             return {"unavailable": FallbackReason.INFERENCE_TIMEOUT.value}

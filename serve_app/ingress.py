@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from ray import serve
@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 
 from conflict_core.errors import ImportFormatError
 from conflict_core.store import make_engine, make_session_factory, session_scope, utcnow
-from serve_app.deployments import configure_batching
+from serve_app.deployments import awaited, configure_batching
 from serve_app.feature_lookup import FEATURE_NAMES
 from serve_app.heuristics import (
     HEURISTIC_VERSION,
@@ -48,7 +48,6 @@ from serve_app.schemas import (
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def _iso_utc(moment: dt.datetime) -> str:
@@ -110,10 +109,6 @@ def _feature_rows(values: list[list[float]] | None, count: int) -> list[dict[str
     return [dict(zip(FEATURE_NAMES, row, strict=True)) for row in values]
 
 
-async def _awaited(awaitable: Awaitable[T]) -> T:
-    return await awaitable
-
-
 def _error(status: int, error: str, problem: str, field: str | None = None) -> JSONResponse:
     body: dict[str, Any] = {"error": error, "problem": problem}
     if field is not None:
@@ -143,8 +138,8 @@ class Ingress:
         configure_batching(
             self._score,
             {
-                "max_batch_size": options.get("ingress_max_batch_size", 64),
-                "batch_wait_timeout_s": options.get("ingress_batch_wait_timeout_s", 0.002),
+                "max_batch_size": options["ingress_max_batch_size"],
+                "batch_wait_timeout_s": options["ingress_batch_wait_timeout_s"],
             },
         )
         self.engine = make_engine(options["database_url"])
@@ -246,7 +241,7 @@ class Ingress:
         """
         flat = requests[0] if len(requests) == 1 else [item for request in requests for item in request]
         try:
-            answer = await asyncio.wait_for(_awaited(self.lookup.score.remote(flat)), self.score_timeout_s)
+            answer = await asyncio.wait_for(awaited(self.lookup.score.remote(flat)), self.score_timeout_s)
         except Exception as exc:
             log.warning("feature lookup failed: %s: %s", type(exc).__name__, exc)
             return [{"unavailable": FallbackReason.FEATURE_LOOKUP_FAILED.value}] * len(requests)
@@ -265,7 +260,7 @@ class Ingress:
 
     async def _heuristics(self, rows: list[dict[str, float] | None]) -> list[float]:
         try:
-            result: list[float] = await asyncio.wait_for(_awaited(self.fallback.predict.remote(rows)), 2.0)
+            result: list[float] = await asyncio.wait_for(awaited(self.fallback.predict.remote(rows)), 2.0)
             return result
         except Exception as exc:  # the heuristics are plain Python: answer here rather than fail
             log.warning("FallbackHeuristics unreachable (%s); computing heuristics in the ingress", exc)
@@ -365,7 +360,7 @@ class Ingress:
 
     async def _inference_status(self) -> dict[str, Any] | None:
         try:
-            status: dict[str, Any] = await asyncio.wait_for(_awaited(self.inference.status.remote()), 2.0)
+            status: dict[str, Any] = await asyncio.wait_for(awaited(self.inference.status.remote()), 2.0)
             return status
         except Exception:
             return None
