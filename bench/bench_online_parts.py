@@ -8,6 +8,9 @@
 2. Inserting 1,000-row batches of prediction records into ``prediction_log`` on SQLite while
    the table grows to 60,000 rows, with random (version-4) and time-ordered (version-7, what
    the ingress issues) prediction ids: CPU per record.
+3. ``predict_proba`` of the benchmark's model on one row, 300 calls 2 ms apart (as requests
+   arrive), with OpenMP's default thread count and with one thread (what ModelInference
+   sets): CPU and wall time per call. Idle OpenMP workers spin between calls.
 """
 
 from __future__ import annotations
@@ -102,11 +105,37 @@ def _prediction_log(work: Path) -> None:
         )
 
 
+def _inference_threads(work: Path) -> None:
+    import numpy as np
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from serve_app.inference import load_model
+
+    artifact, sha = bench_serve._artifact(work)
+    model = load_model("v_bench", artifact, sha)
+    row = np.zeros((1, len(FEATURE_NAMES)))
+    default = max((p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"), default=1)
+    for threads in (default, 1):
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            for _ in range(20):
+                model.predict_proba(row)  # warm
+            wall, cpu, pause = time.perf_counter(), time.process_time(), 0.0
+            for _ in range(300):
+                model.predict_proba(row)
+                started = time.perf_counter()
+                time.sleep(0.002)
+                pause += time.perf_counter() - started
+            wall_ms = (time.perf_counter() - wall - pause) / 300 * 1000
+            cpu_ms = (time.process_time() - cpu) / 300 * 1000
+        print(f"predict {threads} OpenMP thread(s): {cpu_ms:5.2f} ms CPU, {wall_ms:5.2f} ms wall per call", flush=True)
+
+
 def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, {sys.platform}, Python {sys.version.split()[0]}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_parts_") as tmp:
         _lookup(Path(tmp))
         _prediction_log(Path(tmp))
+        _inference_threads(Path(tmp))
 
 
 if __name__ == "__main__":
