@@ -89,6 +89,10 @@ _TEXT_LENGTHS: dict[str, int | None] = {
 }
 _FIELD_LIST = pa.list_(pa.string())
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# Instants a sync or a prediction may name: a device clock reset to before 1970 or a far-future
+# typo is a client mistake, and the bounds keep every window computation within datetime's range.
+EARLIEST_INSTANT = _EPOCH
+LATEST_INSTANT = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
 # sync_log.base_version/server_version are INTEGER: 32-bit on PostgreSQL.
 _INT_RANGE = (-(2**31), 2**31 - 1)
@@ -162,6 +166,9 @@ def _parse_text(raw: pa.Array, *, column: str, required: bool) -> pa.Array:
             raise _CellError(0, f"expected text, found values of type {raw.type}") from None
     if required:
         _require_present(values)
+    nul = _first_true(pc.match_substring(values, "\x00"))
+    if nul is not None:
+        raise _CellError(nul, "contains a NUL character")
     max_length = _TEXT_LENGTHS[column]
     if max_length is not None:
         too_long = _first_true(pc.greater(pc.utf8_length(values), max_length))
@@ -202,7 +209,11 @@ def _field_lists_from_json(raw: pa.Array) -> pa.Array:
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise _CellError(index, f"{text[:80]!r} is not a JSON array of strings")
         lists.append(value)
-    return pa.array(lists, _FIELD_LIST)
+    try:
+        return pa.array(lists, _FIELD_LIST)
+    except UnicodeEncodeError:  # a lone surrogate written as a JSON escape
+        index = next(i for i, names in enumerate(lists) if names and not all(map(_encodes, names)))
+        raise _CellError(index, "contains a field name that is not valid Unicode text") from None
 
 
 def _parse_timestamp(raw: pa.Array, *, column: str, required: bool) -> pa.Array:
@@ -219,6 +230,17 @@ def _parse_timestamp(raw: pa.Array, *, column: str, required: bool) -> pa.Array:
         raise _CellError(0, f"expected an ISO 8601 timestamp, found {raw.type}")
     if required:
         _require_present(values)
+    out_of_range = _first_true(
+        pc.or_(
+            pc.less(values, pa.scalar(EARLIEST_INSTANT, TIMESTAMP)),
+            pc.greater_equal(values, pa.scalar(LATEST_INSTANT, TIMESTAMP)),
+        )
+    )
+    if out_of_range is not None:
+        shown = f"{str(raw[out_of_range])[:80]!r} " if _is_text(raw.type) else ""
+        raise _CellError(
+            out_of_range, f"{shown}is outside {EARLIEST_INSTANT:%Y-%m-%d} .. {LATEST_INSTANT:%Y-%m-%d} (UTC)"
+        )
     return values
 
 
@@ -234,7 +256,10 @@ def _timestamps_from_text(raw: pa.Array) -> pa.Array:
             raise _CellError(index, f"{text[:80]!r} is not an ISO 8601 timestamp") from None
         if stamp.tzinfo is None:
             raise _CellError(index, f"{text!r} has no UTC offset; write UTC with 'Z' or '+00:00'")
-        micros.append((stamp - _EPOCH) // _MICROSECOND)
+        try:
+            micros.append((stamp - _EPOCH) // _MICROSECOND)
+        except OverflowError:  # the offset moves it past year 1 or 9999
+            raise _CellError(index, f"{text[:80]!r} is outside the representable range of timestamps") from None
     return pa.array(micros, pa.int64()).cast(TIMESTAMP)
 
 
@@ -505,8 +530,25 @@ def validate_records(records: Sequence[Mapping[str, Any]], *, source: str) -> pa
                 cells[name].append(_record_value_as_text(record.get(name), name))
             except TypeError as exc:
                 raise ImportFormatError(source, str(exc), row=index + 1, column=name) from None
-    raw = pa.table({name: pa.array(values, pa.string()) for name, values in cells.items()})
+    try:
+        raw = pa.table({name: pa.array(values, pa.string()) for name, values in cells.items()})
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800") is no text a store can hold
+        row, column = next(
+            (index, name)
+            for name, values in cells.items()
+            for index, value in enumerate(values)
+            if value is not None and not _encodes(value)
+        )
+        raise ImportFormatError(source, "is not valid Unicode text", row=row + 1, column=column) from None
     return _validate_chunk(raw, source=source, first_row=1, seen_ids=set())
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- writing to the store

@@ -48,11 +48,25 @@ def verify_artifact(path: Path, expected_sha256: str) -> None:
 
 
 def load_artifact(path: Path, expected_sha256: str) -> dict[str, Any]:
-    """The artifact's contents, after verifying its checksum (never unpickles an unverified file)."""
+    """The artifact's contents, after verifying its checksum (never unpickles an unverified file).
+
+    The bytes are read once, hashed and unpickled from memory, so a file replaced between the
+    check and the load cannot slip through.
+    """
+    import io
+
     import joblib
 
-    verify_artifact(path, expected_sha256)
-    artifact = joblib.load(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactIntegrityError(f"model artifact {path} does not exist") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256:
+        raise ArtifactIntegrityError(
+            f"model artifact {path} has sha256 {actual}, the registry expects {expected_sha256}"
+        )
+    artifact = joblib.load(io.BytesIO(data))
     if not isinstance(artifact, dict) or "estimator" not in artifact or "feature_columns" not in artifact:
         raise ArtifactIntegrityError(f"model artifact {path} is not a Conflict Predictor model")
     return artifact

@@ -352,22 +352,44 @@ class OnlineFeatureLookup:
         )
 
     def compute(self, items: Sequence[dict[str, Any]], now: dt.datetime | None = None) -> np.ndarray:
-        """An ``(len(items), len(FEATURE_NAMES))`` float matrix, rows in item order."""
+        """An ``(len(items), len(FEATURE_NAMES))`` float matrix, rows in item order.
+
+        Items whose lookback lies within the in-memory window are answered from it; only those
+        that reach further back (a client-supplied past ``at``) are answered from the store,
+        so one such item does not slow the others batched with it.
+        """
         now = now or utcnow()
         self._check_fresh()
+        lookback = self.params.lookback.to_pytimedelta()
+        covered = self.window.covered_since
+        if covered is not None and min(i.get("at") or now for i in items) - lookback >= covered:
+            return self._from_window(items, now)
+        if covered is None:
+            return self._from_store(items, now)
+        old = np.fromiter(((i.get("at") or now) - lookback < covered for i in items), dtype=bool, count=len(items))
+        matrix = np.empty((len(items), len(FEATURE_NAMES)), dtype=np.float64)
+        matrix[old] = self._from_store([i for i, o in zip(items, old, strict=True) if o], now)
+        if not old.all():
+            matrix[~old] = self._from_window([i for i, o in zip(items, old, strict=True) if not o], now)
+        return matrix
+
+    def _from_window(self, items: Sequence[dict[str, Any]], now: dt.datetime) -> np.ndarray:
+        targets = self.targets_table(items, now)
+        users = list(dict.fromkeys(i["user_id"] for i in items))
+        entities = list(dict.fromkeys((i["entity_type"], i["entity_id"]) for i in items))
+        # Each side from only what it needs: the user side from the index over the window,
+        # the entity side from the requested entities' events.
+        arrays = self._user_side(items, users, targets)
+        arrays |= feature_arrays(self.window.history((), entities), targets, self.params, side="entity")
+        return np.column_stack([np.asarray(arrays[name], dtype=np.float64) for name in FEATURE_NAMES])
+
+    def _from_store(self, items: Sequence[dict[str, Any]], now: dt.datetime) -> np.ndarray:
         targets = self.targets_table(items, now)
         users = list(dict.fromkeys(i["user_id"] for i in items))
         entities = list(dict.fromkeys((i["entity_type"], i["entity_id"]) for i in items))
         earliest = min(i.get("at") or now for i in items) - self.params.lookback.to_pytimedelta()
-        covered = self.window.covered_since
-        if covered is not None and earliest >= covered:
-            # Each side from only what it needs: the user side from the index over the window,
-            # the entity side from the requested entities' events.
-            arrays = self._user_side(items, users, targets)
-            arrays |= feature_arrays(self.window.history((), entities), targets, self.params, side="entity")
-        else:  # a target older than the window reaches (a client-supplied past `at`): ask the store
-            history = load_events(self.engine, since=earliest, user_ids=users, entity_keys=entities)
-            arrays = feature_arrays(history, targets, self.params)
+        history = load_events(self.engine, since=earliest, user_ids=users, entity_keys=entities)
+        arrays = feature_arrays(history, targets, self.params)
         return np.column_stack([np.asarray(arrays[name], dtype=np.float64) for name in FEATURE_NAMES])
 
     def _user_side(self, items: Sequence[dict[str, Any]], users: list[str], targets: pa.Table) -> dict[str, np.ndarray]:

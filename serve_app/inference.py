@@ -1,8 +1,8 @@
 """The active model as one swappable reference, plain Python.
 
 :class:`ModelHolder` loads an artifact only after :func:`conflict_core.registry.load_artifact`
-has verified its sha256, and replaces the model it serves by assigning a single attribute
-once the new one is fully loaded: a prediction running concurrently keeps the object it
+has verified its sha256, and replaces what it serves (the model, or none and the reason) by
+assigning a single attribute once the new model is fully loaded: a prediction running concurrently keeps the object it
 started with, so it never sees a half-loaded model.
 """
 
@@ -67,17 +67,32 @@ def load_model(version: str, artifact_path: str, artifact_sha256: str) -> Loaded
     return LoadedModel(version, artifact_sha256, artifact["estimator"], columns, index)
 
 
+@dataclass(frozen=True)
+class _Serving:
+    """What a holder serves: a model, or none and why (swapped as one reference)."""
+
+    model: LoadedModel | None
+    unavailable: ModelUnavailable | None
+
+
 class ModelHolder:
     """The model a replica serves, or the reason it serves none."""
 
     def __init__(self) -> None:
-        self.model: LoadedModel | None = None
-        self.unavailable: ModelUnavailable | None = ModelUnavailable(FallbackReason.NO_ACTIVE_MODEL)
+        self._serving = _Serving(None, ModelUnavailable(FallbackReason.NO_ACTIVE_MODEL))
+
+    @property
+    def model(self) -> LoadedModel | None:
+        return self._serving.model
+
+    @property
+    def unavailable(self) -> ModelUnavailable | None:
+        return self._serving.unavailable
 
     def configure(self, version: str | None, artifact_path: str | None, artifact_sha256: str | None) -> None:
         """Serve the named model (``None``: no model). Loads first, then swaps the reference."""
         if not version or not artifact_path or not artifact_sha256:
-            self.model, self.unavailable = None, ModelUnavailable(FallbackReason.NO_ACTIVE_MODEL)
+            self._serving = _Serving(None, ModelUnavailable(FallbackReason.NO_ACTIVE_MODEL))
             return
         current = self.model
         if current is not None and current.version == version and current.sha256 == artifact_sha256:
@@ -86,9 +101,9 @@ class ModelHolder:
             loaded = load_model(version, artifact_path, artifact_sha256)
         except ModelUnavailable as exc:
             log.error("model %s not loaded, answering with the heuristics: %s", version, exc)
-            self.model, self.unavailable = None, exc
+            self._serving = _Serving(None, exc)
             return
-        self.model, self.unavailable = loaded, None
+        self._serving = _Serving(loaded, None)
         log.info("now serving model %s", version)
 
     def configure_from_registry(self, database_url: str) -> None:
@@ -111,8 +126,8 @@ class ModelHolder:
                 engine.dispose()
         except Exception as exc:
             log.error("registry unreadable, serving no model: %s: %s", type(exc).__name__, exc)
-            self.model = None
-            self.unavailable = ModelUnavailable(FallbackReason.NO_ACTIVE_MODEL, f"registry unreadable: {exc}")
+            unavailable = ModelUnavailable(FallbackReason.NO_ACTIVE_MODEL, f"registry unreadable: {exc}")
+            self._serving = _Serving(None, unavailable)
             return
         if named is None:
             self.configure(None, None, None)
@@ -120,17 +135,18 @@ class ModelHolder:
             self.configure(*named)
 
     def predict(self, matrix: np.ndarray) -> tuple[str, np.ndarray]:
-        model = self.model  # one read: a concurrent swap does not affect this call
-        if model is None:
-            raise self.unavailable or ModelUnavailable(FallbackReason.NO_ACTIVE_MODEL)
-        return model.version, model.predict_proba(matrix)
+        serving = self._serving  # one read: a concurrent swap does not affect this call
+        if serving.model is None:
+            raise serving.unavailable or ModelUnavailable(FallbackReason.NO_ACTIVE_MODEL)
+        return serving.model.version, serving.model.predict_proba(matrix)
 
     def status(self) -> dict[str, Any]:
-        model = self.model
+        serving = self._serving
+        model, unavailable = serving.model, serving.unavailable
         return {
             "model_version": None if model is None else model.version,
             "artifact_sha256": None if model is None else model.sha256,
             "feature_columns": None if model is None else list(model.feature_columns),
             "loaded": model is not None,
-            "unavailable_reason": None if self.unavailable is None else self.unavailable.reason.value,
+            "unavailable_reason": None if unavailable is None else unavailable.reason.value,
         }

@@ -8,10 +8,10 @@ dependency (store, model) degrades to the heuristics or a 503, never to a 500.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -38,7 +38,7 @@ from serve_app.heuristics import (
     risk_level,
 )
 from serve_app.metrics import ServeMetrics
-from serve_app.prediction_log import PredictionLogWriter
+from serve_app.prediction_log import PredictionLogWriter, is_outage
 from serve_app.schemas import (
     PredictItem,
     RequestError,
@@ -64,10 +64,6 @@ def _prediction_ids(count: int) -> list[str]:
     millis = f"{time.time_ns() // 1_000_000:012x}"
     raw = os.urandom(10 * count).hex()
     return [f"{millis}7{raw[i : i + 3]}{_VARIANT[raw[i + 3]]}{raw[i + 4 : i + 19]}" for i in range(0, 20 * count, 20)]
-
-
-def _all_finite(values: list[float]) -> bool:
-    return all(map(math.isfinite, values))
 
 
 _FEATURES_JSON = "{" + ",".join(f"{json.dumps(name)}:%r" for name in FEATURE_NAMES) + "}"
@@ -107,6 +103,17 @@ def _feature_rows(values: list[list[float]] | None, count: int) -> list[dict[str
     if values is None:
         return [None] * count
     return [dict(zip(FEATURE_NAMES, row, strict=True)) for row in values]
+
+
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with NaN and infinities (which JSON cannot carry) as null, through dicts and lists."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def _error(status: int, error: str, problem: str, field: str | None = None) -> JSONResponse:
@@ -153,6 +160,10 @@ class Ingress:
             max_buffer=options["log_max_buffer"],
             on_depth=lambda depth: self.metrics.log_buffer_depth.set(depth),
         )
+        # Serve calls the constructor on the replica's event loop: start the writer now, so what
+        # an earlier replica spilled is replayed even before the first prediction.
+        with contextlib.suppress(RuntimeError):  # no running loop (constructed outside a replica)
+            self.writer.start()
         self.routes: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {
             ("POST", "/v1/predict"): self.predict_route,
             ("POST", "/v1/sync-events"): self.sync_events_route,
@@ -215,22 +226,20 @@ class Ingress:
         model_version: str = scored.get("model_version") or HEURISTIC_VERSION
         unavailable = scored.get("unavailable")
         reason = None if unavailable is None else FallbackReason(unavailable)
+        if matrix is not None and not np.isfinite(matrix).all():
+            log.error("feature lookup returned non-finite features; answering with the heuristics")
+            matrix, probabilities, reason = None, None, FallbackReason.FEATURE_LOOKUP_FAILED
+        elif probabilities is not None and not np.isfinite(probabilities).all():
+            log.error("model %s returned non-finite probabilities; answering with the heuristics", model_version)
+            probabilities, reason = None, FallbackReason.INFERENCE_FAILED
         values = matrix.tolist() if matrix is not None else None
         if probabilities is None:
             model_version = HEURISTIC_VERSION
             probabilities = await self._heuristics(_feature_rows(values, len(items)))
-        probabilities = [float(p) for p in probabilities]
-        if _all_finite(probabilities) and (matrix is None or np.isfinite(matrix).all()):
-            # The features' JSON text serves both the response and the log record.
-            features = ["{}"] * len(items) if values is None else _features_json(values)
-            responses = self._respond(items, features, probabilities, model_version, reason, now)
-            return Response(_render(responses, features, single), media_type="application/json")
-        # JSONResponse refuses NaN/inf (allow_nan=False): keep that behaviour exactly.
-        rows = [row or {} for row in _feature_rows(values, len(items))]
-        responses = self._respond(items, rows, probabilities, model_version, reason, now)
-        for body, row in zip(responses, rows, strict=True):
-            body["features_used"] = row
-        return JSONResponse(responses[0] if single else {"predictions": responses})
+        # The features' JSON text serves both the response and the log record.
+        features = ["{}"] * len(items) if values is None else _features_json(values)
+        responses = self._respond(items, features, probabilities, model_version, reason, now)
+        return Response(_render(responses, features, single), media_type="application/json")
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=8)
     async def _score(self, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -269,7 +278,7 @@ class Ingress:
     def _respond(
         self,
         items: list[PredictItem],
-        features: list[str] | list[dict[str, float]],
+        features: list[str],
         probabilities: Any,
         model_version: str,
         reason: FallbackReason | None,
@@ -352,6 +361,9 @@ class Ingress:
         try:
             inserted, skipped = await asyncio.to_thread(insert)
         except Exception as exc:
+            if not is_outage(exc):  # validation admits only what the store keeps: this is ours to fix
+                log.exception("sync event insert refused")
+                return _error(503, "unavailable", "the sync events could not be stored; retry later")
             log.warning("sync event insert failed: %s", exc)
             return _error(503, "store_unavailable", "the sync event store is unreachable; retry later")
         return JSONResponse({"received": len(records), "inserted": inserted, "skipped_existing": skipped})
@@ -391,7 +403,7 @@ class Ingress:
                         "status": r.status,
                         "is_active": r.is_active,
                         "created_at": _iso_utc(r.created_at),
-                        "metrics": r.metrics,
+                        "metrics": _finite_or_null(r.metrics),
                     }
                     for r in registry.list_versions(session)
                 ]
@@ -400,7 +412,7 @@ class Ingress:
             body["registry"] = await asyncio.wait_for(asyncio.to_thread(registry_rows), 3.0)
         except Exception as exc:
             body["registry_error"] = f"registry unavailable: {type(exc).__name__}"
-        return Response(json.dumps(body, default=str), media_type="application/json")
+        return Response(json.dumps(body, default=str, allow_nan=False), media_type="application/json")
 
     async def healthz_route(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -427,6 +439,8 @@ class Ingress:
                 "written": w.written,
                 "spilled": w.spilled,
                 "spool_files": len(w.spool_files()),
+                "rejected": w.rejected,
+                "rejected_files": len(w.rejected_files()),
                 "store_available": w.store_available,
                 "last_error": w.last_error,
             }

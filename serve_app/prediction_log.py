@@ -3,10 +3,18 @@
 :meth:`PredictionLogWriter.submit` only appends to an in-memory buffer. A background task
 writes the buffer to ``prediction_log`` in batches with ``INSERT .. ON CONFLICT
 (prediction_id) DO NOTHING``. While the store is unreachable the buffer keeps the records;
-beyond ``max_buffer`` the oldest are spilled to JSON-lines files in the spool directory, and
-when the store answers again the spool is replayed. A record therefore reaches the store
-once whatever fails in between: a replay after a crash between commit and file removal
-re-inserts rows that the unique ``prediction_id`` turns into no-ops.
+once the outage has lasted ``spill_after_s`` (and at any time beyond ``max_buffer``) they are
+spilled to JSON-lines files in the spool directory, so a replica that dies mid-outage loses at
+most the last second's records, and at every retry the spool is replayed. A record therefore
+reaches the store once whatever fails in between: a replay after a crash between commit and
+file removal re-inserts rows that the unique ``prediction_id`` turns into no-ops.
+
+Only an outage (:func:`is_outage`: the connection failed, timed out or was lost) holds the
+log back. A batch the store refuses for its content (a constraint, a value the database
+cannot store) is split until the refused records are isolated; those go to
+``<spool>/rejected/`` with the database's error, and the rest are written.
+
+Buffer and spool are changed only on the event loop; threads do the I/O.
 
 A record's ``features`` is a mapping of feature name to value, or that mapping already
 serialized as a JSON object (a ``str``), as the ingress has it from rendering the response;
@@ -31,6 +39,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
@@ -57,6 +66,14 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "created_at",
 )
 SPOOL_SUFFIX = ".jsonl"
+REJECTED_DIR = "rejected"
+_OUTAGE_ERRORS = (
+    sa_exc.OperationalError,  # connection refused or lost, server shutting down, SQLite locked or I/O
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,  # no pooled connection in time
+    OSError,  # includes ConnectionError and socket timeouts
+)
 _REPEATED = frozenset({"created_at", "predicted_conflict"})  # hashable, shared by many records
 
 
@@ -113,6 +130,31 @@ def _sqlite_insert(engine: Engine, records: list[dict[str, Any]]) -> None:
         connection.exec_driver_sql(sql, rows)
 
 
+def is_outage(exc: BaseException) -> bool:
+    """Whether a failed insert means the store is unreachable (retry later), not that it refused rows."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, _OUTAGE_ERRORS)
+
+
+def insert_isolating_rejects(engine: Engine, records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    """Insert ``records``; the ones the store refuses for their content are returned with its error.
+
+    A refused batch is bisected, so ``k`` bad records among ``n`` cost about ``k log n`` extra
+    statements. An outage raises, whatever part has been written (the retry skips those rows).
+    """
+    try:
+        insert_ignoring_duplicates(engine, records)
+        return []
+    except Exception as exc:
+        if is_outage(exc):
+            raise
+        if len(records) == 1:
+            return [(records[0], f"{type(exc).__name__}: {exc}"[:2000])]
+    middle = len(records) // 2
+    return insert_isolating_rejects(engine, records[:middle]) + insert_isolating_rejects(engine, records[middle:])
+
+
 def _with_features_decoded(record: dict[str, Any]) -> dict[str, Any]:
     features = record.get("features")
     return {**record, "features": json.loads(features)} if isinstance(features, str) else record
@@ -122,6 +164,18 @@ def _to_json(record: dict[str, Any]) -> str:
     out = dict(record)
     out["created_at"] = record["created_at"].isoformat()
     return json.dumps(out, separators=(",", ":"))
+
+
+def _write_jsonl(directory: Path, lines: Iterable[str]) -> Path:
+    """A new, fsynced JSON-lines file in ``directory``; it appears under its final name only when complete."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"predictions-{os.getpid()}-{uuid.uuid4().hex}{SPOOL_SUFFIX}"
+    tmp = directory / f".{name}.tmp"
+    with tmp.open("w") as out:
+        out.writelines(line + "\n" for line in lines)
+        out.flush()
+        os.fsync(out.fileno())
+    return tmp.rename(directory / name)
 
 
 def _from_json(line: str) -> dict[str, Any]:
@@ -142,6 +196,7 @@ class PredictionLogWriter:
         flush_interval_s: float = 0.25,
         max_buffer: int = 20_000,
         max_backoff_s: float = 5.0,
+        spill_after_s: float = 1.0,
         on_depth: Callable[[int], None] | None = None,
         engine: Engine | None = None,
     ):
@@ -151,6 +206,7 @@ class PredictionLogWriter:
         self.flush_interval_s = flush_interval_s
         self.max_buffer = max_buffer
         self.max_backoff_s = max_backoff_s
+        self.spill_after_s = spill_after_s
         self._on_depth = on_depth
         self._engine = engine
         self._buffer: collections.deque[dict[str, Any]] = collections.deque()
@@ -159,9 +215,11 @@ class PredictionLogWriter:
         self._closed = False
         self._backoff_s = 0.0
         self._retry_at = 0.0
+        self._down_since = 0.0
         self.store_available = True
         self.written = 0
         self.spilled = 0
+        self.rejected = 0
         self.last_error: str | None = None
 
     # ---------------------------------------------------------------- the request path
@@ -184,10 +242,18 @@ class PredictionLogWriter:
             return []
         return sorted(p for p in self.spool_dir.iterdir() if p.name.endswith(SPOOL_SUFFIX))
 
+    def rejected_files(self) -> list[Path]:
+        directory = self.spool_dir / REJECTED_DIR
+        return sorted(directory.glob(f"*{SPOOL_SUFFIX}")) if directory.is_dir() else []
+
     # ---------------------------------------------------------------- background work
 
     def start(self) -> None:
-        """Start the flushing task on the running event loop (idempotent)."""
+        """Start the flushing task on the running event loop (idempotent).
+
+        The task first replays what an earlier process left in the spool, so start the writer
+        when the replica starts rather than waiting for the first record.
+        """
         if self._task is not None:
             return
         loop = asyncio.get_running_loop()
@@ -211,31 +277,43 @@ class PredictionLogWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.flush_interval_s)
             self._wake.clear()
+            if self._closed:
+                break
             try:
                 await self.flush()
             except Exception:  # the writer must never die; it logs and keeps trying
                 log.exception("prediction log flush failed unexpectedly")
 
     async def flush(self) -> None:
-        """Write what is buffered (in batches) if the store is up; spill the excess if not."""
+        """Write what is buffered (in batches) if the store is up; spill it to disk during an outage."""
         while self._buffer and not self._closed_for_writes():
-            batch = list(itertools.islice(self._buffer, 0, self.batch_size))
-            try:
-                await asyncio.to_thread(insert_ignoring_duplicates, self.engine, batch)
-            except Exception as exc:
-                self._mark_down(exc)
+            if not await self._write_oldest():
                 break
-            for _ in batch:
-                self._buffer.popleft()
-            self.written += len(batch)
-            if not self.store_available:
-                log.warning("prediction log store is reachable again")
-            self._mark_up()
-        if self.store_available and self.spool_files():
-            await self._replay_spool()
-        if len(self._buffer) > self.max_buffer:
-            await asyncio.to_thread(self._spill, len(self._buffer) - self.max_buffer)
+        if self.spool_files() and not self._closed_for_writes():
+            await self._replay_spool()  # also the probe that ends an outage when nothing new arrives
+        if self._buffer and not self.store_available and time.monotonic() - self._down_since >= self.spill_after_s:
+            await self._spill(len(self._buffer))
+        elif len(self._buffer) > self.max_buffer:
+            await self._spill(len(self._buffer) - self.max_buffer)
         self._report_depth()
+
+    async def _write_oldest(self) -> bool:
+        """Write the oldest batch; False when the store is unreachable (the batch stays buffered)."""
+        batch = list(itertools.islice(self._buffer, 0, self.batch_size))
+        try:
+            rejects = await asyncio.to_thread(insert_isolating_rejects, self.engine, batch)
+        except Exception as exc:
+            if not is_outage(exc):  # a bug of ours, not the store's: keep the records, say so loudly
+                log.exception("prediction log insert failed unexpectedly; keeping the batch")
+            self._mark_down(exc)
+            return False
+        for _ in batch:
+            self._buffer.popleft()
+        self.written += len(batch) - len(rejects)
+        if rejects:
+            await self._reject(rejects)
+        self._mark_up()
+        return True
 
     def _closed_for_writes(self) -> bool:
         return not self.store_available and time.monotonic() < self._retry_at
@@ -243,12 +321,15 @@ class PredictionLogWriter:
     def _mark_down(self, exc: Exception) -> None:
         if self.store_available:
             log.warning("prediction log store unreachable, buffering: %s", exc)
+            self._down_since = time.monotonic()
         self.store_available = False
         self.last_error = str(exc)[:500]
         self._backoff_s = min(max(self._backoff_s * 2, self.flush_interval_s), self.max_backoff_s)
         self._retry_at = time.monotonic() + self._backoff_s
 
     def _mark_up(self) -> None:
+        if not self.store_available:
+            log.warning("prediction log store is reachable again")
         self.store_available = True
         self._backoff_s = 0.0
         self.last_error = None
@@ -257,59 +338,71 @@ class PredictionLogWriter:
         if self._on_depth is not None:
             self._on_depth(len(self._buffer))
 
-    def _spill(self, count: int) -> None:
-        """Move the ``count`` oldest buffered records to a new spool file (atomically named)."""
-        records = [self._buffer[i] for i in range(count)]
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        name = f"predictions-{os.getpid()}-{uuid.uuid4().hex}{SPOOL_SUFFIX}"
-        tmp = self.spool_dir / f".{name}.tmp"
-        with tmp.open("w") as out:
-            out.writelines(_to_json(r) + "\n" for r in records)
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.rename(self.spool_dir / name)
-        for _ in range(count):
+    async def _spill(self, count: int) -> None:
+        """Move the ``count`` oldest buffered records to a new spool file."""
+        records = list(itertools.islice(self._buffer, 0, count))
+        name = (await asyncio.to_thread(_write_jsonl, self.spool_dir, map(_to_json, records))).name
+        for _ in records:  # only once the file is complete and named
             self._buffer.popleft()
         self.spilled += count
         log.warning("prediction log spilled %d records to %s", count, name)
 
+    async def _reject(self, rejects: list[tuple[dict[str, Any], str]]) -> None:
+        lines = [json.dumps({"error": error, "record": json.loads(_to_json(r))}) for r, error in rejects]
+        path = await asyncio.to_thread(_write_jsonl, self.spool_dir / REJECTED_DIR, lines)
+        self.rejected += len(rejects)
+        log.error("prediction log store refused %d records (kept in %s): %s", len(rejects), path, rejects[0][1])
+
     async def _replay_spool(self) -> None:
         for path in self.spool_files():
             try:
-                await asyncio.to_thread(self._replay_file, path)
+                count, rejects = await asyncio.to_thread(self._replay_file, path)
             except FileNotFoundError:
                 continue  # another replica claimed it
+            except ValueError as exc:  # not a file this writer wrote: set it aside, keep replaying
+                kept = self.spool_dir / REJECTED_DIR / path.name
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                path.rename(kept)
+                log.error("prediction log spool file %s is unreadable (%s); moved to %s", path.name, exc, kept)
+                continue
             except Exception as exc:
                 self._mark_down(exc)
                 return
+            self.written += count - len(rejects)
+            if rejects:
+                await self._reject(rejects)
+            self._mark_up()
 
-    def _replay_file(self, path: Path) -> None:
+    def _replay_file(self, path: Path) -> tuple[int, list[tuple[dict[str, Any], str]]]:
         lines = path.read_text().splitlines()
-        records = [_from_json(line) for line in lines if line.strip()]
+        try:
+            records = [_from_json(line) for line in lines if line.strip()]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a prediction record: {type(exc).__name__}: {exc}") from exc
+        rejects: list[tuple[dict[str, Any], str]] = []
         for start in range(0, len(records), self.batch_size):
-            insert_ignoring_duplicates(self.engine, records[start : start + self.batch_size])
+            rejects += insert_isolating_rejects(self.engine, records[start : start + self.batch_size])
         # Only after every row is committed; a crash before this line replays harmlessly.
         path.unlink(missing_ok=True)
-        self.written += len(records)
+        return len(records), rejects
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Stop the task; write what is left, or spill it to disk when the store is down."""
+        deadline = time.monotonic() + timeout_s
         self._closed = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        deadline = time.monotonic() + timeout_s
+            assert self._wake is not None
+            self._wake.set()  # the task ends after the flush it is in, if any
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=max(0.0, timeout_s / 2))
+            if not self._task.done():
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
         while self._buffer and time.monotonic() < deadline:
-            batch = list(itertools.islice(self._buffer, 0, self.batch_size))
-            try:
-                await asyncio.to_thread(insert_ignoring_duplicates, self.engine, batch)
-            except Exception:
+            if not await self._write_oldest():
                 break
-            for _ in batch:
-                self._buffer.popleft()
-            self.written += len(batch)
         if self._buffer:
-            self._spill(len(self._buffer))
+            await self._spill(len(self._buffer))
         if self._engine is not None:
             self._engine.dispose()

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from conflict_core.events_io import EARLIEST_INSTANT, LATEST_INSTANT
+
 Text = Annotated[str, Field(min_length=1, max_length=128)]
 EntityType = Annotated[str, Field(min_length=1, max_length=64)]
 FieldName = Annotated[str, Field(min_length=1, max_length=128)]
@@ -52,9 +54,17 @@ class PredictItem(BaseModel):
     @field_validator("at")
     @classmethod
     def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("must carry a timezone (UTC ISO 8601, e.g. 2025-01-01T12:00:00Z)")
-        return None if value is None else value.astimezone(dt.UTC)
+        try:
+            utc = value.astimezone(dt.UTC)
+        except OverflowError:  # the offset moves it past year 1 or 9999
+            utc = None
+        if utc is None or not EARLIEST_INSTANT <= utc < LATEST_INSTANT:
+            raise ValueError(f"must lie between {EARLIEST_INSTANT:%Y-%m-%d} and {LATEST_INSTANT:%Y-%m-%d} (UTC)")
+        return utc
 
 
 _ITEM = TypeAdapter(PredictItem)
@@ -77,6 +87,8 @@ def parse_json(body: bytes, *, max_bytes: int) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, "body", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError(400, "body", "JSON nested too deeply") from None
 
 
 def parse_predict_body(payload: Any, *, max_items: int) -> tuple[list[PredictItem], bool]:
@@ -107,7 +119,22 @@ def parse_predict_body(payload: Any, *, max_items: int) -> tuple[list[PredictIte
     except PydanticValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         raise RequestError(422, _location(tuple(first["loc"]), prefix), first["msg"]) from None
+    _reject_nul(items, prefix, single)
     return items, single
+
+
+def _reject_nul(items: list[PredictItem], prefix: str, single: bool) -> None:
+    """NUL is valid JSON text that no SQL store keeps (PostgreSQL refuses it): name the field."""
+    for index, item in enumerate(items):
+        at: tuple[int, ...] = () if single else (index,)
+        for name in ("user_id", "device_id", "entity_type", "entity_id", "sync_id"):
+            value = getattr(item, name)
+            if value is not None and "\x00" in value:
+                raise RequestError(422, _location((*at, name), prefix), "must not contain a NUL character")
+        for position, field in enumerate(item.changed_fields):
+            if "\x00" in field:
+                where = _location((*at, "changed_fields", position), prefix)
+                raise RequestError(422, where, "must not contain a NUL character")
 
 
 def parse_event_records(payload: Any, *, max_items: int) -> list[dict[str, Any]]:

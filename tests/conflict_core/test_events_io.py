@@ -231,6 +231,13 @@ ERROR_CASES = {
     ),
     "non-string field": (_bad_cell("changed_fields", "[1]"), "changed_fields", "JSON array"),
     "bad bool": (_bad_cell("conflict", "maybe"), "conflict", "not a boolean"),
+    "timestamp before 1970": (_bad_cell("synced_at", "1969-12-31T23:59:59Z"), "synced_at", "is outside 1970-01-01"),
+    "timestamp past year 1 in UTC": (
+        _bad_cell("synced_at", "0001-01-01T00:30:00+01:00"),
+        "synced_at",
+        "is outside 1970-01-01",
+    ),
+    "NUL in text": (_bad_cell("user_id", "u\x00"), "user_id", "NUL character"),
     "empty event id": (_bad_cell("event_id", ""), "event_id", "missing or empty"),
     "bad version": (_bad_cell("base_version", "3.5"), "base_version", "not an integer"),
     "duplicate event id": (_duplicate_id, "event_id", "more than once"),
@@ -322,6 +329,16 @@ def test_validate_records_refuses_non_string_ids() -> None:
     with pytest.raises(ImportFormatError) as caught:
         validate_records([_event(0, user_id=42)], source="body")
     assert (caught.value.row, caught.value.column) == (1, "user_id")
+
+
+@pytest.mark.parametrize(("column", "value"), [("entity_id", "t\ud800"), ("changed_fields", ["title", "\udfff"])])
+def test_validate_records_refuses_text_that_is_not_unicode(column: str, value: Any) -> None:
+    """A lone surrogate (valid in JSON as an escape) is named as a client error, not a crash."""
+    records = [_event(0), {**_event(1), column: value}]
+    with pytest.raises(ImportFormatError) as caught:
+        validate_records([{**r, "synced_at": r["synced_at"].isoformat()} for r in records], source="body")
+    assert (caught.value.row, caught.value.column) == (2, column)
+    assert "Unicode" in caught.value.problem
 
 
 def test_insert_event_frame_from_pandas(session_factory: sessionmaker[Session]) -> None:

@@ -143,6 +143,29 @@ def test_a_target_older_than_the_window_reads_the_store(sqlite_url: str) -> None
     np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)
 
 
+def test_only_the_items_older_than_the_window_read_the_store(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _store(sqlite_url, _events(300, span_days=70))
+    lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0)
+    lookup.compute(_items(2))  # loads the window: it answers targets from now on
+    now = dt.datetime.now(dt.UTC)
+    items = [dict(i, at=now) for i in _items(30)]
+    for position in (3, 17, 29):  # a few clients asking about the past, batched with the rest
+        items[position] = dict(items[position], at=NOW - dt.timedelta(days=40 + position))
+    from_store: list[int] = []
+    real = feature_lookup.load_events
+
+    def counting_load_events(*args: Any, **kwargs: Any) -> Any:
+        history = real(*args, **kwargs)
+        from_store.append(len(kwargs["user_ids"]))
+        return history
+
+    monkeypatch.setattr(feature_lookup, "load_events", counting_load_events)
+    np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)
+    assert len(from_store) == 1 and from_store[0] <= 3  # one store query, for the old items' users only
+
+
 def test_new_events_are_seen_after_the_next_refresh(sqlite_url: str) -> None:
     factory = _store(sqlite_url, _events(50))
     lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0.05, max_staleness_s=2)

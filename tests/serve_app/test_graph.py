@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import json
 import os
 import threading
 import time
@@ -39,9 +40,16 @@ ITEM = {"user_id": "u1", "device_id": "d1", "entity_type": "task", "entity_id": 
 
 
 def _artifact(
-    directory: Path, version: str, *, columns: list[str] | None = None, fit_columns: int | None = None, raw: Any = None
+    directory: Path,
+    version: str,
+    *,
+    columns: list[str] | None = None,
+    fit_columns: int | None = None,
+    raw: Any = None,
+    nan: bool = False,
 ) -> dict[str, Any]:
-    """A tiny model artifact and its user_config; ``fit_columns`` fits on fewer columns than it claims."""
+    """A tiny model artifact and its user_config; ``fit_columns`` fits on fewer columns than it claims,
+    ``nan`` makes it answer NaN."""
     path = directory / f"{version}.joblib"
     if raw is not None:
         joblib.dump(raw, path)
@@ -51,6 +59,8 @@ def _artifact(
         x = rng.random((200, fit_columns or len(columns)))
         y = (x[:, 0] + rng.random(200) * 0.5 > 0.8).astype(int)
         model = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
+        if nan:
+            model[-1].coef_[:] = np.nan
         joblib.dump({"estimator": model, "feature_columns": columns, "version": version}, path)
     return {
         "model_version": version,
@@ -172,6 +182,18 @@ def test_sync_events_are_idempotent_and_validated(client: httpx.Client) -> None:
     assert again.json() == {"received": 8, "inserted": 0, "skipped_existing": 8}
     bad = client.post("/v1/sync-events", json=[dict(events[0], event_id="new", synced_at="not a time")])
     assert bad.status_code == 422 and bad.json()["field"] == "events[0].synced_at"
+    # What the store could not keep is the client's mistake too, named as such.
+    for change, field in [
+        ({"synced_at": "0001-01-01T00:30:00+01:00"}, "events[0].synced_at"),
+        ({"user_id": "u\x00"}, "events[0].user_id"),
+        ({"entity_id": "\ud800"}, "events[0].entity_id"),
+    ]:
+        refused = client.post(
+            "/v1/sync-events",
+            content=json.dumps([dict(events[0], event_id="new", **change)]),
+            headers={"content-type": "application/json"},
+        )
+        assert refused.status_code == 422 and refused.json()["field"] == field, refused.text
 
 
 def test_single_and_batch_predictions(client: httpx.Client) -> None:
@@ -201,6 +223,9 @@ def test_single_and_batch_predictions(client: httpx.Client) -> None:
         ([ITEM, {**ITEM, "user_id": None}], 422, "[1].user_id"),
         ({**ITEM, "at": "2025-01-01T00:00:00"}, 422, "at"),
         ([ITEM] * 101, 413, "body"),
+        ({**ITEM, "at": "0001-01-10T00:00:00Z"}, 422, "at"),
+        ({**ITEM, "at": "9999-12-31T23:59:59-01:00"}, 422, "at"),
+        ({"items": [ITEM, {**ITEM, "device_id": "d\x00"}]}, 422, "items[1].device_id"),
     ],
 )
 def test_bad_inputs_get_4xx_naming_the_field(client: httpx.Client, body: Any, status: int, field: str) -> None:
@@ -210,6 +235,8 @@ def test_bad_inputs_get_4xx_naming_the_field(client: httpx.Client, body: Any, st
 
 def test_malformed_oversized_and_unknown(client: httpx.Client) -> None:
     assert client.post("/v1/predict", content=b"{oops").status_code == 400
+    nested = client.post("/v1/predict", content=b"[" * 50_000)
+    assert nested.status_code == 400 and "nested" in nested.json()["problem"]
     huge = client.post("/v1/predict", content=b"[" + b" " * 200_000 + b"]")
     assert huge.status_code == 413 and huge.json()["field"] == "body"
     assert client.get("/v1/nope").status_code == 404
@@ -227,6 +254,7 @@ def test_each_model_fallback_reason(graph: Graph, client: httpx.Client) -> None:
         ({**graph.v1, "model_version": "v_bad_sha", "artifact_sha256": "0" * 64}, "artifact_verification_failed"),
         (_artifact(graph.models, "v_not_a_model", raw=["not", "a", "model"]), "artifact_load_failed"),
         (_artifact(graph.models, "v_wrong_shape", fit_columns=3), "inference_failed"),
+        (_artifact(graph.models, "v_nan", nan=True), "inference_failed"),
         ({**graph.v1, "fault_injection_delay_s": 1.5}, "inference_timeout"),
     ]
     try:

@@ -172,3 +172,102 @@ def test_close_during_outage_spills_and_a_new_writer_replays(
 
     asyncio.run(restart())
     assert _count(session_factory) == 25
+
+
+def test_refused_records_are_set_aside_and_the_rest_written(
+    database_url: str, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """A record the store refuses (here NULL in a NOT NULL column) must not hold back the log."""
+    good = [_record() for _ in range(40)]
+    bad = [_record(probability=None), _record(risk_level=None)]
+    writer = PredictionLogWriter(database_url, tmp_path / "spool", batch_size=16, flush_interval_s=0.02)
+
+    async def scenario() -> None:
+        writer.submit(good[:10] + bad[:1] + good[10:30] + bad[1:] + good[30:])
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if writer.depth == 0:
+                break
+        writer.submit([_record() for _ in range(5)])  # the log keeps flowing afterwards
+        await writer.close()
+
+    asyncio.run(scenario())
+    assert _count(session_factory) == 45
+    assert writer.store_available and writer.rejected == 2 and writer.written == 45
+    assert writer.spool_files() == []
+    kept = [json.loads(line) for path in writer.rejected_files() for line in path.read_text().splitlines()]
+    assert sorted(k["record"]["prediction_id"] for k in kept) == sorted(r["prediction_id"] for r in bad)
+    assert all("IntegrityError" in k["error"] for k in kept)
+
+
+def test_an_outage_spills_the_buffer_and_the_spool_is_replayed_without_new_records(
+    database_url: str, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Mid-outage the records go to disk (a crash then loses nothing); recovery needs no new traffic."""
+    flaky = _FlakyEngine(database_url)
+    flaky.down = True
+    writer = PredictionLogWriter(
+        database_url,
+        tmp_path / "spool",
+        flush_interval_s=0.02,
+        max_backoff_s=0.05,
+        spill_after_s=0.1,
+        engine=flaky,  # type: ignore[arg-type]
+    )
+
+    async def scenario() -> None:
+        writer.submit([_record() for _ in range(25)])  # far below max_buffer
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if writer.depth == 0:
+                break
+        assert writer.depth == 0 and writer.spilled == 25 and len(writer.spool_files()) == 1
+        assert _count(session_factory) == 0 and not writer.store_available
+        flaky.down = False
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if not writer.spool_files():
+                break
+        assert writer.store_available
+        await writer.close()
+
+    asyncio.run(scenario())
+    assert _count(session_factory) == 25 and writer.written == 25
+
+
+def test_an_unreadable_spool_file_is_set_aside(
+    database_url: str, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "predictions-1-broken.jsonl").write_text('{"prediction_id": "x"\n')
+    (spool / "predictions-2-good.jsonl").write_text(
+        "\n".join(json.dumps(dict(_record(), created_at="2025-01-01T00:00:00+00:00")) for _ in range(3)) + "\n"
+    )
+    writer = PredictionLogWriter(database_url, spool)
+
+    async def replay() -> None:
+        writer.start()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if not writer.spool_files():
+                break
+        await writer.close()
+
+    asyncio.run(replay())
+    assert _count(session_factory) == 3 and writer.spool_files() == []
+    assert [p.name for p in writer.rejected_files()] == ["predictions-1-broken.jsonl"]
+
+
+def test_only_connection_failures_count_as_an_outage() -> None:
+    from sqlalchemy import exc as sa_exc
+
+    from serve_app.prediction_log import is_outage
+
+    cause = Exception("driver error")
+    assert is_outage(sa_exc.OperationalError("INSERT", {}, cause))
+    assert is_outage(ConnectionRefusedError())
+    assert is_outage(sa_exc.DBAPIError("INSERT", {}, cause, connection_invalidated=True))
+    assert not is_outage(sa_exc.IntegrityError("INSERT", {}, cause))
+    assert not is_outage(sa_exc.DataError("INSERT", {}, cause))
+    assert not is_outage(ValueError("bad value"))

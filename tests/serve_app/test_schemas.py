@@ -32,6 +32,13 @@ def test_single_item_and_lists() -> None:
         (dict(ITEM, colour="red"), "colour"),
         ([ITEM, dict(ITEM, device_id=None)], "[1].device_id"),
         ({"items": [ITEM, dict(ITEM, user_id=5)]}, "items[1].user_id"),
+        (dict(ITEM, at="1969-12-31T23:59:59Z"), "at"),
+        (dict(ITEM, at="0001-01-10T00:00:00Z"), "at"),
+        (dict(ITEM, at="9999-12-31T23:59:59-01:00"), "at"),  # past year 9999 in UTC
+        (dict(ITEM, at="2200-01-01T00:00:00Z"), "at"),
+        (dict(ITEM, user_id="u\x00"), "user_id"),
+        ([ITEM, dict(ITEM, changed_fields=["a", "b\x00"])], "[1].changed_fields[1]"),
+        ({"items": [dict(ITEM, sync_id="\x00")]}, "items[0].sync_id"),
         ([], "body"),
         ("text", "body"),
     ],
@@ -54,11 +61,16 @@ def test_oversized_and_malformed_bodies() -> None:
     with pytest.raises(RequestError) as caught:
         parse_json(b"x" * 101, max_bytes=100)
     assert caught.value.status == 413
-    for raw in (b"", b"{not json", b"\xff\xfe"):
+    for raw in (b"", b"{not json", b"\xff\xfe", b"[" * 100_000):  # the last: nested past the parser's depth
         with pytest.raises(RequestError) as caught:
-            parse_json(raw, max_bytes=100)
+            parse_json(raw, max_bytes=100_000)
         assert caught.value.status == 400 and caught.value.field == "body"
     assert parse_json(json.dumps(ITEM).encode(), max_bytes=1000) == ITEM
+
+
+def test_at_is_kept_as_utc_within_its_range() -> None:
+    (item,), _ = parse_predict_body(dict(ITEM, at="2199-12-31T23:00:00-00:30"), max_items=5)
+    assert item.at is not None and item.at.isoformat() == "2199-12-31T23:30:00+00:00"
 
 
 def test_event_records_shape() -> None:
