@@ -143,9 +143,7 @@ def test_a_target_older_than_the_window_reads_the_store(sqlite_url: str) -> None
     np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)
 
 
-def test_only_the_items_older_than_the_window_read_the_store(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_only_the_items_older_than_the_window_read_the_store(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _store(sqlite_url, _events(300, span_days=70))
     lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0)
     lookup.compute(_items(2))  # loads the window: it answers targets from now on
