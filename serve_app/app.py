@@ -37,6 +37,9 @@ class AppArgs(BaseModel):
     log_batch_size: int = Field(default=1000, gt=0)
     log_flush_interval_s: float = Field(default=0.25, gt=0)
     log_max_buffer: int = Field(default=20_000, gt=0)
+    log_spill_after_s: float = Field(
+        default=1.0, ge=0, description="How long the store may be down before buffered records go to disk."
+    )
     ingress_max_batch_size: int = Field(
         default=64, gt=0, description="Concurrent requests the ingress sends to FeatureLookup as one call."
     )

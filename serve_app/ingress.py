@@ -158,6 +158,7 @@ class Ingress:
             batch_size=options["log_batch_size"],
             flush_interval_s=options["log_flush_interval_s"],
             max_buffer=options["log_max_buffer"],
+            spill_after_s=options["log_spill_after_s"],
             on_depth=lambda depth: self.metrics.log_buffer_depth.set(depth),
         )
         # Serve calls the constructor on the replica's event loop: start the writer now, so what
