@@ -18,7 +18,7 @@ from starlette.routing import Route
 from serve_app.feature_lookup import FEATURE_NAMES, OnlineFeatureLookup
 from serve_app.heuristics import recommendation_for, risk_level
 from serve_app.inference import load_model
-from serve_app.schemas import parse_predict_body
+from serve_app.schemas import NUL_ESCAPE, parse_predict_body
 
 
 def make_app(database_url: str, artifact: str, sha256: str) -> Starlette:
@@ -29,7 +29,8 @@ def make_app(database_url: str, artifact: str, sha256: str) -> Starlette:
     model = load_model("baseline", artifact, sha256)
 
     async def predict(request: Request) -> JSONResponse:
-        items, single = parse_predict_body(json.loads(await request.body()), max_items=500)
+        body = await request.body()
+        items, single = parse_predict_body(json.loads(body), max_items=500, may_hold_nul=NUL_ESCAPE in body)
         targets = [i.model_dump() for i in items]
         matrix = lookup.compute(targets)
         out: list[dict[str, Any]] = []

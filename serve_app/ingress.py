@@ -40,6 +40,7 @@ from serve_app.heuristics import (
 from serve_app.metrics import ServeMetrics
 from serve_app.prediction_log import PredictionLogWriter, is_outage
 from serve_app.schemas import (
+    NUL_ESCAPE,
     PredictItem,
     RequestError,
     parse_event_records,
@@ -190,7 +191,7 @@ class Ingress:
             log.exception("unexpected error on %s %s", request.method, path)
             return _error(503, "unavailable", "the service could not answer; retry later")
 
-    async def _read_json(self, request: Request) -> Any:
+    async def _read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             raise RequestError(413, "body", f"request body is {declared} bytes, the limit is {self.max_bytes}")
@@ -200,13 +201,14 @@ class Ingress:
             if size > self.max_bytes:
                 raise RequestError(413, "body", f"request body exceeds the limit of {self.max_bytes} bytes")
             chunks.append(chunk)
-        return parse_json(b"".join(chunks), max_bytes=self.max_bytes)
+        return b"".join(chunks)
 
     # ------------------------------------------------------------------------- predict
 
     async def predict_route(self, request: Request) -> Response:
-        payload = await self._read_json(request)
-        items, single = parse_predict_body(payload, max_items=self.max_items)
+        body = await self._read_body(request)
+        payload = parse_json(body, max_bytes=self.max_bytes)
+        items, single = parse_predict_body(payload, max_items=self.max_items, may_hold_nul=NUL_ESCAPE in body)
         return await self.predict(items, single)
 
     async def predict(self, items: list[PredictItem], single: bool = False) -> Response:
@@ -343,7 +345,7 @@ class Ingress:
     # ------------------------------------------------------------------------- sync events
 
     async def sync_events_route(self, request: Request) -> Response:
-        payload = await self._read_json(request)
+        payload = parse_json(await self._read_body(request), max_bytes=self.max_bytes)
         records = parse_event_records(payload, max_items=self.options["max_events_per_request"])
         from conflict_core.events_io import insert_event_frame, validate_records
 

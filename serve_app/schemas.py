@@ -67,6 +67,10 @@ class PredictItem(BaseModel):
         return utc
 
 
+# JSON text holds a NUL only as this escape (a raw control character is invalid JSON), so a
+# body without it has none; one with it may (or holds an escaped backslash before "u0000").
+NUL_ESCAPE = b"\\u0000"
+
 _ITEM = TypeAdapter(PredictItem)
 _ITEMS = TypeAdapter(list[PredictItem])  # one validator call per request, not one per item
 
@@ -91,10 +95,11 @@ def parse_json(body: bytes, *, max_bytes: int) -> Any:
         raise RequestError(400, "body", "JSON nested too deeply") from None
 
 
-def parse_predict_body(payload: Any, *, max_items: int) -> tuple[list[PredictItem], bool]:
+def parse_predict_body(payload: Any, *, max_items: int, may_hold_nul: bool = True) -> tuple[list[PredictItem], bool]:
     """Items of a predict body and whether it was a single item (object) rather than a list.
 
-    Accepts one item object, a JSON list of items, or ``{"items": [...]}``.
+    Accepts one item object, a JSON list of items, or ``{"items": [...]}``. ``may_hold_nul=False``
+    (the raw body has no :data:`NUL_ESCAPE`) skips the per-field NUL check.
     """
     single = isinstance(payload, dict) and "items" not in payload
     prefix = ""
@@ -119,7 +124,8 @@ def parse_predict_body(payload: Any, *, max_items: int) -> tuple[list[PredictIte
     except PydanticValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         raise RequestError(422, _location(tuple(first["loc"]), prefix), first["msg"]) from None
-    _reject_nul(items, prefix, single)
+    if may_hold_nul:
+        _reject_nul(items, prefix, single)
     return items, single
 
 

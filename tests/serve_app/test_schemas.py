@@ -80,3 +80,19 @@ def test_event_records_shape() -> None:
     with pytest.raises(RequestError) as caught:
         parse_event_records([{}] * 4, max_items=3)
     assert caught.value.status == 413
+
+
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+def test_a_body_holding_nul_always_shows_the_escape(ensure_ascii: bool) -> None:
+    """The ingress skips the per-field NUL check when the raw body lacks NUL_ESCAPE: that must be safe."""
+    from serve_app.schemas import NUL_ESCAPE
+
+    body = json.dumps([ITEM, dict(ITEM, entity_id="t\x00")], ensure_ascii=ensure_ascii).encode()
+    assert NUL_ESCAPE in body
+    with pytest.raises(RequestError) as caught:
+        parse_predict_body(json.loads(body), max_items=5, may_hold_nul=NUL_ESCAPE in body)
+    assert caught.value.field == "[1].entity_id"
+    clean = json.dumps([ITEM, dict(ITEM, entity_id="t\\u0000")]).encode()  # a backslash, then text
+    assert parse_predict_body(json.loads(clean), max_items=5, may_hold_nul=NUL_ESCAPE in clean)[0][1].entity_id == (
+        "t\\u0000"
+    )
