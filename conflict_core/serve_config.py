@@ -7,6 +7,7 @@ re-deploying after an activation reconfigures the running replicas in place
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from pathlib import Path
@@ -87,15 +88,44 @@ def running_applications(dashboard_url: str) -> dict[str, Any] | None:
 
 
 def apply(path: Path, dashboard_url: str) -> bool:
-    """Deploy ``path`` to the Serve instance at ``dashboard_url`` (what ``serve deploy`` does).
+    """Put the model named in ``path`` into the Serve app running at ``dashboard_url``.
 
-    Returns ``False`` when no Serve application is running there; raises on a refusal.
+    What is deployed is the running app's own config (as submitted, with the arguments it was
+    started with, such as the store URL) with only the inference deployment's ``user_config``
+    taken from ``path``: Serve then reconfigures the running replicas in place instead of
+    restarting the app. With no running config to start from, ``path`` itself is deployed
+    (what ``serve deploy`` does). Returns ``False`` when no Serve application is running there;
+    raises on a refusal.
     """
     status = running_applications(dashboard_url)
     if not status or not status.get("applications"):
         return False
+    config = redeployable(status, read(path))
     try:
-        _client(dashboard_url).deploy_applications(read(path))
+        _client(dashboard_url).deploy_applications(config)
     except RuntimeError as exc:
         raise ConfigurationError(f"Serve refused the config {path}: {exc}") from exc
     return True
+
+
+def redeployable(status: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """``config``'s model on the running applications' submitted configs (see :func:`apply`).
+
+    ``config`` itself when any of its applications is not running or Serve kept no copy of it.
+    """
+    running = status.get("applications") or {}
+    submitted = []
+    for app in config["applications"]:
+        deployed = (running.get(app.get("name", "default")) or {}).get("deployed_app_config")
+        if not deployed:
+            return config
+        submitted.append(copy.deepcopy(deployed))
+    merged = {key: value for key, value in config.items() if key != "applications"}
+    merged["applications"] = submitted
+    try:
+        target = inference_user_config(merged)
+    except ConfigurationError:
+        return config
+    target.clear()
+    target.update(inference_user_config(copy.deepcopy(config)))
+    return merged

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -201,7 +202,70 @@ def test_serve_run_brings_up_the_graph(store: str, logfile: Any, mode: str) -> N
     _assert_port_closed()
 
 
-def test_serve_deploy_onto_a_running_ray(store: str, tmp_path: Path, logfile: Any) -> None:
+def _replicas(details: dict[str, Any]) -> dict[str, set[str]]:
+    deployments = details["applications"]["conflict_predictor"]["deployments"]
+    return {name: {r["replica_id"] for r in d["replicas"]} for name, d in deployments.items()}
+
+
+def _await_model(version: str, timeout_s: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            serving: dict[str, Any] = httpx.get(BASE + "/v1/models", timeout=5).json()["serving"] or {}
+            if serving.get("model_version") == version:
+                return serving
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"model {version} not served within {timeout_s}s"
+        time.sleep(0.5)
+
+
+def _publish_keeps_the_running_app(store: str, address: str, tmp_path: Path) -> None:
+    """As conflictctl runs it: deployed with the store URL in its args, then a new model published."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    from conflict_core.cli.serve_commands import load_config
+    from conflict_core.settings import Settings
+    from training.pipeline import publish_active_model
+
+    client = ServeSubmissionClient(address)
+    config = load_config(REPO / "serve_config.yaml", store)
+    config["applications"][0]["args"]["feature_refresh_interval_s"] = 0.25  # differs from the file
+    client.deploy_applications(config)
+    deadline = time.monotonic() + 120
+    while True:
+        details = client.get_serve_details()
+        app = details["applications"]["conflict_predictor"]
+        submitted = app.get("deployed_app_config") or {}
+        if app["status"] == "RUNNING" and submitted.get("args", {}).get("feature_refresh_interval_s") == 0.25:
+            break
+        assert time.monotonic() < deadline, f"redeploy did not finish: {app['status']}"
+        time.sleep(0.5)
+    before = _replicas(details)
+    pid = _await_model("v_cli")["pid"]
+
+    artifact = tmp_path / "model2.joblib"
+    rng = np.random.default_rng(1)
+    x = rng.random((200, len(ALL_FEATURES)))
+    model = LogisticRegression().fit(x, (x[:, 1] > 0.5).astype(int))
+    joblib.dump({"estimator": model, "feature_columns": list(ALL_FEATURES), "version": "v_cli2"}, artifact)
+    config_copy = tmp_path / "serve_config.yaml"
+    shutil.copy(REPO / "serve_config.yaml", config_copy)
+    settings = Settings(database_url=store, serve_config_path=config_copy, dashboard_url=address)
+    written, applied = publish_active_model(
+        settings, version="v_cli2", artifact_path=str(artifact), artifact_sha256=registry.sha256_file(artifact)
+    )
+    assert written and applied
+    assert _await_model("v_cli2")["pid"] == pid  # the same replica process, reconfigured in place
+    details = client.get_serve_details()
+    assert _replicas(details) == before  # no deployment restarted
+    kept = details["applications"]["conflict_predictor"]["deployed_app_config"]["args"]
+    assert kept["database_url"] == store and kept["feature_refresh_interval_s"] == 0.25
+
+
+def test_serve_deploy_onto_a_running_ray(
+    store: str, tmp_path: Path, logfile: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     port = _free_port()
     starter = (
         "import time, ray\n"
@@ -242,6 +306,8 @@ def test_serve_deploy_onto_a_running_ray(store: str, tmp_path: Path, logfile: An
         _wait_for("/healthz", 200, ray_proc)
         assert _wait_for("/readyz", 200, ray_proc, timeout_s=60).json()["model_version"] == "v_cli"
         _predict_with_registry_model()
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")  # this process talks to the dashboard too
+        _publish_keeps_the_running_app(store, address, tmp_path)
     finally:
         _stop(ray_proc)
     _assert_port_closed()
