@@ -8,13 +8,12 @@ re-deploying after an activation reconfigures the running replicas in place
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from conflict_core.atomic import write_text_atomically
 from conflict_core.errors import ConfigurationError
 
 INFERENCE_DEPLOYMENT = "ModelInference"
@@ -60,15 +59,8 @@ def set_model(
     user_config.update(model_version=version, artifact_path=artifact_path, artifact_sha256=artifact_sha256)
     buffer = io.StringIO()
     round_trip.dump(document, buffer)
-    _write_atomically(path, buffer.getvalue())
+    write_text_atomically(path, buffer.getvalue())
     return read(path)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
 
 
 def _client(dashboard_url: str) -> Any:

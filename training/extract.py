@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from conflict_core.atomic import write_text_atomically
 from conflict_core.errors import TrainingDataError
 from conflict_core.features import ALL_FEATURES, FeatureParams, compute_features
 from conflict_core.schema import PARTITION_COLUMN, REQUIRED_COLUMNS
@@ -357,7 +358,7 @@ def write_training_set(
 
         shutil.rmtree(final)
     staging.rename(final)
-    (out_root / LATEST_FILE).write_text(name)
+    write_text_atomically(out_root / LATEST_FILE, name)  # readers never see it empty
     return final, manifest
 
 

@@ -219,24 +219,31 @@ def track_outcomes(
     now = now or utcnow()
     min_age = min_age if min_age is not None else dt.timedelta(hours=settings.outcome_min_age_hours)
     max_age = max_age if max_age is not None else dt.timedelta(hours=settings.outcome_max_age_hours)
-    with locks.job_lock(session_factory, LOCK_NAME, ttl=lock_ttl), session_factory.begin() as session:
-        counts = link_outcomes(session, now=now, min_age=min_age, max_age=max_age)
-        metrics, alerts = monitoring.monitor(
-            settings, session, now=now, window=window, thresholds=thresholds, notify=notify
-        )
-        run = MonitoringRun(
-            ran_at=now,
-            model_version=metrics.get("model_version"),
-            updated_count=counts.updated,
-            labelled_count=counts.labelled,
-            metrics=monitoring.json_safe(
-                {**metrics, "linking": {k: v for k, v in asdict(counts).items() if isinstance(v, int)}}
-            ),
-            alerts=list(alerts.firing),
-        )
-        session.add(run)
-        session.flush()
-        run_id = run.id
+    with locks.job_lock(session_factory, LOCK_NAME, ttl=lock_ttl):
+        # Linking commits on its own: the monitoring pass reads for a while (metrics, drift
+        # against the artifact's reference) and must not hold the store's write lock meanwhile
+        # (on SQLite that would stall the serving app's prediction log). Its only writes, the
+        # alert states and the run row, come last. Linking touches only unlinked predictions,
+        # so a failure between the two loses nothing and the next run repeats nothing.
+        with session_factory.begin() as session:
+            counts = link_outcomes(session, now=now, min_age=min_age, max_age=max_age)
+        with session_factory.begin() as session:
+            metrics, alerts = monitoring.monitor(
+                settings, session, now=now, window=window, thresholds=thresholds, notify=notify
+            )
+            run = MonitoringRun(
+                ran_at=now,
+                model_version=metrics.get("model_version"),
+                updated_count=counts.updated,
+                labelled_count=counts.labelled,
+                metrics=monitoring.json_safe(
+                    {**metrics, "linking": {k: v for k, v in asdict(counts).items() if isinstance(v, int)}}
+                ),
+                alerts=list(alerts.firing),
+            )
+            session.add(run)
+            session.flush()
+            run_id = run.id
     log.info(
         "outcomes: %d candidates, %d labelled (%d by sync id, %d nearest), %d without a sync; alerts firing: %s",
         counts.candidates,

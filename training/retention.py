@@ -22,7 +22,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import shutil
+import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,10 +55,23 @@ class RetentionResult:
         return asdict(self)
 
 
+def _stat(path: Path) -> os.stat_result | None:
+    """``path``'s stat, or ``None`` when it vanished meanwhile (another job cleaning or rewriting)."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
+
+
+def _files(path: Path) -> list[os.stat_result]:
+    return [s for s in map(_stat, path.rglob("*")) if s is not None and stat.S_ISREG(s.st_mode)]
+
+
 def _written_at(path: Path) -> dt.datetime:
     """When ``path`` (a file or a folder of files) was last written."""
-    times = [path.stat().st_mtime] + [p.stat().st_mtime for p in path.rglob("*") if p.is_file()]
-    return dt.datetime.fromtimestamp(max(times), dt.UTC)
+    own = _stat(path)
+    times = [s.st_mtime for s in _files(path)] + ([own.st_mtime] if own is not None else [])
+    return dt.datetime.fromtimestamp(max(times, default=0.0), dt.UTC)
 
 
 def _snapshot_created_at(folder: Path) -> dt.datetime:
@@ -69,7 +84,10 @@ def _snapshot_created_at(folder: Path) -> dt.datetime:
 
 
 def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    if path.is_dir():
+        return sum(s.st_size for s in _files(path))
+    own = _stat(path)
+    return 0 if own is None else own.st_size
 
 
 def _candidates(settings: Settings) -> Iterator[tuple[Path, dt.datetime]]:
@@ -118,6 +136,8 @@ def apply_retention(
         if not dry_run:
             try:
                 shutil.rmtree(path)
+            except FileNotFoundError:
+                continue  # removed meanwhile by another cleaner
             except OSError as exc:
                 failures.append(f"{path}: {exc}")
                 continue

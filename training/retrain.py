@@ -11,9 +11,11 @@ Steps, in order (each a module-level function, so that tests can make any one fa
    and apply it to the running app;
 5. ``retention`` — delete training data older than the retention period.
 
-A failure at any step restores what the run changed: the model that was active before is
-re-activated (or, if there was none, the candidate is deactivated) and ``serve_config.yaml``
-gets its previous text back (and is re-applied). The restore recognises the run's own
+A failure at any step but the last restores what the run changed: the model that was active
+before is re-activated (or, if there was none, the candidate is deactivated) and
+``serve_config.yaml`` gets its previous text back (and is re-applied). A failed
+``retention``, housekeeping after the publish, is recorded in its step's summary and leaves
+the published model in place. The restore recognises the run's own
 activation by ``activated_by = "retrain#<job_run id>"``, so an activation made by someone
 else in the meantime is left alone.
 
@@ -27,8 +29,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -41,6 +41,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core import locks, registry, serve_config
+from conflict_core.atomic import write_text_atomically
 from conflict_core.errors import ConflictPredictorError
 from conflict_core.settings import Settings
 from conflict_core.store import JobRun, ModelVersion, session_scope, utcnow
@@ -198,13 +199,6 @@ def _tag(run_id: int) -> str:
     return f"{JOB}#{run_id}"
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".restore")
-    with os.fdopen(handle, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
-
-
 def _config_model_version(path: Path) -> str | None:
     try:
         config = yaml.safe_load(path.read_text())
@@ -233,7 +227,7 @@ def undo_run(
     path = settings.serve_config_path
     text = restore.get("serve_config_text")
     if text is not None and path.is_file() and path.read_text() != text and _config_model_version(path) in ours:
-        _write_text_atomically(path, text)
+        write_text_atomically(path, text)
         notes.append(f"restored {path}")
         try:
             if serve_config.apply(path, settings.dashboard_url):
@@ -415,7 +409,13 @@ def _run_step(
         summary.serve_app_reconfigured = outcome["serve_app_reconfigured"]
         return outcome
     if step == "retention":
-        return retention_step(settings)
+        # Housekeeping after the model is published: a failure is reported, not undone by
+        # restoring the model (the daily retention job and the next run try again).
+        try:
+            return retention_step(settings)
+        except Exception as exc:
+            log.exception("retrain #%d: retention failed; the run's model stands", summary.run_id)
+            return {"failed": f"{type(exc).__name__}: {exc}"}
     raise ValueError(f"unknown retrain step {step!r}")
 
 
