@@ -169,9 +169,9 @@ class JobSubmitter:
     def _client(self) -> Any:
         if self.client_factory is not None:
             return self.client_factory(self.settings.dashboard_url)
-        from ray.job_submission import JobSubmissionClient
+        from conflict_core.ray_dashboard import job_client
 
-        return JobSubmissionClient(self.settings.dashboard_url)
+        return job_client(self.settings.dashboard_url)
 
     def submit(self, schedule: Schedule) -> str | None:
         """Submit one run; logs one line either way and never raises (the scheduler keeps going)."""

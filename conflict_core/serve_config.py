@@ -15,6 +15,7 @@ import yaml
 
 from conflict_core.atomic import write_text_atomically
 from conflict_core.errors import ConfigurationError
+from conflict_core.ray_dashboard import serve_client
 
 INFERENCE_DEPLOYMENT = "ModelInference"
 
@@ -63,17 +64,14 @@ def set_model(
     return read(path)
 
 
-def _client(dashboard_url: str) -> Any:
-    # Ray's own client: it adds the cluster's authentication token when one is enabled.
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-    return ServeSubmissionClient(dashboard_url)
-
-
 def running_applications(dashboard_url: str) -> dict[str, Any] | None:
     """Serve's view of the cluster at ``dashboard_url``, or ``None`` when nothing answers."""
+    from ray.exceptions import AuthenticationError
+
     try:
-        details: dict[str, Any] = _client(dashboard_url).get_serve_details()
+        details: dict[str, Any] = serve_client(dashboard_url).get_serve_details()
+    except AuthenticationError as exc:
+        raise ConfigurationError(f"the Ray dashboard at {dashboard_url} refused this process: {exc}") from exc
     except (ConnectionError, RuntimeError, OSError):
         return None
     return details
@@ -94,7 +92,7 @@ def apply(path: Path, dashboard_url: str) -> bool:
         return False
     config = redeployable(status, read(path))
     try:
-        _client(dashboard_url).deploy_applications(config)
+        serve_client(dashboard_url).deploy_applications(config)
     except RuntimeError as exc:
         raise ConfigurationError(f"Serve refused the config {path}: {exc}") from exc
     return True

@@ -104,9 +104,11 @@ def submit_and_wait(
 
     Raises :class:`JobFailedError` when it fails, is stopped or outlives ``timeout_s``.
     """
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
-    client = JobSubmissionClient(dashboard_url)
+    from conflict_core.ray_dashboard import job_client
+
+    client = job_client(dashboard_url)
     job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env)
     echo(f"submitted Ray Job {job_id}: {entrypoint}")
     deadline = time.monotonic() + timeout_s

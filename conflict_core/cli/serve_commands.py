@@ -60,36 +60,74 @@ def wait_until_running(timeout_s: float = 180) -> None:
 @click.option(
     "--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="Default: settings.serve_config_path."
 )
-@click.option("--wait/--no-wait", default=True, help="Keep serving until Ctrl-C (default) or return once running.")
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    help="Keep serving until Ctrl-C (default), or return once running (only onto a running cluster, "
+    "settings.ray_address: a Ray instance this command starts stops when it returns).",
+)
 @pass_app
 def serve_up(app: AppContext, config_path: str | None, wait: bool) -> None:
-    """Start (or join) Ray and deploy serve_config.yaml; the app listens on 127.0.0.1:8000."""
-    import os
+    """Start (or join) Ray and deploy serve_config.yaml; the app listens on 127.0.0.1:8000.
 
-    import ray
+    Without ``settings.ray_address`` it starts a local Ray instance with its dashboard on
+    ``settings.dashboard_url`` (loopback), so ``conflictctl models activate`` and the retrain
+    job can re-deploy the running app from another terminal.
+    """
+    from urllib.parse import urlsplit
+
     from ray import serve
 
-    from conflict_core.cli.ray_jobs import serve_env
+    from conflict_core.cli.ray_jobs import local_ray, serve_env
 
     path = Path(config_path or app.settings.serve_config_path)
     config = load_config(path, app.settings.database_url)
-    for key, value in serve_env(app.settings.serve_ingress_mode).items():
-        os.environ.setdefault(key, value)
-    ray.init(address=app.settings.ray_address or "local", include_dashboard=False, ignore_reinit_error=True)
-    try:
+    address = app.settings.ray_address
+    if not wait and not address:
+        raise click.UsageError(
+            "--no-wait needs a running Ray cluster to deploy onto (set CONFLICT_RAY_ADDRESS, e.g. after "
+            "'ray start --head'): the local Ray instance this command would start stops when it returns"
+        )
+    if address:
+        import ray
+
+        ray.init(address=address, ignore_reinit_error=True)
         deploy_config(config)
         wait_until_running()
-        click.echo(f"serving {path} at {app.settings.serve_url}")
+        click.echo(f"serving {path} at {app.settings.serve_url} on the Ray cluster at {address}")
         if wait:
-            click.echo("Ctrl-C to stop")
-            while True:
-                time.sleep(3600)
+            try:
+                _serve_until_interrupted()
+            finally:
+                serve.shutdown()
+        return
+    port = urlsplit(app.settings.dashboard_url).port or 8265
+    with local_ray(dashboard_port=port, env=serve_env(app.settings.serve_ingress_mode)) as dashboard:
+        try:
+            deploy_config(config)
+            wait_until_running()
+            click.echo(f"serving {path} at {app.settings.serve_url} (Ray dashboard {dashboard})")
+            _serve_until_interrupted()
+        finally:
+            serve.shutdown()
+
+
+def _serve_until_interrupted() -> None:
+    """Block until Ctrl-C or SIGTERM (as ``serve run`` stops), so the caller shuts Serve down cleanly."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    click.echo("Ctrl-C (or SIGTERM) to stop")
+    try:
+        while True:
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        if wait:
-            serve.shutdown()
-            ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.command("predict")

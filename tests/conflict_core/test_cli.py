@@ -236,3 +236,15 @@ def test_logged_feature_parity_counts_predictions_served_the_offline_features(
         session.add(_logged_prediction("p-again", next(events.itertuples()), served[0]))
     assert logged_feature_parity(engine) == (3, 4)
     engine.dispose()
+
+
+def test_serve_up_refuses_no_wait_without_a_cluster_to_deploy_onto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray instance started by the command would stop with it: say so instead of serving for a moment."""
+    from click.testing import CliRunner
+
+    from conflict_core.cli.main import main
+
+    monkeypatch.delenv("CONFLICT_RAY_ADDRESS", raising=False)
+    result = CliRunner().invoke(main, ["serve-up", "--no-wait"])
+    assert result.exit_code == 2
+    assert "--no-wait needs a running Ray cluster" in result.output

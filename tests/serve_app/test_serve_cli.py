@@ -222,13 +222,12 @@ def _await_model(version: str, timeout_s: float = 90) -> dict[str, Any]:
 
 def _publish_keeps_the_running_app(store: str, address: str, tmp_path: Path) -> None:
     """As conflictctl runs it: deployed with the store URL in its args, then a new model published."""
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
     from conflict_core.cli.serve_commands import load_config
+    from conflict_core.ray_dashboard import serve_client
     from conflict_core.settings import Settings
     from training.pipeline import publish_active_model
 
-    client = ServeSubmissionClient(address)
+    client = serve_client(address)
     config = load_config(REPO / "serve_config.yaml", store)
     config["applications"][0]["args"]["feature_refresh_interval_s"] = 0.25  # differs from the file
     client.deploy_applications(config)
@@ -306,7 +305,8 @@ def test_serve_deploy_onto_a_running_ray(
         _wait_for("/healthz", 200, ray_proc)
         assert _wait_for("/readyz", 200, ray_proc, timeout_s=60).json()["model_version"] == "v_cli"
         _predict_with_registry_model()
-        monkeypatch.setenv("RAY_AUTH_MODE", "token")  # this process talks to the dashboard too
+        # This process reaches the dashboard with the token the instance wrote, as conflictctl does.
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
         _publish_keeps_the_running_app(store, address, tmp_path)
     finally:
         _stop(ray_proc)
