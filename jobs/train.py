@@ -5,6 +5,7 @@ ray job submit --working-dir . -- python -m jobs.train
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +21,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     settings = settings_from(args)
 
-    from conflict_core import db
+    from conflict_core import db, locks
     from conflict_core.store import make_engine, make_session_factory
+    from training import retrain
     from training.pipeline import train_and_register
 
     db.upgrade(settings.database_url)
     if not args.local_sweep:
         init_ray(settings)
     engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
     try:
-        result = train_and_register(
-            settings,
-            make_session_factory(engine),
-            training_set=Path(args.training_set) if args.training_set else settings.features_dir,
-            sweep="local" if args.local_sweep else "ray",
-            num_samples=args.num_samples,
-            activated_by=args.activated_by,
-            progress=lambda message: print(message, flush=True),
-        )
+        # The weekly retrain's lock: a manual training and the retrain never gate and activate
+        # at the same time (each would compare its candidate with a model about to be replaced).
+        with locks.job_lock(sessions, retrain.LOCK_NAME, ttl=dt.timedelta(hours=6)):
+            result = train_and_register(
+                settings,
+                sessions,
+                training_set=Path(args.training_set) if args.training_set else settings.features_dir,
+                sweep="local" if args.local_sweep else "ray",
+                num_samples=args.num_samples,
+                activated_by=args.activated_by,
+                progress=lambda message: print(message, flush=True),
+            )
     finally:
         engine.dispose()
     return result.to_dict()

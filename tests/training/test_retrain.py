@@ -276,6 +276,45 @@ def test_rerun_after_a_crash_restores_what_the_crashed_run_changed(
         assert session.get(JobRun, crashed_id).status == "crashed"  # type: ignore[union-attr]
 
 
+def test_a_crashed_run_that_cannot_be_restored_does_not_block_later_runs(
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    fake_steps: dict[str, Any],
+) -> None:
+    with session_scope(session_factory) as session:
+        crashed = JobRun(job="retrain", started_at=NOW, status="running", summary={"restore": {}})
+        session.add(crashed)
+        session.flush()
+        crashed_id = crashed.id
+
+    def broken_restore(*args: Any, **kwargs: Any) -> list[str]:
+        raise FileNotFoundError("the previous model's artifact is gone")
+
+    monkeypatch.setattr(retrain, "undo_run", broken_restore)
+    fake_steps["gate"] = False
+    summary = run(settings, session_factory)
+    assert summary.status == "succeeded" and summary.recovered_runs == [crashed_id]
+    with session_factory() as session:
+        row = session.get(JobRun, crashed_id)
+        assert row is not None and row.status == "restore_failed"
+        assert "artifact is gone" in row.summary["error"]
+    # Handled once, not retried by every later run.
+    assert retrain.recover_crashed_runs(settings, session_factory, now=NOW) == []
+
+
+def test_a_manual_training_waits_for_no_one_while_a_retrain_holds_the_lock(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    """jobs.train takes the retrain's lock: the two never gate and activate at once."""
+    from jobs import train as train_job
+
+    locks.acquire(session_factory, retrain.LOCK_NAME, ttl=dt.timedelta(hours=1), holder="retrain-in-progress")
+    args = ["--database-url", settings.database_url, "--data-dir", str(settings.data_dir), "--local-sweep"]
+    with pytest.raises(JobLockedError, match="retrain-in-progress"):
+        train_job.main(args)
+
+
 # --------------------------------------------------------------------------- retention
 
 
