@@ -79,21 +79,29 @@ class GateDecision:
 
 
 def gate(
-    *, candidate_roc_auc: float, active_roc_auc: float | None, min_relative_improvement: float, quality_floor: float
+    *,
+    candidate_roc_auc: float,
+    active_roc_auc: float | None,
+    min_relative_improvement: float,
+    quality_floor: float,
+    active_unscorable: str | None = None,
 ) -> GateDecision:
     """Whether a candidate replaces the active model.
 
     Both scores come from the same holdout. A candidate must clear ``quality_floor``; when a
     model is active it must also beat it by more than ``min_relative_improvement`` (relative
-    ROC-AUC, e.g. 0.05 for 5%).
+    ROC-AUC, e.g. 0.05 for 5%). An active model that cannot be scored (``active_unscorable``
+    says why: its artifact fails verification, say, so the app already answers with the
+    heuristics) is judged like no model, and the reason says so.
     """
     if candidate_roc_auc < quality_floor:
         return GateDecision(
             False, f"holdout ROC-AUC {candidate_roc_auc:.4f} is below the quality floor {quality_floor:.2f}"
         )
     if active_roc_auc is None:
+        why = "first model" if active_unscorable is None else f"the active model cannot be scored ({active_unscorable})"
         return GateDecision(
-            True, f"first model; holdout ROC-AUC {candidate_roc_auc:.4f} clears the floor {quality_floor:.2f}"
+            True, f"{why}; holdout ROC-AUC {candidate_roc_auc:.4f} clears the floor {quality_floor:.2f}"
         )
     improvement = (candidate_roc_auc - active_roc_auc) / active_roc_auc
     verdict = (

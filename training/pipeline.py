@@ -130,6 +130,7 @@ def train_and_register(
         current = registry.active(session)
         current_info = (current.version, Path(current.artifact_path), current.artifact_sha256) if current else None
     active_metrics = None
+    unscorable: str | None = None
     notes: list[str] = []
     if current_info is not None:
         try:
@@ -139,6 +140,7 @@ def train_and_register(
             holdout_metrics[f"active {current_info[0]}"] = active_metrics
             scores_by_model[f"active {current_info[0]}"] = active_proba
         except (ArtifactIntegrityError, KeyError) as exc:
+            unscorable = f"{current_info[0]}: {exc}"
             notes.append(f"active model {current_info[0]} could not be scored: {exc}")
 
     decision = registry.gate(
@@ -146,6 +148,7 @@ def train_and_register(
         active_roc_auc=active_metrics["roc_auc"] if active_metrics else None,
         min_relative_improvement=settings.gate_min_relative_improvement,
         quality_floor=settings.gate_quality_floor_roc_auc,
+        active_unscorable=unscorable,
     )
 
     progress("writing artifact and report")

@@ -105,5 +105,17 @@ def test_gate(candidate: float, active: float | None, expected: bool) -> None:
     assert f"{candidate:.4f}" in decision.reason
 
 
+def test_gate_names_an_active_model_it_could_not_score() -> None:
+    decision = registry.gate(
+        candidate_roc_auc=0.8,
+        active_roc_auc=None,
+        min_relative_improvement=0.05,
+        quality_floor=0.75,
+        active_unscorable="v1: sha256 mismatch",
+    )
+    assert decision.activate and "first model" not in decision.reason
+    assert decision.reason.startswith("the active model cannot be scored (v1: sha256 mismatch); holdout ROC-AUC 0.8000")
+
+
 def test_version_names() -> None:
     assert registry.new_version(dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.UTC)) == "v20260304_050607"
