@@ -138,18 +138,20 @@ def _absolute_database_url(url: str) -> str:
 def runtime_env(settings: Settings, project_dir: Path = PROJECT_DIR) -> dict[str, Any]:
     """The job's working directory (the project, without data) and the settings it must see.
 
-    Paths become absolute because the job runs in an unpacked copy of the working directory.
+    Every setting goes along as its ``CONFLICT_*`` variable (a scheduled retrain needs the
+    task CPU share, the gate, the alert webhook ... exactly as the scheduler was configured),
+    with paths made absolute because the job runs in an unpacked copy of the working directory.
     """
-    return {
-        "working_dir": str(project_dir),
-        "excludes": WORKING_DIR_EXCLUDES,
-        "env_vars": {
-            "DATABASE_URL": _absolute_database_url(settings.database_url),
-            "CONFLICT_DATA_DIR": str(settings.data_dir.resolve()),
-            "CONFLICT_SERVE_CONFIG_PATH": str(settings.serve_config_path.resolve()),
-            "CONFLICT_DASHBOARD_URL": settings.dashboard_url,
-        },
-    }
+    env_vars: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, Path):
+            value = value.resolve()
+        env_vars[f"CONFLICT_{name.upper()}"] = str(value)
+    database_url = _absolute_database_url(settings.database_url)
+    env_vars["CONFLICT_DATABASE_URL"] = env_vars["DATABASE_URL"] = database_url
+    return {"working_dir": str(project_dir), "excludes": WORKING_DIR_EXCLUDES, "env_vars": env_vars}
 
 
 def submission_id(schedule: Schedule, at: dt.datetime) -> str:

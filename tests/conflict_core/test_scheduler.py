@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,30 @@ def test_submission_uses_the_venv_interpreter_and_absolute_settings(
     assert [r.getMessage() for r in caplog.records if "submitted" in r.getMessage()] == [
         f"schedule retrain: submitted Ray Job retrain-20260302T0300Z to http://ray:8265: {call['entrypoint']}"
     ]
+
+
+def test_the_job_sees_every_setting_the_scheduler_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scheduled retrain must train with the same task CPU share, gate and webhook as configured."""
+    settings = Settings(
+        database_url="sqlite:///data/x.db",
+        data_dir=tmp_path / "data",
+        job_task_cpus=0.25,
+        gate_min_relative_improvement=0.02,
+        alert_webhook_url="http://127.0.0.1:9/hook",
+        risk_medium_threshold=0.3,
+    )
+    env_vars = scheduler.runtime_env(settings)["env_vars"]
+    for key in [k for k in os.environ if k.startswith("CONFLICT_") or k == "DATABASE_URL"]:
+        monkeypatch.delenv(key)
+    for key, value in env_vars.items():
+        monkeypatch.setenv(key, value)
+    in_the_job = Settings()
+    assert in_the_job.model_dump() == {
+        **settings.model_dump(),
+        "database_url": f"sqlite:///{Path('data/x.db').resolve()}",
+        "data_dir": (tmp_path / "data").resolve(),
+        "serve_config_path": settings.serve_config_path.resolve(),
+    }
 
 
 def test_a_failed_submission_is_logged_and_does_not_stop_the_scheduler(
