@@ -43,7 +43,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def init_ray(settings: Settings) -> None:
-    """Join the cluster the job was submitted to, or the configured one, or start a local one."""
+    """Join the cluster the job was submitted to, or the configured one, or start a local one.
+
+    A local instance (a job run by hand, without ``settings.ray_address``) is this process's
+    own and stops with it; run jobs beside a live app by submitting them to its cluster.
+    """
     import ray
 
     if ray.is_initialized():

@@ -15,7 +15,7 @@ import sys
 
 from conflict_core.errors import ConflictPredictorError
 from conflict_core.store import make_engine, make_session_factory
-from jobs._runtime import base_parser, settings_from, utc_timestamp
+from jobs._runtime import base_parser, init_ray, settings_from, utc_timestamp
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = settings_from(args)
+        if not args.local:
+            init_ray(settings)  # the job's cluster, or settings.ray_address, before any step touches Ray
         engine = make_engine(settings.database_url)
         summary = retrain(
             settings,
