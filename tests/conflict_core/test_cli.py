@@ -57,6 +57,8 @@ class _FakeApp:
     async def predict(self, request: Request) -> JSONResponse:
         items = await request.json()
         self.calls.append(("predict", items))
+        if any(i["entity_id"] == "e-unavailable" for i in items):
+            return JSONResponse({"error": "unavailable"}, status_code=503)
         return JSONResponse(
             {
                 "predictions": [
@@ -133,6 +135,16 @@ def test_replay_predicts_each_push_as_of_its_instant_then_records_it(fake_app: t
     recorded = [e for kind, body in fake.calls if kind == "events" for e in body]
     assert sorted(e["event_id"] for e in recorded) == sorted(day["event_id"])
     assert all(e["resolved_at"] is None for e in recorded if not e["conflict"])
+
+
+def test_a_push_whose_prediction_failed_is_still_recorded(fake_app: tuple[str, _FakeApp]) -> None:
+    url, fake = fake_app
+    day = _live_day(6)
+    day.loc[day["event_id"].str.startswith("ev-3-"), "entity_id"] = "e-unavailable"
+    report = replay_events(url, day, seconds=30, concurrency=1)
+    assert report["errors"] == 1 and report["predictions"] == len(day) - 1  # push 3 has one item
+    recorded = [e["event_id"] for kind, body in fake.calls if kind == "events" for e in body]
+    assert sorted(recorded) == sorted(day["event_id"])  # the device synced anyway
 
 
 def test_replay_records_the_rest_when_time_runs_out(fake_app: tuple[str, _FakeApp]) -> None:
