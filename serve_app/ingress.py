@@ -38,7 +38,7 @@ from serve_app.heuristics import (
     risk_level,
 )
 from serve_app.metrics import ServeMetrics
-from serve_app.prediction_log import PredictionLogWriter, is_outage
+from serve_app.prediction_log import PredictionLogWriter, is_outage, spooled_records
 from serve_app.schemas import (
     NUL_ESCAPE,
     PredictItem,
@@ -160,7 +160,7 @@ class Ingress:
             flush_interval_s=options["log_flush_interval_s"],
             max_buffer=options["log_max_buffer"],
             spill_after_s=options["log_spill_after_s"],
-            on_depth=lambda depth: self.metrics.log_buffer_depth.set(depth),
+            on_depth=self._report_log_depth,
         )
         # Serve calls the constructor on the replica's event loop: start the writer now, so what
         # an earlier replica spilled is replayed even before the first prediction.
@@ -190,6 +190,10 @@ class Ingress:
         except Exception:
             log.exception("unexpected error on %s %s", request.method, path)
             return _error(503, "unavailable", "the service could not answer; retry later")
+
+    def _report_log_depth(self, in_memory: int, on_disk: int) -> None:
+        self.metrics.log_buffer_depth.set(in_memory, tags={"where": "memory"})
+        self.metrics.log_buffer_depth.set(on_disk, tags={"where": "disk"})
 
     async def _read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -436,12 +440,14 @@ class Ingress:
 
     async def log_status_route(self, request: Request) -> Response:
         w = self.writer
+        spool = w.spool_files()
         return JSONResponse(
             {
                 "buffered": w.depth,
                 "written": w.written,
                 "spilled": w.spilled,
-                "spool_files": len(w.spool_files()),
+                "spool_files": len(spool),
+                "spooled": spooled_records(spool),
                 "rejected": w.rejected,
                 "rejected_files": len(w.rejected_files()),
                 "store_available": w.store_available,

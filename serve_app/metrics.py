@@ -46,5 +46,6 @@ class ServeMetrics:
         )
         self.log_buffer_depth = Gauge(
             "conflict_prediction_log_buffer_depth",
-            description="Prediction records buffered in memory, not yet in the store.",
+            description="Prediction records not yet in the store, where=memory (buffered) or disk (spooled).",
+            tag_keys=("where",),
         )

@@ -166,10 +166,14 @@ def _to_json(record: dict[str, Any]) -> str:
     return json.dumps(out, separators=(",", ":"))
 
 
-def _write_jsonl(directory: Path, lines: Iterable[str]) -> Path:
-    """A new, fsynced JSON-lines file in ``directory``; it appears under its final name only when complete."""
+def _write_jsonl(directory: Path, lines: list[str]) -> Path:
+    """A new, fsynced JSON-lines file in ``directory``; it appears under its final name only when complete.
+
+    The name carries the number of records (``predictions-<pid>-<id>-n<count>.jsonl``), so the
+    spool's depth is known from a directory listing.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    name = f"predictions-{os.getpid()}-{uuid.uuid4().hex}{SPOOL_SUFFIX}"
+    name = f"predictions-{os.getpid()}-{uuid.uuid4().hex}-n{len(lines)}{SPOOL_SUFFIX}"
     tmp = directory / f".{name}.tmp"
     with tmp.open("w") as out:
         out.writelines(line + "\n" for line in lines)
@@ -182,6 +186,15 @@ def _from_json(line: str) -> dict[str, Any]:
     record: dict[str, Any] = json.loads(line)
     record["created_at"] = dt.datetime.fromisoformat(record["created_at"])
     return record
+
+
+def spooled_records(files: Iterable[Path]) -> int:
+    """Records in spool files, from their names (a file named otherwise counts as unknown: 0)."""
+    total = 0
+    for path in files:
+        count = path.name.removesuffix(SPOOL_SUFFIX).rpartition("-n")[2]
+        total += int(count) if count.isdigit() else 0
+    return total
 
 
 class PredictionLogWriter:
@@ -197,7 +210,7 @@ class PredictionLogWriter:
         max_buffer: int = 20_000,
         max_backoff_s: float = 5.0,
         spill_after_s: float = 1.0,
-        on_depth: Callable[[int], None] | None = None,
+        on_depth: Callable[[int, int], None] | None = None,
         engine: Engine | None = None,
     ):
         self.database_url = database_url
@@ -335,13 +348,14 @@ class PredictionLogWriter:
         self.last_error = None
 
     def _report_depth(self) -> None:
+        """Records not yet in the store: ``on_depth(in memory, spilled to disk)``."""
         if self._on_depth is not None:
-            self._on_depth(len(self._buffer))
+            self._on_depth(len(self._buffer), spooled_records(self.spool_files()))
 
     async def _spill(self, count: int) -> None:
         """Move the ``count`` oldest buffered records to a new spool file."""
         records = list(itertools.islice(self._buffer, 0, count))
-        name = (await asyncio.to_thread(_write_jsonl, self.spool_dir, map(_to_json, records))).name
+        name = (await asyncio.to_thread(_write_jsonl, self.spool_dir, [_to_json(r) for r in records])).name
         for _ in records:  # only once the file is complete and named
             self._buffer.popleft()
         self.spilled += count

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core.store import PredictionLog, make_engine
-from serve_app.prediction_log import PredictionLogWriter, insert_ignoring_duplicates
+from serve_app.prediction_log import PredictionLogWriter, insert_ignoring_duplicates, spooled_records
 
 
 def _record(**overrides: Any) -> dict[str, Any]:
@@ -105,7 +105,7 @@ def test_outage_buffers_spills_and_replays_without_loss_or_duplicates(
     database_url: str, session_factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
     flaky = _FlakyEngine(database_url)
-    depths: list[int] = []
+    depths: list[tuple[int, int]] = []  # (in memory, on disk)
     writer = PredictionLogWriter(
         database_url,
         tmp_path / "spool",
@@ -113,7 +113,7 @@ def test_outage_buffers_spills_and_replays_without_loss_or_duplicates(
         flush_interval_s=0.02,
         max_buffer=120,
         max_backoff_s=0.05,
-        on_depth=depths.append,
+        on_depth=lambda memory, disk: depths.append((memory, disk)),
         engine=flaky,  # type: ignore[arg-type]
     )
 
@@ -139,7 +139,8 @@ def test_outage_buffers_spills_and_replays_without_loss_or_duplicates(
 
     asyncio.run(scenario())
     assert _count(session_factory) == 30 + 400
-    assert max(depths) > 0
+    assert max(memory for memory, _ in depths) > 0 and max(disk for _, disk in depths) > 0
+    assert depths[-1] == (0, 0)
     assert not writer.spool_files()
 
 
@@ -222,6 +223,7 @@ def test_an_outage_spills_the_buffer_and_the_spool_is_replayed_without_new_recor
             if writer.depth == 0:
                 break
         assert writer.depth == 0 and writer.spilled == 25 and len(writer.spool_files()) == 1
+        assert spooled_records(writer.spool_files()) == 25
         assert _count(session_factory) == 0 and not writer.store_available
         flaky.down = False
         for _ in range(100):
