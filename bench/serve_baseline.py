@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 import uvicorn
@@ -18,7 +17,7 @@ from starlette.routing import Route
 from serve_app.feature_lookup import FEATURE_NAMES, OnlineFeatureLookup
 from serve_app.heuristics import recommendation_for, risk_level
 from serve_app.inference import load_model
-from serve_app.schemas import NUL_ESCAPE, parse_predict_body
+from serve_app.schemas import NUL_ESCAPE, parse_json, parse_predict_body
 
 
 def make_app(database_url: str, artifact: str, sha256: str) -> Starlette:
@@ -30,7 +29,8 @@ def make_app(database_url: str, artifact: str, sha256: str) -> Starlette:
 
     async def predict(request: Request) -> JSONResponse:
         body = await request.body()
-        items, single = parse_predict_body(json.loads(body), max_items=500, may_hold_nul=NUL_ESCAPE in body)
+        payload = parse_json(body, max_bytes=2_000_000)
+        items, single = parse_predict_body(payload, max_items=500, may_hold_nul=NUL_ESCAPE in body)
         targets = [i.model_dump() for i in items]
         matrix = lookup.compute(targets)
         out: list[dict[str, Any]] = []

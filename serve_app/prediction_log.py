@@ -3,16 +3,18 @@
 :meth:`PredictionLogWriter.submit` only appends to an in-memory buffer. A background task
 writes the buffer to ``prediction_log`` in batches with ``INSERT .. ON CONFLICT
 (prediction_id) DO NOTHING``. While the store is unreachable the buffer keeps the records;
-once the outage has lasted ``spill_after_s`` (and at any time beyond ``max_buffer``) they are
-spilled to JSON-lines files in the spool directory, so a replica that dies mid-outage loses at
-most the last second's records, and at every retry the spool is replayed. A record therefore
+once the outage has lasted ``spill_after_s`` they are spilled to JSON-lines files in the
+spool directory after each failed retry (at most ``max_backoff_s`` apart) or whenever a batch
+has gathered, and at any time beyond ``max_buffer``; so a replica that dies mid-outage loses
+only what arrived since the last retry. At every retry the spool is replayed. A record therefore
 reaches the store once whatever fails in between: a replay after a crash between commit and
 file removal re-inserts rows that the unique ``prediction_id`` turns into no-ops.
 
-Only an outage (:func:`is_outage`: the connection failed, timed out or was lost) holds the
-log back. A batch the store refuses for its content (a constraint, a value the database
-cannot store) is split until the refused records are isolated; those go to
-``<spool>/rejected/`` with the database's error, and the rest are written.
+Only records the store refuses for their content (:func:`is_refusal`: a constraint, a value
+the database cannot store) are set aside: their batch is split until they are isolated, they
+go to ``<spool>/rejected/`` with the database's error, and the rest are written. Any other
+failure (an outage, a read-only standby, a missing grant) concerns every row alike and is
+retried with backoff, the records buffered and spilled as above.
 
 Buffer and spool are changed only on the event loop; threads do the I/O.
 
@@ -137,17 +139,33 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, _OUTAGE_ERRORS)
 
 
+def is_refusal(exc: BaseException) -> bool:
+    """Whether the store refused the rows themselves (a constraint, a value it cannot hold).
+
+    Only these are isolated and set aside; any other failure (an outage, a read-only standby,
+    a missing table or grant) concerns every row alike, so the records stay buffered.
+    """
+    if is_outage(exc):
+        return False
+    if isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError):
+        return True
+    if isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError):
+        return isinstance(exc.orig, ValueError | TypeError)  # a bind processor refused a value
+    return isinstance(exc, ValueError | TypeError)
+
+
 def insert_isolating_rejects(engine: Engine, records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
     """Insert ``records``; the ones the store refuses for their content are returned with its error.
 
     A refused batch is bisected, so ``k`` bad records among ``n`` cost about ``k log n`` extra
-    statements. An outage raises, whatever part has been written (the retry skips those rows).
+    statements. Any other failure raises, whatever part has been written (the retry skips
+    those rows).
     """
     try:
         insert_ignoring_duplicates(engine, records)
         return []
     except Exception as exc:
-        if is_outage(exc):
+        if not is_refusal(exc):
             raise
         if len(records) == 1:
             return [(records[0], f"{type(exc).__name__}: {exc}"[:2000])]
@@ -285,7 +303,10 @@ class PredictionLogWriter:
     async def _run(self) -> None:
         assert self._wake is not None
         # Records spilled by an earlier process (a crashed or restarted replica) go first.
-        await self._replay_spool()
+        try:
+            await self._replay_spool()
+        except Exception:  # the writer must never die; flush() retries the spool
+            log.exception("prediction log replay failed unexpectedly")
         while not self._closed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.flush_interval_s)
@@ -298,17 +319,28 @@ class PredictionLogWriter:
                 log.exception("prediction log flush failed unexpectedly")
 
     async def flush(self) -> None:
-        """Write what is buffered (in batches) if the store is up; spill it to disk during an outage."""
+        """Write what is buffered (in batches) if the store is up; spill it to disk during an outage.
+
+        During an outage longer than ``spill_after_s`` the buffer goes to disk after each failed
+        retry (at most one file per backoff interval) or once a batch has gathered.
+        """
+        attempted = failed = False
         while self._buffer and not self._closed_for_writes():
+            attempted = True
             if not await self._write_oldest():
+                failed = True
                 break
-        if self.spool_files() and not self._closed_for_writes():
-            await self._replay_spool()  # also the probe that ends an outage when nothing new arrives
-        if self._buffer and not self.store_available and time.monotonic() - self._down_since >= self.spill_after_s:
-            await self._spill(len(self._buffer))
+        spool = self.spool_files()
+        if spool and not self._closed_for_writes():
+            await self._replay_spool(spool)  # also the probe that ends an outage when nothing new arrives
+            spool = self.spool_files()
+        down_long = not self.store_available and time.monotonic() - self._down_since >= self.spill_after_s
+        if self._buffer and down_long and (failed or not attempted and len(self._buffer) >= self.batch_size):
+            spool.append(await self._spill(len(self._buffer)))
         elif len(self._buffer) > self.max_buffer:
-            await self._spill(len(self._buffer) - self.max_buffer)
-        self._report_depth()
+            spool.append(await self._spill(len(self._buffer) - self.max_buffer))
+        if self._on_depth is not None:
+            self._on_depth(len(self._buffer), spooled_records(spool))
 
     async def _write_oldest(self) -> bool:
         """Write the oldest batch; False when the store is unreachable (the batch stays buffered)."""
@@ -316,8 +348,8 @@ class PredictionLogWriter:
         try:
             rejects = await asyncio.to_thread(insert_isolating_rejects, self.engine, batch)
         except Exception as exc:
-            if not is_outage(exc):  # a bug of ours, not the store's: keep the records, say so loudly
-                log.exception("prediction log insert failed unexpectedly; keeping the batch")
+            if not is_outage(exc):  # e.g. a read-only standby, a missing table or grant: retried like an outage
+                log.exception("prediction log insert failed for every row; keeping the batch and retrying")
             self._mark_down(exc)
             return False
         for _ in batch:
@@ -347,28 +379,35 @@ class PredictionLogWriter:
         self._backoff_s = 0.0
         self.last_error = None
 
-    def _report_depth(self) -> None:
-        """Records not yet in the store: ``on_depth(in memory, spilled to disk)``."""
-        if self._on_depth is not None:
-            self._on_depth(len(self._buffer), spooled_records(self.spool_files()))
-
-    async def _spill(self, count: int) -> None:
-        """Move the ``count`` oldest buffered records to a new spool file."""
+    async def _spill(self, count: int) -> Path:
+        """Move the ``count`` oldest buffered records to a new spool file; returns it."""
         records = list(itertools.islice(self._buffer, 0, count))
-        name = (await asyncio.to_thread(_write_jsonl, self.spool_dir, [_to_json(r) for r in records])).name
+        path = await asyncio.to_thread(lambda: _write_jsonl(self.spool_dir, [_to_json(r) for r in records]))
         for _ in records:  # only once the file is complete and named
             self._buffer.popleft()
         self.spilled += count
-        log.warning("prediction log spilled %d records to %s", count, name)
+        log.warning("prediction log spilled %d records to %s", count, path.name)
+        return path
 
     async def _reject(self, rejects: list[tuple[dict[str, Any], str]]) -> None:
+        """Keep refused records in ``<spool>/rejected/``; if even that fails, in the log."""
         lines = [json.dumps({"error": error, "record": json.loads(_to_json(r))}) for r, error in rejects]
-        path = await asyncio.to_thread(_write_jsonl, self.spool_dir / REJECTED_DIR, lines)
         self.rejected += len(rejects)
+        try:
+            path = await asyncio.to_thread(_write_jsonl, self.spool_dir / REJECTED_DIR, lines)
+        except OSError as exc:
+            log.error(
+                "prediction log store refused %d records and %s is unwritable (%s); the records: %s",
+                len(rejects),
+                self.spool_dir / REJECTED_DIR,
+                exc,
+                "\n".join(lines),
+            )
+            return
         log.error("prediction log store refused %d records (kept in %s): %s", len(rejects), path, rejects[0][1])
 
-    async def _replay_spool(self) -> None:
-        for path in self.spool_files():
+    async def _replay_spool(self, files: list[Path] | None = None) -> None:
+        for path in self.spool_files() if files is None else files:
             try:
                 count, rejects = await asyncio.to_thread(self._replay_file, path)
             except FileNotFoundError:
@@ -376,7 +415,8 @@ class PredictionLogWriter:
             except ValueError as exc:  # not a file this writer wrote: set it aside, keep replaying
                 kept = self.spool_dir / REJECTED_DIR / path.name
                 kept.parent.mkdir(parents=True, exist_ok=True)
-                path.rename(kept)
+                with contextlib.suppress(FileNotFoundError):  # another replica set it aside first
+                    path.rename(kept)
                 log.error("prediction log spool file %s is unreadable (%s); moved to %s", path.name, exc, kept)
                 continue
             except Exception as exc:

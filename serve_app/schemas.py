@@ -67,8 +67,8 @@ class PredictItem(BaseModel):
         return utc
 
 
-# JSON text holds a NUL only as this escape (a raw control character is invalid JSON), so a
-# body without it has none; one with it may (or holds an escaped backslash before "u0000").
+# UTF-8 JSON text holds a NUL only as this escape (a raw control character is invalid JSON),
+# so a body without it has none; one with it may (or holds an escaped backslash before "u0000").
 NUL_ESCAPE = b"\\u0000"
 
 _ITEM = TypeAdapter(PredictItem)
@@ -88,8 +88,12 @@ def parse_json(body: bytes, *, max_bytes: int) -> Any:
     if not body:
         raise RequestError(400, "body", "expected a JSON body, got an empty one")
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = body.decode("utf-8")  # JSON between systems is UTF-8 (RFC 8259); no UTF-16/32 guessing
+    except UnicodeDecodeError as exc:
+        raise RequestError(400, "body", f"not UTF-8 text: {exc}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
         raise RequestError(400, "body", f"not valid JSON: {exc}") from None
     except RecursionError:
         raise RequestError(400, "body", "JSON nested too deeply") from None

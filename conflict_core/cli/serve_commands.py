@@ -80,14 +80,14 @@ def serve_up(app: AppContext, config_path: str | None, wait: bool) -> None:
 
     from conflict_core.cli.ray_jobs import local_ray, serve_env
 
-    path = Path(config_path or app.settings.serve_config_path)
-    config = load_config(path, app.settings.database_url)
     address = app.settings.ray_address
     if not wait and not address:
         raise click.UsageError(
             "--no-wait needs a running Ray cluster to deploy onto (set CONFLICT_RAY_ADDRESS, e.g. after "
             "'ray start --head'): the local Ray instance this command would start stops when it returns"
         )
+    path = Path(config_path or app.settings.serve_config_path)
+    config = load_config(path, app.settings.database_url)
     if address:
         import ray
 

@@ -18,9 +18,12 @@ def _file_config() -> dict[str, Any]:
 
 
 def _running(config: dict[str, Any], **args: Any) -> dict[str, Any]:
-    """Serve's status for ``config`` submitted with extra application ``args`` (as ``conflictctl`` does)."""
+    """Serve's status for ``config`` submitted with extra application ``args`` (as ``conflictctl`` does)
+    and, since then, the file's FeatureLookup batching edited (the running app keeps its own)."""
     submitted = copy.deepcopy(config["applications"][0])
     submitted["args"] = {**submitted.get("args", {}), **args}
+    lookup = next(d for d in submitted["deployments"] if d["name"] == "FeatureLookup")
+    lookup["user_config"] = {**lookup.get("user_config", {}), "batch_wait_timeout_s": 0.123}
     return {"applications": {submitted["name"]: {"status": "RUNNING", "deployed_app_config": submitted}}}
 
 
@@ -39,6 +42,8 @@ def test_the_running_apps_arguments_are_kept_and_only_the_model_changes() -> Non
     assert serve_config.inference_user_config(merged)["model_version"] == "v2"
     others = [d for d in merged_app["deployments"] if d["name"] != serve_config.INFERENCE_DEPLOYMENT]
     assert others == [d for d in running_app["deployments"] if d["name"] != serve_config.INFERENCE_DEPLOYMENT]
+    lookup = next(d for d in merged_app["deployments"] if d["name"] == "FeatureLookup")
+    assert lookup["user_config"]["batch_wait_timeout_s"] == 0.123  # the running app's, not the file's
     assert merged["http_options"] == on_disk["http_options"]
     # The running status is not modified, and the result is a plain, deployable document.
     running_model = serve_config.inference_user_config({"applications": [running_app]})

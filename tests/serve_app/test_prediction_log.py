@@ -273,3 +273,47 @@ def test_only_connection_failures_count_as_an_outage() -> None:
     assert not is_outage(sa_exc.IntegrityError("INSERT", {}, cause))
     assert not is_outage(sa_exc.DataError("INSERT", {}, cause))
     assert not is_outage(ValueError("bad value"))
+
+
+def test_only_refused_rows_are_set_aside_other_failures_keep_the_batch() -> None:
+    from sqlalchemy import exc as sa_exc
+
+    from serve_app.prediction_log import is_refusal
+
+    cause = Exception("driver error")
+    assert is_refusal(sa_exc.IntegrityError("INSERT", {}, cause))  # NOT NULL, CHECK
+    assert is_refusal(sa_exc.DataError("INSERT", {}, cause))  # e.g. NUL in PostgreSQL text
+    assert is_refusal(sa_exc.StatementError("bind", "INSERT", {}, ValueError("not JSON serializable")))
+    # Every row fails alike: keep the records and retry.
+    assert not is_refusal(sa_exc.InternalError("INSERT", {}, cause))  # read-only standby after a failover
+    assert not is_refusal(sa_exc.ProgrammingError("INSERT", {}, cause))  # missing table or grant
+    assert not is_refusal(sa_exc.OperationalError("INSERT", {}, cause))
+
+
+def test_a_failure_of_every_row_keeps_the_records_for_the_retry(
+    database_url: str, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """A store that refuses all inserts (here: the table is gone) is an outage, not 100 bad records."""
+    from sqlalchemy import text
+
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE prediction_log RENAME TO prediction_log_away"))
+    writer = PredictionLogWriter(database_url, tmp_path / "spool", flush_interval_s=0.02, max_backoff_s=0.05)
+
+    async def scenario() -> None:
+        writer.submit([_record() for _ in range(100)])
+        for _ in range(20):
+            await asyncio.sleep(0.02)
+        assert writer.rejected == 0 and not writer.store_available and writer.written == 0
+        with engine.begin() as connection:
+            connection.execute(text("ALTER TABLE prediction_log_away RENAME TO prediction_log"))
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if writer.depth == 0 and not writer.spool_files():
+                break
+        await writer.close()
+
+    asyncio.run(scenario())
+    engine.dispose()
+    assert _count(session_factory) == 100 and writer.rejected == 0 and writer.rejected_files() == []

@@ -61,7 +61,8 @@ def test_oversized_and_malformed_bodies() -> None:
     with pytest.raises(RequestError) as caught:
         parse_json(b"x" * 101, max_bytes=100)
     assert caught.value.status == 413
-    for raw in (b"", b"{not json", b"\xff\xfe", b"[" * 100_000):  # the last: nested past the parser's depth
+    utf16 = json.dumps(dict(ITEM, entity_id="t\x00")).encode("utf-16")  # would hide the NUL escape
+    for raw in (b"", b"{not json", b"\xff\xfe", b"[" * 100_000, utf16):  # [: nested past the parser's depth
         with pytest.raises(RequestError) as caught:
             parse_json(raw, max_bytes=100_000)
         assert caught.value.status == 400 and caught.value.field == "body"

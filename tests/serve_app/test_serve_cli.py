@@ -306,7 +306,8 @@ def test_serve_deploy_onto_a_running_ray(
         assert _wait_for("/readyz", 200, ray_proc, timeout_s=60).json()["model_version"] == "v_cli"
         _predict_with_registry_model()
         # This process reaches the dashboard with the token the instance wrote, as conflictctl does.
-        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+        monkeypatch.setenv("RAY_AUTH_MODE", "unset below")  # recorded, so teardown undoes what the client sets
+        monkeypatch.delenv("RAY_AUTH_MODE")
         _publish_keeps_the_running_app(store, address, tmp_path)
     finally:
         _stop(ray_proc)
