@@ -55,7 +55,6 @@ def main() -> None:
     os.environ.update(serve_env("haproxy"))
 
     import ray
-    import yaml
 
     from conflict_core.cli.serve_commands import deploy_config
 
@@ -66,11 +65,7 @@ def main() -> None:
     bench_serve._bodies(work / "bodies_50.jsonl", 50)
     lua = work / "post_50.lua"
     lua.write_text(bench_serve.LUA % (work / "bodies_50.jsonl"))
-    config = yaml.safe_load(Path(a.config).read_text())
-    config["applications"][0]["args"].update(database_url=url, log_spool_dir=str(work / "spool"))
-    for d in config["applications"][0]["deployments"]:
-        if d["name"] == "ModelInference":
-            d["user_config"].update(model_version="v_bench", artifact_path=artifact, artifact_sha256=sha)
+    config = bench_serve.bench_config(Path(a.config), url, work, artifact, sha)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         deploy_config(config)

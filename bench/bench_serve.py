@@ -113,6 +113,18 @@ def _artifact(directory: Path) -> tuple[str, str]:
     return str(path), sha256_file(path)
 
 
+def bench_config(path: Path, url: str, work: Path, artifact: str, sha: str) -> dict[str, Any]:
+    """The Serve config at ``path`` pointed at the bench's store, spool and model."""
+    import yaml
+
+    config: dict[str, Any] = yaml.safe_load(path.read_text())
+    config["applications"][0]["args"].update(database_url=url, log_spool_dir=str(work / "spool"))
+    for d in config["applications"][0]["deployments"]:
+        if d["name"] == "ModelInference":
+            d["user_config"].update(model_version="v_bench", artifact_path=artifact, artifact_sha256=sha)
+    return config
+
+
 def _bodies(path: Path, items_per_request: int, count: int = 500) -> None:
     rng = random.Random(1)
     with path.open("w") as out:
@@ -351,16 +363,11 @@ def main() -> None:
             baseline.wait(timeout=30)
 
     import ray
-    import yaml
     from ray import serve
 
     from conflict_core.cli.serve_commands import deploy_config
 
-    config = yaml.safe_load(Path(a.config).read_text())
-    config["applications"][0]["args"].update(database_url=url, log_spool_dir=str(work / "spool"))
-    for d in config["applications"][0]["deployments"]:
-        if d["name"] == "ModelInference":
-            d["user_config"].update(model_version="v_bench", artifact_path=artifact, artifact_sha256=sha)
+    config = bench_config(Path(a.config), url, work, artifact, sha)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         deploy_config(config)
