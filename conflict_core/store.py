@@ -15,10 +15,12 @@ All timestamps are stored and returned as timezone-aware UTC.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -218,6 +220,20 @@ class JobRun(Base):
     finished_at: Mapped[dt.datetime | None]
     status: Mapped[str] = mapped_column(String(16))
     summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN/inf as ``None`` and numpy scalars as Python ones (JSON has no NaN, and
+    PostgreSQL's JSON columns refuse it), through mappings and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def make_engine(database_url: str, **kwargs: Any) -> Engine:

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from conflict_core.errors import ImportFormatError
-from conflict_core.store import make_engine, make_session_factory, session_scope, utcnow
+from conflict_core.store import json_safe, make_engine, make_session_factory, session_scope, utcnow
 from serve_app.deployments import awaited, configure_batching
 from serve_app.feature_lookup import FEATURE_NAMES
 from serve_app.heuristics import (
@@ -104,17 +104,6 @@ def _feature_rows(values: list[list[float]] | None, count: int) -> list[dict[str
     if values is None:
         return [None] * count
     return [dict(zip(FEATURE_NAMES, row, strict=True)) for row in values]
-
-
-def _finite_or_null(value: Any) -> Any:
-    """``value`` with NaN and infinities (which JSON cannot carry) as null, through dicts and lists."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite_or_null(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_null(item) for item in value]
-    return value
 
 
 def _error(status: int, error: str, problem: str, field: str | None = None) -> JSONResponse:
@@ -410,7 +399,7 @@ class Ingress:
                         "status": r.status,
                         "is_active": r.is_active,
                         "created_at": _iso_utc(r.created_at),
-                        "metrics": _finite_or_null(r.metrics),
+                        "metrics": json_safe(r.metrics),
                     }
                     for r in registry.list_versions(session)
                 ]

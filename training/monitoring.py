@@ -382,19 +382,6 @@ def evaluate(metrics: Mapping[str, Any], thresholds: Thresholds) -> list[Conditi
     return out
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN/inf as ``None`` and numpy scalars as Python ones (PostgreSQL JSON refuses NaN)."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not math.isnan(value)
 

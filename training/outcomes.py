@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from conflict_core import locks
 from conflict_core.settings import Settings
-from conflict_core.store import ConflictResolution, MonitoringRun, PredictionLog, SyncLog, utcnow
+from conflict_core.store import ConflictResolution, MonitoringRun, PredictionLog, SyncLog, json_safe, utcnow
 from training import monitoring
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ def track_outcomes(
                 model_version=metrics.get("model_version"),
                 updated_count=counts.updated,
                 labelled_count=counts.labelled,
-                metrics=monitoring.json_safe(
+                metrics=json_safe(
                     {**metrics, "linking": {k: v for k, v in asdict(counts).items() if isinstance(v, int)}}
                 ),
                 alerts=list(alerts.firing),
@@ -265,7 +265,7 @@ def track_outcomes(
         no_sync=counts.no_sync,
         conflicts=counts.conflicts,
         monitoring_run_id=run_id,
-        metrics=monitoring.json_safe(metrics),
+        metrics=json_safe(metrics),
         alerts_firing=list(alerts.firing),
         alerts_fired=[e.name for e in alerts.fired],
         alerts_resolved=[e.name for e in alerts.resolved],

@@ -44,7 +44,7 @@ from conflict_core import locks, registry, serve_config
 from conflict_core.atomic import write_text_atomically
 from conflict_core.errors import ConflictPredictorError
 from conflict_core.settings import Settings
-from conflict_core.store import JobRun, ModelVersion, session_scope, utcnow
+from conflict_core.store import JobRun, ModelVersion, json_safe, session_scope, utcnow
 from training import monitoring, retention
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ def _save(
         row = session.get(JobRun, summary.run_id)
         assert row is not None
         row.status, row.finished_at = summary.status, finished
-        row.summary = monitoring.json_safe(summary.to_dict())
+        row.summary = json_safe(summary.to_dict())
 
 
 def retrain(

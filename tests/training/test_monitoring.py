@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core.settings import Settings
-from conflict_core.store import AlertState, ModelVersion, PredictionLog
+from conflict_core.store import AlertState, ModelVersion, PredictionLog, json_safe
 from training import monitoring
 from training.monitoring import AlertEvent, Condition, Thresholds
 
@@ -303,4 +303,4 @@ def test_monitor_measures_drift_against_the_model_reference(tmp_path, session_fa
 
 
 def test_json_safe_turns_nan_into_null() -> None:
-    assert monitoring.json_safe({"a": float("nan"), "b": [np.float64(1.5), np.int64(2)]}) == {"a": None, "b": [1.5, 2]}
+    assert json_safe({"a": float("nan"), "b": [np.float64(1.5), np.int64(2)]}) == {"a": None, "b": [1.5, 2]}
