@@ -237,6 +237,18 @@ class EventWindow:
         return array
 
 
+def _keys(items: Sequence[dict[str, Any]]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The distinct users and (entity type, entity id) pairs of ``items``, in first-seen order."""
+    users = list(dict.fromkeys(i["user_id"] for i in items))
+    entities = list(dict.fromkeys((i["entity_type"], i["entity_id"]) for i in items))
+    return users, entities
+
+
+def _matrix(arrays: dict[str, Any]) -> np.ndarray:
+    """Feature arrays as one float matrix, columns in ``FEATURE_NAMES`` order."""
+    return np.column_stack([np.asarray(arrays[name], dtype=np.float64) for name in FEATURE_NAMES])
+
+
 class OnlineFeatureLookup:
     """Features of prospective syncs, computed from an in-memory window of the store's history.
 
@@ -375,22 +387,18 @@ class OnlineFeatureLookup:
 
     def _from_window(self, items: Sequence[dict[str, Any]], now: dt.datetime) -> np.ndarray:
         targets = self.targets_table(items, now)
-        users = list(dict.fromkeys(i["user_id"] for i in items))
-        entities = list(dict.fromkeys((i["entity_type"], i["entity_id"]) for i in items))
+        users, entities = _keys(items)
         # Each side from only what it needs: the user side from the index over the window,
         # the entity side from the requested entities' events.
         arrays = self._user_side(items, users, targets)
         arrays |= feature_arrays(self.window.history((), entities), targets, self.params, side="entity")
-        return np.column_stack([np.asarray(arrays[name], dtype=np.float64) for name in FEATURE_NAMES])
+        return _matrix(arrays)
 
     def _from_store(self, items: Sequence[dict[str, Any]], now: dt.datetime) -> np.ndarray:
-        targets = self.targets_table(items, now)
-        users = list(dict.fromkeys(i["user_id"] for i in items))
-        entities = list(dict.fromkeys((i["entity_type"], i["entity_id"]) for i in items))
+        users, entities = _keys(items)
         earliest = min(i.get("at") or now for i in items) - self.params.lookback.to_pytimedelta()
         history = load_events(self.engine, since=earliest, user_ids=users, entity_keys=entities)
-        arrays = feature_arrays(history, targets, self.params)
-        return np.column_stack([np.asarray(arrays[name], dtype=np.float64) for name in FEATURE_NAMES])
+        return _matrix(feature_arrays(history, self.targets_table(items, now), self.params))
 
     def _user_side(self, items: Sequence[dict[str, Any]], users: list[str], targets: pa.Table) -> dict[str, np.ndarray]:
         t_ms = targets.column("synced_at").combine_chunks().cast(pa.int64()).to_numpy()
