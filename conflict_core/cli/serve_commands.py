@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import random
@@ -88,28 +89,25 @@ def serve_up(app: AppContext, config_path: str | None, wait: bool) -> None:
         )
     path = Path(config_path or app.settings.serve_config_path)
     config = load_config(path, app.settings.database_url)
+    ray_instance: contextlib.AbstractContextManager[str]
     if address:
         import ray
 
         ray.init(address=address, ignore_reinit_error=True)
-        deploy_config(config)
-        wait_until_running()
-        click.echo(f"serving {path} at {app.settings.serve_url} on the Ray cluster at {address}")
-        if wait:
-            try:
-                _serve_until_interrupted()
-            finally:
-                serve.shutdown()
-        return
-    port = urlsplit(app.settings.dashboard_url).port or 8265
-    with local_ray(dashboard_port=port, env=serve_env(app.settings.serve_ingress_mode)) as dashboard:
+        ray_instance = contextlib.nullcontext(f"the Ray cluster at {address}")
+    else:
+        port = urlsplit(app.settings.dashboard_url).port or 8265
+        ray_instance = local_ray(dashboard_port=port, env=serve_env(app.settings.serve_ingress_mode))
+    with ray_instance as where:
         try:
             deploy_config(config)
             wait_until_running()
-            click.echo(f"serving {path} at {app.settings.serve_url} (Ray dashboard {dashboard})")
-            _serve_until_interrupted()
+            click.echo(f"serving {path} at {app.settings.serve_url} (Ray: {where})")
+            if wait:
+                _serve_until_interrupted()
         finally:
-            serve.shutdown()
+            if wait:  # --no-wait leaves the app running on the cluster it joined
+                serve.shutdown()
 
 
 def _serve_until_interrupted() -> None:
