@@ -175,7 +175,8 @@ class EventWindow:
         if table is None:
             return
         keep = pc.greater_equal(table.column("synced_at"), pa.scalar(cutoff, type=table.schema.field("synced_at").type))
-        dropped = table.num_rows - pc.sum(keep).as_py()
+        # min_count=0: the sum over an empty window is 0, not null.
+        dropped = table.num_rows - pc.sum(keep, min_count=0).as_py()
         if dropped == 0 or dropped < max(self.compact_min_rows, table.num_rows // 4):
             return
         kept = table.filter(keep).combine_chunks()

@@ -272,3 +272,20 @@ def test_an_empty_store_gives_zero_history_features(tmp_path: Any) -> None:
         assert lookup.window.rows == 0
     finally:
         lookup.close()
+
+
+def test_refreshing_an_empty_window_reports_no_error(tmp_path: Any) -> None:
+    """An app started on an empty store keeps refreshing without an error (was a TypeError
+    from the compaction check's sum over zero rows, logged at every refresh)."""
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    db.upgrade(url)
+    window = EventWindow(make_engine(url), dt.timedelta(days=30), compact_min_rows=0)
+    assert window.refresh() == 0
+    assert window.refresh() == 0
+    lookup = OnlineFeatureLookup(url, refresh_interval_s=0)
+    try:
+        item = {"user_id": "u1", "entity_type": "task", "entity_id": "t1", "changed_fields": ["title"]}
+        lookup.compute([item])
+        assert lookup.status()["last_error"] is None
+    finally:
+        lookup.close()
