@@ -1,13 +1,15 @@
-"""``serve_config.yaml``: the deployable description of the prediction app.
+"""Serve configs: the committed template and the live copy that holds the active model.
 
-The active model lives in the ``ModelInference`` deployment's ``user_config``, so that
-re-deploying after an activation reconfigures the running replicas in place
+``serve_config.yaml`` in the repository is the template (``settings.serve_config_template``):
+what ``serve deploy`` and ``conflictctl`` start from, never written. The live config
+(``settings.serve_config_path``, ``<data_dir>/serve_config.yaml`` by default) is a copy of it
+made on first use; activation writes the model into its ``ModelInference`` deployment's
+``user_config``, so that re-deploying it reconfigures the running replicas in place
 (``reconfigure()``) instead of restarting them.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,6 @@ import yaml
 
 from conflict_core.atomic import write_text_atomically
 from conflict_core.errors import ConfigurationError
-from conflict_core.ray_dashboard import serve_client
 
 INFERENCE_DEPLOYMENT = "ModelInference"
 
@@ -28,6 +29,15 @@ def read(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or not config.get("applications"):
         raise ConfigurationError(f"serve config {path} has no 'applications' list")
     return config
+
+
+def ensure_live(template: Path, live: Path) -> Path:
+    """``live``, copied from ``template`` first if it does not exist yet."""
+    if not live.is_file():
+        read(template)  # refuse a template that is not a Serve config before copying it
+        live.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(live, template.read_text())
+    return live
 
 
 def inference_user_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -62,60 +72,3 @@ def set_model(
     round_trip.dump(document, buffer)
     write_text_atomically(path, buffer.getvalue())
     return read(path)
-
-
-def running_applications(dashboard_url: str) -> dict[str, Any] | None:
-    """Serve's view of the cluster at ``dashboard_url``, or ``None`` when nothing answers."""
-    from ray.exceptions import AuthenticationError
-
-    try:
-        details: dict[str, Any] = serve_client(dashboard_url).get_serve_details()
-    except AuthenticationError as exc:
-        raise ConfigurationError(f"the Ray dashboard at {dashboard_url} refused this process: {exc}") from exc
-    except (ConnectionError, RuntimeError, OSError):
-        return None
-    return details
-
-
-def apply(path: Path, dashboard_url: str) -> bool:
-    """Put the model named in ``path`` into the Serve app running at ``dashboard_url``.
-
-    What is deployed is the running app's own config (as submitted, with the arguments it was
-    started with, such as the store URL) with only the inference deployment's ``user_config``
-    taken from ``path``: Serve then reconfigures the running replicas in place instead of
-    restarting the app. With no running config to start from, ``path`` itself is deployed
-    (what ``serve deploy`` does). Returns ``False`` when no Serve application is running there;
-    raises on a refusal.
-    """
-    status = running_applications(dashboard_url)
-    if not status or not status.get("applications"):
-        return False
-    config = redeployable(status, read(path))
-    try:
-        serve_client(dashboard_url).deploy_applications(config)
-    except RuntimeError as exc:
-        raise ConfigurationError(f"Serve refused the config {path}: {exc}") from exc
-    return True
-
-
-def redeployable(status: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    """``config``'s model on the running applications' submitted configs (see :func:`apply`).
-
-    ``config`` itself when any of its applications is not running or Serve kept no copy of it.
-    """
-    running = status.get("applications") or {}
-    submitted = []
-    for app in config["applications"]:
-        deployed = (running.get(app.get("name", "default")) or {}).get("deployed_app_config")
-        if not deployed:
-            return config
-        submitted.append(copy.deepcopy(deployed))
-    merged = {key: value for key, value in config.items() if key != "applications"}
-    merged["applications"] = submitted
-    try:
-        target = inference_user_config(merged)
-    except ConfigurationError:
-        return config
-    target.clear()
-    target.update(inference_user_config(copy.deepcopy(config)))
-    return merged

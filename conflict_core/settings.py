@@ -39,7 +39,16 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         default=None, description="Ray cluster address; None starts or joins a local instance."
     )
-    serve_config_path: Path = Field(default=Path("serve_config.yaml"))
+    serve_config_template: Path = Field(
+        default=Path("serve_config.yaml"),
+        description="The committed Serve config: what `serve deploy` and conflictctl start from. Never written.",
+    )
+    serve_config_path: Path = Field(
+        default_factory=lambda data: Path(data["data_dir"]) / "serve_config.yaml",
+        description="The live Serve config, holding the active model in ModelInference's user_config: what "
+        "activation writes and the running app is deployed from. Created from the template when first "
+        "needed. Default: <data_dir>/serve_config.yaml.",
+    )
     serve_url: str = Field(default="http://127.0.0.1:8000", description="Base URL of the running prediction app.")
     serve_ingress_mode: Literal["haproxy", "throughput", "default"] = Field(
         default="haproxy",
@@ -80,6 +89,13 @@ class Settings(BaseSettings):
     accuracy_alert_threshold: float = Field(default=0.70, ge=0, le=1)
     alert_min_labelled: int = Field(default=100, gt=0)
     psi_alert_threshold: float = Field(default=0.2, gt=0)
+    alert_significance: float = Field(
+        default=0.01,
+        gt=0,
+        lt=0.5,
+        description="An alert fires only when its figure is past the limit with 1 - this confidence "
+        "(one-sided), so that small samples do not raise false alarms.",
+    )
     alert_webhook_url: str | None = None
     training_data_retention_days: int = Field(default=30, gt=0)
 

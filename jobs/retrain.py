@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ray_control.serve_deploy import applier
     from training.retrain import RetrainError, retrain
 
     try:
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             use_ray=not args.local,
             sweep="local" if args.local else "ray",
             num_samples=args.num_samples,
+            apply=applier(settings.dashboard_url),
             progress=print,
         )
     except RetrainError as exc:

@@ -6,6 +6,7 @@ ray job submit --working-dir . -- python -m jobs.train
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from conflict_core import db, locks
     from conflict_core.store import make_engine, make_session_factory
+    from ray_control.serve_deploy import applier
     from training import retrain
     from training.pipeline import train_and_register
+    from training.publishing import publish_active_model
 
     db.upgrade(settings.database_url)
     if not args.local_sweep:
@@ -44,9 +47,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 activated_by=args.activated_by,
                 progress=lambda message: print(message, flush=True),
             )
+            published = None
+            if result.activated:
+                published = publish_active_model(
+                    settings,
+                    version=result.version,
+                    artifact_path=result.artifact_path,
+                    artifact_sha256=result.artifact_sha256,
+                    apply=applier(settings.dashboard_url),
+                )
     finally:
         engine.dispose()
-    return result.to_dict()
+    return {**result.to_dict(), **(asdict(published) if published else {})}
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.inspection import permutation_importance
 from sqlalchemy.orm import Session, sessionmaker
 
-from conflict_core import registry, serve_config
+from conflict_core import registry
 from conflict_core.errors import ArtifactIntegrityError
 from conflict_core.features import ALL_FEATURES, SEED_FEATURES
 from conflict_core.settings import Settings
@@ -54,8 +54,6 @@ class TrainingResult:
     report_path: str
     artifact_path: str
     artifact_sha256: str
-    serve_config_updated: bool = False
-    serve_app_reconfigured: bool = False
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +78,8 @@ def train_and_register(
     """Train, evaluate, write the artifact and report, register, and let the gate decide.
 
     ``sweep`` is ``"ray"`` (Ray Tune) or ``"local"`` (the same configurations in-process).
+    An activation is recorded in the registry only; publishing it to the serve config is the
+    caller's next step (:func:`training.publishing.publish_active_model`).
     """
     frame, manifest = load_training_set(training_set)
     check_training_data(frame, min_samples=settings.min_training_samples, min_positives=settings.min_training_positives)
@@ -229,24 +229,7 @@ def train_and_register(
         artifact_sha256=sha,
         notes=notes,
     )
-    if decision.activate:
-        result.serve_config_updated, result.serve_app_reconfigured = publish_active_model(
-            settings, version=version, artifact_path=result.artifact_path, artifact_sha256=sha
-        )
     return result
-
-
-def publish_active_model(
-    settings: Settings, *, version: str | None, artifact_path: str | None, artifact_sha256: str | None
-) -> tuple[bool, bool]:
-    """Write the model into ``serve_config.yaml`` and re-deploy it when a Serve app runs."""
-    if not settings.serve_config_path.is_file():
-        log.warning("no serve config at %s; the running app keeps its model", settings.serve_config_path)
-        return False, False
-    serve_config.set_model(
-        settings.serve_config_path, version=version, artifact_path=artifact_path, artifact_sha256=artifact_sha256
-    )
-    return True, serve_config.apply(settings.serve_config_path, settings.dashboard_url)
 
 
 def _rows_and_span(part: pd.DataFrame) -> str:

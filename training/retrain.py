@@ -46,6 +46,7 @@ from conflict_core.errors import ConflictPredictorError
 from conflict_core.settings import Settings
 from conflict_core.store import JobRun, ModelVersion, json_safe, session_scope, utcnow
 from training import monitoring, retention
+from training.publishing import Apply, publish_active_model
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +132,6 @@ def extract_step(settings: Settings, *, now: dt.datetime, use_ray: bool) -> dict
     return {"training_set": str(path), "rows": manifest.rows, "positives": manifest.positives}
 
 
-class _DeferredPublish(logging.Filter):
-    """Hides the pipeline's "no serve config" warning: this job publishes in its own step."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "no serve config" not in record.getMessage()
-
-
 def train_step(
     settings: Settings,
     session_factory: sessionmaker[Session],
@@ -152,40 +146,32 @@ def train_step(
     from training import pipeline
     from training.extract import load_training_set
 
-    # The pipeline publishes to the configured serve config when the gate activates; point
-    # it at a path that does not exist so that only the publish step touches the real one.
-    unpublished = settings.model_copy(update={"serve_config_path": settings.data_dir / ".retrain-no-serve-config"})
-    quiet = _DeferredPublish()
-    pipeline.log.addFilter(quiet)
-    try:
-        result = pipeline.train_and_register(
-            unpublished,
-            session_factory,
-            training_set=training_set,
-            sweep=sweep,
-            num_samples=num_samples,
-            activated_by=activated_by,
-            progress=progress,
-        )
-    finally:
-        pipeline.log.removeFilter(quiet)
+    result = pipeline.train_and_register(
+        settings,
+        session_factory,
+        training_set=training_set,
+        sweep=sweep,
+        num_samples=num_samples,
+        activated_by=activated_by,
+        progress=progress,
+    )
     frame, manifest = load_training_set(training_set)
     monitoring.write_reference(
         monitoring.reference_path(settings, result.version),
-        monitoring.build_reference(frame),
+        monitoring.build_reference(monitoring.reference_rows(frame)),
         source=f"training set {manifest['snapshot']}",
     )
     return result.to_dict()
 
 
-def publish_step(settings: Settings, *, version: str, artifact_path: str, artifact_sha256: str) -> dict[str, Any]:
-    """Point the serve config at the newly active model and apply it to the running app."""
-    from training.pipeline import publish_active_model
-
-    updated, reconfigured = publish_active_model(
-        settings, version=version, artifact_path=artifact_path, artifact_sha256=artifact_sha256
+def publish_step(
+    settings: Settings, *, version: str, artifact_path: str, artifact_sha256: str, apply: Apply | None
+) -> dict[str, Any]:
+    """Point the live serve config at the newly active model and apply it to the running app."""
+    published = publish_active_model(
+        settings, version=version, artifact_path=artifact_path, artifact_sha256=artifact_sha256, apply=apply
     )
-    return {"serve_config_updated": updated, "serve_app_reconfigured": reconfigured}
+    return asdict(published)
 
 
 def retention_step(settings: Settings) -> dict[str, Any]:
@@ -208,7 +194,11 @@ def _config_model_version(path: Path) -> str | None:
 
 
 def undo_run(
-    settings: Settings, session_factory: sessionmaker[Session], run_id: int, restore: dict[str, Any]
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    run_id: int,
+    restore: dict[str, Any],
+    apply: Apply | None = None,
 ) -> list[str]:
     """Put back the active model and the serve config a run changed; what was done, as notes."""
     tag = _tag(run_id)
@@ -230,7 +220,7 @@ def undo_run(
         write_text_atomically(path, text)
         notes.append(f"restored {path}")
         try:
-            if serve_config.apply(path, settings.dashboard_url):
+            if apply is not None and apply(path):
                 notes.append("re-applied the restored serve config to the running app")
         except ConflictPredictorError as exc:
             notes.append(f"could not re-apply the restored serve config: {exc}")
@@ -239,7 +229,9 @@ def undo_run(
     return notes
 
 
-def recover_crashed_runs(settings: Settings, session_factory: sessionmaker[Session], *, now: dt.datetime) -> list[int]:
+def recover_crashed_runs(
+    settings: Settings, session_factory: sessionmaker[Session], *, now: dt.datetime, apply: Apply | None = None
+) -> list[int]:
     """Restore after runs left ``running`` (only call while holding the retrain lock)."""
     with session_factory() as session:
         stale = list(session.scalars(select(JobRun).where(JobRun.job == JOB, JobRun.status == "running")))
@@ -247,7 +239,7 @@ def recover_crashed_runs(settings: Settings, session_factory: sessionmaker[Sessi
     for run in stale:
         status, error = "crashed", "the run stopped without finishing; recovered by a later run"
         try:
-            notes = undo_run(settings, session_factory, run.id, run.summary.get("restore", {}))
+            notes = undo_run(settings, session_factory, run.id, run.summary.get("restore", {}), apply)
         except Exception as exc:
             # Retrying forever would block every later retrain. What the crashed run left active
             # passed its gate; the new run's gate compares against it. Say so, and go on.
@@ -287,16 +279,18 @@ def retrain(
     sweep: str = "ray",
     num_samples: int | None = None,
     lock_ttl: dt.timedelta = dt.timedelta(hours=6),
+    apply: Apply | None = None,
     progress: Callable[[str], None] = lambda message: log.info("%s", message),
 ) -> RetrainSummary:
     """Run every step; return the summary, or raise :class:`RetrainError` after restoring.
 
     ``now`` is the data time (the end of the training window; simulated in demos and tests);
-    the lock and the recorded run times use the wall clock.
+    the lock and the recorded run times use the wall clock. ``apply`` puts a published or
+    restored live serve config into the running app (none: the file alone changes).
     """
     data_time = now or utcnow()
     with locks.job_lock(session_factory, LOCK_NAME, ttl=lock_ttl) as lock:
-        recovered = recover_crashed_runs(settings, session_factory, now=utcnow())
+        recovered = recover_crashed_runs(settings, session_factory, now=utcnow(), apply=apply)
         with session_scope(session_factory) as session:
             before = registry.active(session)
             restore = {
@@ -334,6 +328,7 @@ def retrain(
                     use_ray=use_ray,
                     sweep=sweep,
                     num_samples=num_samples,
+                    apply=apply,
                     progress=progress,
                 )
                 summary.steps[step] = {**outcome, "seconds": round(time.monotonic() - started, 2)}
@@ -343,7 +338,7 @@ def retrain(
             summary.status, summary.failed_step, summary.error = "failed", step, f"{type(exc).__name__}: {exc}"
             log.exception("retrain #%d failed at %s", run_id, step)
             try:
-                summary.restored = undo_run(settings, session_factory, run_id, restore)
+                summary.restored = undo_run(settings, session_factory, run_id, restore, apply)
             except Exception as restore_exc:  # the restore itself failed: say so loudly, keep the run "running"
                 summary.restored = [
                     f"RESTORE FAILED ({type(restore_exc).__name__}: {restore_exc}); the next run retries it"
@@ -372,6 +367,7 @@ def _run_step(
     use_ray: bool,
     sweep: str,
     num_samples: int | None,
+    apply: Apply | None,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     if step == "export":
@@ -408,6 +404,7 @@ def _run_step(
             version=train["version"],
             artifact_path=train["artifact_path"],
             artifact_sha256=train["artifact_sha256"],
+            apply=apply,
         )
         summary.serve_config_updated = outcome["serve_config_updated"]
         summary.serve_app_reconfigured = outcome["serve_app_reconfigured"]

@@ -1,58 +1,34 @@
-"""Re-deploying a new model onto the running app changes only the inference ``user_config``."""
+"""The committed template is never written; the live config is a copy that holds the model."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Any
 
-import yaml
+import pytest
 
 from conflict_core import serve_config
+from conflict_core.errors import ConfigurationError
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _file_config() -> dict[str, Any]:
-    return serve_config.read(REPO / "serve_config.yaml")
+def test_the_live_config_is_copied_from_the_template_and_the_template_stays_as_it_was(tmp_path: Path) -> None:
+    template = tmp_path / "serve_config.yaml"
+    template.write_text((REPO / "serve_config.yaml").read_text())
+    before = template.read_bytes()
+    live = serve_config.ensure_live(template, tmp_path / "data" / "serve_config.yaml")
+    serve_config.set_model(live, version="v7", artifact_path="/m/v7.joblib", artifact_sha256="ab" * 32)
+
+    assert template.read_bytes() == before
+    assert serve_config.inference_user_config(serve_config.read(live))["model_version"] == "v7"
+    assert serve_config.inference_user_config(serve_config.read(template))["model_version"] is None
+    # A second publish edits the live copy; it is not copied from the template again.
+    assert serve_config.ensure_live(template, live) == live
+    assert serve_config.inference_user_config(serve_config.read(live))["model_version"] == "v7"
+    assert "# The deployable description" in live.read_text()  # comments survive
 
 
-def _running(config: dict[str, Any], **args: Any) -> dict[str, Any]:
-    """Serve's status for ``config`` submitted with extra application ``args`` (as ``conflictctl`` does)
-    and, since then, the file's FeatureLookup batching edited (the running app keeps its own)."""
-    submitted = copy.deepcopy(config["applications"][0])
-    submitted["args"] = {**submitted.get("args", {}), **args}
-    lookup = next(d for d in submitted["deployments"] if d["name"] == "FeatureLookup")
-    lookup["user_config"] = {**lookup.get("user_config", {}), "batch_wait_timeout_s": 0.123}
-    return {"applications": {submitted["name"]: {"status": "RUNNING", "deployed_app_config": submitted}}}
-
-
-def test_the_running_apps_arguments_are_kept_and_only_the_model_changes() -> None:
-    on_disk = _file_config()
-    status = _running(on_disk, database_url="sqlite:////srv/conflicts.db", feature_refresh_interval_s=0)
-    new_model = {"model_version": "v2", "artifact_path": "/models/v2.joblib", "artifact_sha256": "ab" * 32}
-    serve_config.inference_user_config(on_disk).update(new_model)
-
-    merged = serve_config.redeployable(status, on_disk)
-
-    running_app = status["applications"]["conflict_predictor"]["deployed_app_config"]
-    merged_app = merged["applications"][0]
-    assert merged_app["args"] == running_app["args"]  # the store URL and refresh the app was started with
-    assert serve_config.inference_user_config(merged) == serve_config.inference_user_config(on_disk)
-    assert serve_config.inference_user_config(merged)["model_version"] == "v2"
-    others = [d for d in merged_app["deployments"] if d["name"] != serve_config.INFERENCE_DEPLOYMENT]
-    assert others == [d for d in running_app["deployments"] if d["name"] != serve_config.INFERENCE_DEPLOYMENT]
-    lookup = next(d for d in merged_app["deployments"] if d["name"] == "FeatureLookup")
-    assert lookup["user_config"]["batch_wait_timeout_s"] == 0.123  # the running app's, not the file's
-    assert merged["http_options"] == on_disk["http_options"]
-    # The running status is not modified, and the result is a plain, deployable document.
-    running_model = serve_config.inference_user_config({"applications": [running_app]})
-    assert running_model["model_version"] is None
-    yaml.safe_dump(merged)
-
-
-def test_without_a_submitted_copy_the_file_is_deployed_as_it_is() -> None:
-    on_disk = _file_config()
-    assert serve_config.redeployable({"applications": {}}, on_disk) is on_disk
-    no_copy = {"applications": {"conflict_predictor": {"status": "RUNNING", "deployed_app_config": None}}}
-    assert serve_config.redeployable(no_copy, on_disk) is on_disk
+def test_a_missing_template_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        serve_config.ensure_live(tmp_path / "nope.yaml", tmp_path / "live.yaml")
+    assert not (tmp_path / "live.yaml").exists()

@@ -11,10 +11,10 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from sqlalchemy import select
 
 from conflict_core import db, registry
-from conflict_core.cli.ray_jobs import job_summary, module_entrypoint, submit_and_wait
-from conflict_core.scheduler import JobSubmitter, load_schedules
 from conflict_core.settings import Settings
 from conflict_core.store import MonitoringRun, make_engine, make_session_factory
+from conflictctl.scheduler import JobSubmitter, load_schedules
+from ray_control.jobs import job_summary, module_entrypoint, submit_and_wait
 from tests.conftest import END
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from conflict_core import registry
-from conflict_core.cli.ray_jobs import job_summary, module_entrypoint, submit_and_wait
 from conflict_core.store import make_engine, make_session_factory
+from ray_control.jobs import job_summary, module_entrypoint, submit_and_wait
 from training.extract import ExtractionWindow, extract_local, extract_with_ray, load_training_set
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -62,7 +62,7 @@ def test_extract_and_train_jobs_submitted_to_ray(
 
 
 def test_a_failing_job_is_reported_with_its_error(dashboard: str, tmp_path: Path) -> None:
-    from conflict_core.cli.ray_jobs import JobFailedError
+    from ray_control.jobs import JobFailedError
 
     with pytest.raises(JobFailedError, match="FAILED"):
         submit_and_wait(

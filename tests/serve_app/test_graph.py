@@ -28,10 +28,10 @@ from sklearn.preprocessing import StandardScaler
 from sqlalchemy import func, select
 
 from conflict_core import db
-from conflict_core.cli.serve_commands import deploy_config
 from conflict_core.features import ALL_FEATURES
 from conflict_core.registry import sha256_file
 from conflict_core.store import PredictionLog, make_engine
+from ray_control.serve_deploy import deploy_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.postgres]
 

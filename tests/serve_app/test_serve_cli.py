@@ -176,7 +176,7 @@ def _haproxy_pids() -> set[int]:
 
 @pytest.mark.parametrize("mode", ["default", "haproxy"])
 def test_serve_run_brings_up_the_graph(store: str, logfile: Any, mode: str) -> None:
-    from conflict_core.cli.ray_jobs import serve_env
+    from ray_control.jobs import serve_env
 
     proc = subprocess.Popen(
         [SERVE, "run", "serve_config.yaml"],
@@ -222,10 +222,10 @@ def _await_model(version: str, timeout_s: float = 90) -> dict[str, Any]:
 
 def _publish_keeps_the_running_app(store: str, address: str, tmp_path: Path) -> None:
     """As conflictctl runs it: deployed with the store URL in its args, then a new model published."""
-    from conflict_core.cli.serve_commands import load_config
-    from conflict_core.ray_dashboard import serve_client
     from conflict_core.settings import Settings
-    from training.pipeline import publish_active_model
+    from ray_control.dashboard import serve_client
+    from ray_control.serve_deploy import applier, load_config
+    from training.publishing import publish_active_model
 
     client = serve_client(address)
     config = load_config(REPO / "serve_config.yaml", store)
@@ -251,10 +251,14 @@ def _publish_keeps_the_running_app(store: str, address: str, tmp_path: Path) -> 
     config_copy = tmp_path / "serve_config.yaml"
     shutil.copy(REPO / "serve_config.yaml", config_copy)
     settings = Settings(database_url=store, serve_config_path=config_copy, dashboard_url=address)
-    written, applied = publish_active_model(
-        settings, version="v_cli2", artifact_path=str(artifact), artifact_sha256=registry.sha256_file(artifact)
+    published = publish_active_model(
+        settings,
+        version="v_cli2",
+        artifact_path=str(artifact),
+        artifact_sha256=registry.sha256_file(artifact),
+        apply=applier(address),
     )
-    assert written and applied
+    assert published.serve_config_updated and published.serve_app_reconfigured
     assert _await_model("v_cli2")["pid"] == pid  # the same replica process, reconfigured in place
     details = client.get_serve_details()
     assert _replicas(details) == before  # no deployment restarted

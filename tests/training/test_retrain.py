@@ -15,6 +15,7 @@ from conflict_core.errors import ConfigurationError, JobLockedError
 from conflict_core.settings import Settings
 from conflict_core.store import JobRun, session_scope
 from training import retention, retrain
+from training.publishing import Apply
 
 NOW = dt.datetime(2026, 3, 2, 3, 0, tzinfo=dt.UTC)
 CONFIG = {
@@ -103,8 +104,8 @@ def active_version(factory: sessionmaker[Session]) -> str | None:
         return row.version if row else None
 
 
-def run(settings: Settings, factory: sessionmaker[Session]) -> retrain.RetrainSummary:
-    return retrain.retrain(settings, factory, factory.kw["bind"], now=NOW, use_ray=False, sweep="local")
+def run(settings: Settings, factory: sessionmaker[Session], apply: Apply | None = None) -> retrain.RetrainSummary:
+    return retrain.retrain(settings, factory, factory.kw["bind"], now=NOW, use_ray=False, sweep="local", apply=apply)
 
 
 def test_a_successful_run_activates_publishes_and_records_a_summary(
@@ -144,11 +145,9 @@ def _fail_after_activation(original: Any) -> Any:
     return train
 
 
-def _fail_in_apply(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(path: Path, dashboard_url: str, timeout_s: float = 30.0) -> bool:
-        raise ConfigurationError("injected: Serve refused the config")
-
-    monkeypatch.setattr(serve_config, "apply", refuse)  # after set_model has rewritten the file
+def _refusing_apply(path: Path) -> bool:
+    """Serve refusing the config, after set_model has rewritten the file."""
+    raise ConfigurationError("injected: Serve refused the config")
 
 
 @pytest.mark.parametrize("where", ["export", "extract", "train", "train_after_activation", "publish", "publish_apply"])
@@ -166,13 +165,11 @@ def test_failure_at_any_step_leaves_the_active_model_and_serve_config_untouched(
 
     if where == "train_after_activation":
         monkeypatch.setattr(retrain, "train_step", _fail_after_activation(retrain.train_step))
-    elif where == "publish_apply":
-        _fail_in_apply(monkeypatch)
-    else:
+    elif where != "publish_apply":
         monkeypatch.setattr(retrain, f"{where}_step", boom)
 
     with pytest.raises(retrain.RetrainError, match="failed at") as raised:
-        run(settings, session_factory)
+        run(settings, session_factory, apply=_refusing_apply if where == "publish_apply" else None)
 
     summary = raised.value.summary
     assert summary.failed_step == where.split("_")[0]
@@ -192,9 +189,8 @@ def test_failure_after_the_first_ever_activation_leaves_no_model_active(
 ) -> None:
     with session_scope(session_factory) as session:
         registry.deactivate(session, "v_old")
-    _fail_in_apply(monkeypatch)
     with pytest.raises(retrain.RetrainError):
-        run(settings, session_factory)
+        run(settings, session_factory, apply=_refusing_apply)
     assert active_version(session_factory) is None
 
 

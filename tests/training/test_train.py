@@ -13,6 +13,7 @@ from conflict_core.features import ALL_FEATURES, FeatureParams
 from conflict_core.settings import Settings
 from training.extract import ExtractionWindow, write_training_set
 from training.pipeline import train_and_register
+from training.publishing import Published, publish_active_model
 from training.train import check_training_data, time_split
 from training.tune import sample_configs
 
@@ -60,7 +61,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory, training_frame: Frame) -> 
     db.upgrade(settings.database_url)
     factory = make_session_factory(make_engine(settings.database_url))
     result = train_and_register(settings, factory, training_set=root / "features", sweep="local", num_samples=4)
-    return {"result": result, "settings": settings, "factory": factory, "frame": frame, "root": root}
+    published = publish_active_model(
+        settings, version=result.version, artifact_path=result.artifact_path, artifact_sha256=result.artifact_sha256
+    )
+    return {
+        "result": result,
+        "published": published,
+        "settings": settings,
+        "factory": factory,
+        "frame": frame,
+        "root": root,
+    }
 
 
 def test_first_model_clears_the_floor_activates_and_is_published(trained: dict) -> None:
@@ -80,7 +91,7 @@ def test_first_model_clears_the_floor_activates_and_is_published(trained: dict) 
         "artifact_path": result.artifact_path,
         "artifact_sha256": result.artifact_sha256,
     }
-    assert result.serve_config_updated and not result.serve_app_reconfigured
+    assert trained["published"] == Published(serve_config_updated=True, serve_app_reconfigured=False)
 
 
 def test_report_has_metrics_table_and_plots(trained: dict) -> None:

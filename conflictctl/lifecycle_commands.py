@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from conflict_core.cli.context import AppContext, pass_app
+from conflictctl.context import AppContext, pass_app
 
 
 class UTCTimestamp(click.ParamType):
@@ -152,7 +152,7 @@ def monitor(app: AppContext, runs: int, as_json: bool) -> None:
 def retrain(app: AppContext, now: dt.datetime | None, local: bool, num_samples: int | None, submit: bool) -> None:
     """Run the weekly retrain now: export, extract, train, gate, publish, retention."""
     if submit:
-        from conflict_core.scheduler import JobSubmitter, Schedule
+        from conflictctl.scheduler import JobSubmitter, Schedule
 
         args = [
             *(["--now", now.isoformat()] if now else []),
@@ -217,7 +217,7 @@ def scheduler_command(
     app: AppContext, schedules_path: Path | None, print_next: bool, count: int, from_: dt.datetime | None
 ) -> None:
     """Submit the lifecycle Ray Jobs on their UTC schedules until interrupted."""
-    from conflict_core import scheduler
+    from conflictctl import scheduler
 
     schedule_file = scheduler.load_schedules(schedules_path or scheduler.DEFAULT_SCHEDULES)
     if print_next:

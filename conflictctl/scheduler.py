@@ -171,7 +171,7 @@ class JobSubmitter:
     def _client(self) -> Any:
         if self.client_factory is not None:
             return self.client_factory(self.settings.dashboard_url)
-        from conflict_core.ray_dashboard import job_client
+        from ray_control.dashboard import job_client
 
         return job_client(self.settings.dashboard_url)
 

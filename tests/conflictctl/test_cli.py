@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from conflict_core.cli.ray_jobs import JobFailedError, job_summary
-from conflict_core.cli.serve_commands import replay_events
+from conflictctl.serve_commands import replay_events
+from ray_control.jobs import JobFailedError, job_summary
 
 
 def test_job_summary_is_the_last_json_object_printed() -> None:
@@ -120,7 +120,7 @@ def _live_day(n_pushes: int) -> pd.DataFrame:
 def test_replay_predicts_each_push_as_of_its_instant_then_records_it(fake_app: tuple[str, _FakeApp]) -> None:
     url, fake = fake_app
     day = _live_day(12)
-    report = replay_events(url, day, seconds=30, concurrency=1)
+    report = replay_events(url, day, concurrency=1)
 
     assert report["pushes"] == report["requests"] == 12
     assert report["predictions"] == len(day) and report["errors"] == 0
@@ -141,25 +141,30 @@ def test_a_push_whose_prediction_failed_is_still_recorded(fake_app: tuple[str, _
     url, fake = fake_app
     day = _live_day(6)
     day.loc[day["event_id"].str.startswith("ev-3-"), "entity_id"] = "e-unavailable"
-    report = replay_events(url, day, seconds=30, concurrency=1)
+    report = replay_events(url, day, concurrency=1)
     assert report["errors"] == 1 and report["predictions"] == len(day) - 1  # push 3 has one item
     recorded = [e["event_id"] for kind, body in fake.calls if kind == "events" for e in body]
     assert sorted(recorded) == sorted(day["event_id"])  # the device synced anyway
 
 
-def test_replay_records_the_rest_when_time_runs_out(fake_app: tuple[str, _FakeApp]) -> None:
+def test_replay_predicts_exactly_the_stated_part_and_records_the_rest(fake_app: tuple[str, _FakeApp]) -> None:
     url, fake = fake_app
     day = _live_day(40)
-    report = replay_events(url, day, seconds=0.0, concurrency=2, record_batch=7)
+    until = dt.datetime(2026, 3, 2, 9, 25, tzinfo=dt.UTC)  # the first 25 pushes, one a minute
+    report = replay_events(url, day, until=until, concurrency=2, record_batch=7)
 
-    assert report["requests"] == 0 or report["requests"] < 40
+    covered = day[day["synced_at"] < until]
+    assert report["requests"] == report["pushes"] == 25  # however fast the machine is
+    assert report["predictions"] == len(covered)
+    predicted = [i["sync_id"] for kind, body in fake.calls if kind == "predict" for i in body]
+    assert sorted(predicted) == sorted(covered["event_id"])
     recorded = [e["event_id"] for kind, body in fake.calls if kind == "events" for e in body]
     assert sorted(recorded) == sorted(day["event_id"])  # nothing lost, nothing twice
-    assert report["recorded_without_prediction"] == len(day) - report["predictions"]
+    assert report["recorded_without_prediction"] == len(day) - len(covered)
 
 
 def test_serve_env_names_each_ingress_mode_and_refuses_others() -> None:
-    from conflict_core.cli.ray_jobs import serve_env
+    from ray_control.jobs import serve_env
 
     assert serve_env("default") == {}
     assert serve_env("throughput")["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
@@ -187,7 +192,7 @@ def test_the_ingress_mode_is_a_validated_setting(monkeypatch: pytest.MonkeyPatch
 
 
 def test_concurrent_replay_never_groups_pushes_that_share_a_user_or_an_entity() -> None:
-    from conflict_core.cli.serve_commands import independent_run
+    from conflictctl.serve_commands import independent_run
 
     def push(user: str, *entities: str) -> pd.DataFrame:
         return pd.DataFrame(
@@ -229,10 +234,10 @@ def test_logged_feature_parity_counts_predictions_served_the_offline_features(
 ) -> None:
     import shutil
 
-    from conflict_core.cli.pipeline_commands import logged_feature_parity
     from conflict_core.events_io import load_events
     from conflict_core.features import ALL_FEATURES, TARGET_COLUMNS, compute_features
     from conflict_core.store import make_engine, make_session_factory
+    from conflictctl.pipeline_commands import logged_feature_parity
 
     shutil.copy(simulated_store[0].removeprefix("sqlite:///"), tmp_path / "store.db")
     engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
@@ -254,7 +259,7 @@ def test_serve_up_refuses_no_wait_without_a_cluster_to_deploy_onto(monkeypatch: 
     """A Ray instance started by the command would stop with it: say so instead of serving for a moment."""
     from click.testing import CliRunner
 
-    from conflict_core.cli.main import main
+    from conflictctl.main import main
 
     monkeypatch.delenv("CONFLICT_RAY_ADDRESS", raising=False)
     result = CliRunner().invoke(main, ["serve-up", "--no-wait"])

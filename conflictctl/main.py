@@ -6,8 +6,8 @@ import logging
 
 import click
 
-from conflict_core.cli.context import AppContext
 from conflict_core.errors import ConflictPredictorError
+from conflictctl.context import AppContext
 
 
 class _Group(click.Group):
@@ -39,7 +39,7 @@ def main(ctx: click.Context, database_url: str | None, data_dir: str | None, ver
 
 
 def _register() -> None:
-    from conflict_core.cli import (
+    from conflictctl import (
         data_commands,
         lifecycle_commands,
         model_commands,

@@ -106,7 +106,7 @@ def submit_and_wait(
     """
     from ray.job_submission import JobStatus
 
-    from conflict_core.ray_dashboard import job_client
+    from ray_control.dashboard import job_client
 
     client = job_client(dashboard_url)
     job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from conflict_core.cli.context import AppContext, pass_app, progress_bar
+from conflictctl.context import AppContext, pass_app, progress_bar
 
 
 def parse_utc(value: str | None) -> dt.datetime | None:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from conflict_core.cli.context import AppContext, pass_app
+from conflictctl.context import AppContext, pass_app
 
 
 def _job_args(app: AppContext) -> list[str]:
@@ -87,18 +87,23 @@ def models_show(app: AppContext, version: str) -> None:
 
 def _publish(app: AppContext, version: str | None) -> None:
     from conflict_core import registry
-    from training.pipeline import publish_active_model
+    from ray_control.serve_deploy import applier
+    from training.publishing import publish_active_model
 
     with app.session_factory() as session:
         row = registry.get(session, version) if version else None
         info = (row.version, row.artifact_path, row.artifact_sha256) if row else (None, None, None)
-    written, applied = publish_active_model(
-        app.settings, version=info[0], artifact_path=info[1], artifact_sha256=info[2]
+    published = publish_active_model(
+        app.settings,
+        version=info[0],
+        artifact_path=info[1],
+        artifact_sha256=info[2],
+        apply=applier(app.settings.dashboard_url),
     )
-    if written:
+    if published.serve_config_updated:
         click.echo(
             f"{app.settings.serve_config_path} now serves {info[0] or 'the heuristics'}"
-            + ("; running app reconfigured" if applied else "; no running app to reconfigure")
+            + ("; running app reconfigured" if published.serve_app_reconfigured else "; no running app to reconfigure")
         )
 
 

@@ -16,50 +16,15 @@ from typing import Any
 import click
 import httpx
 
-from conflict_core.cli.context import AppContext, pass_app
-
-
-def deploy_config(config: dict[str, Any]) -> None:
-    """Deploy a Serve config on the connected Ray instance, as ``serve deploy`` does."""
-    from ray.serve._private.api import serve_start
-    from ray.serve.schema import ServeDeploySchema
-
-    schema = ServeDeploySchema.model_validate(config)
-    client = serve_start(
-        http_options=schema.http_options.model_dump(),
-        proxy_location=schema.proxy_location,
-        global_logging_config=schema.logging_config,
-    )
-    client.deploy_apps(schema)
-
-
-def load_config(path: Path, database_url: str) -> dict[str, Any]:
-    """``serve_config.yaml`` with the store URL filled into each application's arguments."""
-    import yaml
-
-    config: dict[str, Any] = yaml.safe_load(path.read_text())
-    for application in config["applications"]:
-        application.setdefault("args", {}).setdefault("database_url", database_url)
-    return config
-
-
-def wait_until_running(timeout_s: float = 180) -> None:
-    from ray import serve
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        statuses = {name: a.status for name, a in serve.status().applications.items()}
-        if statuses and all(s == "RUNNING" for s in statuses.values()):
-            return
-        if any(s == "DEPLOY_FAILED" for s in statuses.values()):
-            raise click.ClickException(f"deploy failed: {serve.status().applications}")
-        time.sleep(1)
-    raise click.ClickException(f"the app was not RUNNING within {timeout_s:.0f} s: {serve.status().applications}")
+from conflictctl.context import AppContext, pass_app
 
 
 @click.command("serve-up")
 @click.option(
-    "--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="Default: settings.serve_config_path."
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Default: the live config (settings.serve_config_path), made from the template on first use.",
 )
 @click.option(
     "--wait/--no-wait",
@@ -79,7 +44,9 @@ def serve_up(app: AppContext, config_path: str | None, wait: bool) -> None:
 
     from ray import serve
 
-    from conflict_core.cli.ray_jobs import local_ray, serve_env
+    from conflict_core import serve_config
+    from ray_control.jobs import local_ray, serve_env
+    from ray_control.serve_deploy import deploy_config, load_config, wait_until_running
 
     address = app.settings.ray_address
     if not wait and not address:
@@ -87,7 +54,12 @@ def serve_up(app: AppContext, config_path: str | None, wait: bool) -> None:
             "--no-wait needs a running Ray cluster to deploy onto (set CONFLICT_RAY_ADDRESS, e.g. after "
             "'ray start --head'): the local Ray instance this command would start stops when it returns"
         )
-    path = Path(config_path or app.settings.serve_config_path)
+    settings = app.settings
+    path = (
+        Path(config_path)
+        if config_path
+        else serve_config.ensure_live(settings.serve_config_template, settings.serve_config_path)
+    )
     config = load_config(path, app.settings.database_url)
     ray_instance: contextlib.AbstractContextManager[str]
     if address:
@@ -260,7 +232,7 @@ def replay_events(
     base_url: str,
     events: Any,
     *,
-    seconds: float,
+    until: dt.datetime | None = None,
     concurrency: int = 8,
     record_batch: int = 500,
 ) -> dict[str, float]:
@@ -272,8 +244,10 @@ def replay_events(
     features are exactly what a strictly sequential replay would give: each
     push is predicted as of its own instant (``at``, so features see only what preceded it) with
     the event ids as sync ids, then recorded through ``/v1/sync-events`` with its real outcome.
-    Pushes left when ``seconds`` run out are recorded without a prediction, so the store ends
-    up complete either way. Returns the tallies of :func:`drive_traffic`.
+    Pushes synced at ``until`` or later are recorded without a prediction, so the store ends
+    up complete either way. What is predicted depends on the events and ``until`` alone,
+    never on how fast the machine is: only the latencies differ between runs.
+    Returns the tallies of :func:`drive_traffic`.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -281,8 +255,11 @@ def replay_events(
 
     frame = events.to_pandas() if hasattr(events, "to_pandas") else pd.DataFrame(events)
     frame = frame.sort_values(["synced_at", "event_id"], kind="stable")
+    if until is not None:
+        frame, rest = frame[frame["synced_at"] < until], frame[frame["synced_at"] >= until]
+    else:
+        rest = frame.iloc[0:0]
     pushes = [group for _, group in frame.groupby(["synced_at", "device_id"], sort=True)]
-    deadline = time.monotonic() + seconds
     latencies: list[float] = []
     tallies = {"predictions": 0, "fallbacks": 0, "conflicts": 0, "errors": 0}
 
@@ -330,7 +307,7 @@ def replay_events(
         httpx.Client(base_url=base_url.rstrip("/"), timeout=30) as client,
         ThreadPoolExecutor(max_workers=concurrency) as pool,
     ):
-        while replayed < len(pushes) and time.monotonic() < deadline:
+        while replayed < len(pushes):
             wave = pushes[replayed : replayed + independent_run(pushes, replayed, concurrency)]
             for latency, predicted, fallbacks, failed in pool.map(lambda p: one(client, p), wave):
                 latencies.append(latency)
@@ -338,7 +315,6 @@ def replay_events(
                 tallies["fallbacks"] += fallbacks
                 tallies["errors"] += failed
             replayed += len(wave)
-        rest = pd.concat(pushes[replayed:]) if replayed < len(pushes) else frame.iloc[0:0]
         for start in range(0, len(rest), record_batch):
             if (
                 client.post(

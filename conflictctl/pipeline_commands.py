@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from conflict_core.cli.context import AppContext, pass_app, progress_bar
+from conflictctl.context import AppContext, pass_app, progress_bar
 
 
 def _step(title: str) -> None:
@@ -67,11 +67,12 @@ def _fmt(value: object, spec: str = ".3f") -> str:
 @click.option("--num-samples", type=int, default=8, show_default=True, help="sweep size of the training jobs")
 @click.option("--dashboard-port", type=int, default=8265, show_default=True)
 @click.option(
-    "--traffic-seconds",
-    type=float,
-    default=30.0,
+    "--live-hours",
+    type=click.FloatRange(0, 24, min_open=True),
+    default=24.0,
     show_default=True,
-    help="how long devices replay the live day through the app",
+    help="how much of the live day devices replay through the app (from its midnight); the rest is "
+    "recorded without a prediction",
 )
 @click.option(
     "--lifecycle/--no-lifecycle",
@@ -93,7 +94,7 @@ def run_command(
     seed: int,
     num_samples: int,
     dashboard_port: int,
-    traffic_seconds: float,
+    live_hours: float,
     lifecycle: bool,
     keep_serving: bool | None,
 ) -> None:
@@ -106,15 +107,15 @@ def run_command(
     weekly retrain, whose gate decides whether the new model replaces the live one.
     """
     from conflict_core import db, registry
-    from conflict_core.cli.ray_jobs import (
+    from conflict_core.events_io import export_events, import_events
+    from conflict_core.simulator import SimulationConfig, simulate
+    from ray_control.jobs import (
         job_summary,
         local_ray,
         module_entrypoint,
         serve_env,
         submit_and_wait,
     )
-    from conflict_core.events_io import export_events, import_events
-    from conflict_core.simulator import SimulationConfig, simulate
 
     settings = app.settings
     started = time.perf_counter()
@@ -162,13 +163,9 @@ def run_command(
         exported = export_events(app.engine, settings.events_dir, until=live_start, progress=bar.update)
     click.echo(f"{exported.rows:,} events in {len(exported.partitions)} partitions under {exported.out_dir}")
 
-    from conflict_core.cli.serve_commands import (
-        deploy_config,
-        echo_traffic,
-        load_config,
-        replay_events,
-        wait_until_running,
-    )
+    from conflict_core import serve_config
+    from conflictctl.serve_commands import echo_traffic, replay_events
+    from ray_control.serve_deploy import deploy_config, load_config, wait_until_running
 
     tracking: dict | None = None
     retraining: dict | None = None
@@ -189,23 +186,25 @@ def run_command(
         )
         training = job_summary(logs)
 
-        _step(f"Ray Serve: deploy {settings.serve_config_path} on 127.0.0.1:8000")
-        serve_config = load_config(settings.serve_config_path, settings.database_url)
+        live_config = serve_config.ensure_live(settings.serve_config_template, settings.serve_config_path)
+        _step(f"Ray Serve: deploy {live_config} on 127.0.0.1:8000")
+        deployed = load_config(live_config, settings.database_url)
         # The replay compresses a day into seconds: half a second of refresh lag would hide
         # minutes of simulated syncs from the features, so the app tails the store per batch.
-        for application in serve_config["applications"]:
+        for application in deployed["applications"]:
             application["args"]["feature_refresh_interval_s"] = 0
-        deploy_config(serve_config)
+        deploy_config(deployed)
         wait_until_running()
+        replay_until = live_start + dt.timedelta(hours=live_hours)
         click.echo(
-            f"serving at {settings.serve_url}; devices replay the live day for up to {traffic_seconds:.0f} s "
+            f"serving at {settings.serve_url}; devices replay the live day up to {replay_until:%H:%M} UTC "
             "(predict each push as of its instant, then record its outcome)"
         )
-        report = replay_events(settings.serve_url, live, seconds=traffic_seconds)
+        report = replay_events(settings.serve_url, live, until=replay_until)
         echo_traffic(report)
         click.echo(
-            f"{report['pushes']:,} pushes, {report['recorded_without_prediction']:,} events recorded "
-            "without a prediction when the replay time ran out"
+            f"{report['pushes']:,} pushes, {report['recorded_without_prediction']:,} events after "
+            f"{replay_until:%H:%M} UTC recorded without a prediction"
         )
 
         if lifecycle:

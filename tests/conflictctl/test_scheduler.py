@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from conflict_core import scheduler
 from conflict_core.errors import ConfigurationError
 from conflict_core.settings import Settings
+from conflictctl import scheduler
 
 UTC = dt.UTC
 # Sunday 2026-03-01 23:59:30 UTC, so the weekly retrain is hours away and the day rolls over.
@@ -97,7 +97,7 @@ def test_submission_uses_the_venv_interpreter_and_absolute_settings(
         settings, client_factory=FakeClient, clock=lambda: dt.datetime(2026, 3, 2, 3, 0, 7, tzinfo=UTC)
     )
     retrain = next(s for s in schedules.schedules if s.name == "retrain")
-    with caplog.at_level(logging.INFO, logger="conflict_core.scheduler"):
+    with caplog.at_level(logging.INFO, logger="conflictctl.scheduler"):
         assert submitter.submit(retrain) == "retrain-20260302T0300Z"
     call = FakeClient.submitted[0]
     assert call["address"] == "http://ray:8265"
@@ -132,6 +132,7 @@ def test_the_job_sees_every_setting_the_scheduler_has(tmp_path: Path, monkeypatc
         "database_url": f"sqlite:///{Path('data/x.db').resolve()}",
         "data_dir": (tmp_path / "data").resolve(),
         "serve_config_path": settings.serve_config_path.resolve(),
+        "serve_config_template": settings.serve_config_template.resolve(),
     }
 
 
@@ -143,6 +144,6 @@ def test_a_failed_submission_is_logged_and_does_not_stop_the_scheduler(
             raise ConnectionError("dashboard unreachable")
 
     submitter = scheduler.JobSubmitter(Settings(data_dir=tmp_path), client_factory=Down)
-    with caplog.at_level(logging.ERROR, logger="conflict_core.scheduler"):
+    with caplog.at_level(logging.ERROR, logger="conflictctl.scheduler"):
         assert submitter.submit(schedules.schedules[0]) is None
     assert "dashboard unreachable" in caplog.text

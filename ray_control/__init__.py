@@ -1,0 +1,1 @@
+"""The Ray control plane: local instances, Ray Job submission, Serve deploys — plain functions."""

@@ -1,0 +1,50 @@
+"""Publishing the active model into the live Serve config.
+
+The committed ``serve_config.yaml`` is a template and is never written. The live config
+(``settings.serve_config_path``, under the data directory by default) is a copy of it made
+the first time a model is published, holding the active model in ``ModelInference``'s
+``user_config``; it is what the running app is deployed from. Applying the live config to a
+running app is Ray's business and belongs to the caller, who passes it in as ``apply``
+(``ray_control.serve_deploy.applier``), so this module stays plain Python.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from conflict_core import serve_config
+from conflict_core.errors import ConfigurationError
+from conflict_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Apply = Callable[[Path], bool]
+"""Puts the model of a live config into the running app; ``False`` when no app runs."""
+
+
+@dataclass(frozen=True)
+class Published:
+    serve_config_updated: bool
+    serve_app_reconfigured: bool
+
+
+def publish_active_model(
+    settings: Settings,
+    *,
+    version: str | None,
+    artifact_path: str | None,
+    artifact_sha256: str | None,
+    apply: Apply | None = None,
+) -> Published:
+    """Write the model (``None`` everywhere: none, the heuristics answer) into the live config,
+    creating it from the template first if needed, then ``apply`` it when given."""
+    try:
+        path = serve_config.ensure_live(settings.serve_config_template, settings.serve_config_path)
+    except ConfigurationError as exc:
+        log.warning("the running app keeps its model: %s", exc)
+        return Published(False, False)
+    serve_config.set_model(path, version=version, artifact_path=artifact_path, artifact_sha256=artifact_sha256)
+    return Published(True, apply(path) if apply is not None else False)
