@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_serve  # noqa: E402  (the serving benchmark's store, model, bodies and wrk driver)
 
-from ray_control.jobs import serve_env  # noqa: E402
+from ray_control.instance import serve_env  # noqa: E402
 
 URL = "http://127.0.0.1:8000"
 _SERIES = re.compile(r"^(?:ray_)?(conflict_\w+?)_(sum|count)\{([^}]*)\} ([0-9.e+]+)", re.M)

@@ -31,8 +31,8 @@ import bench_serve  # noqa: E402  (the serving benchmark's store and request bod
 from conflict_core import db  # noqa: E402
 from conflict_core.store import make_engine  # noqa: E402
 from serve_app.feature_lookup import FEATURE_NAMES, OnlineFeatureLookup  # noqa: E402
-from serve_app.ingress import _prediction_ids  # noqa: E402
 from serve_app.prediction_log import insert_ignoring_duplicates  # noqa: E402
+from serve_app.rendering import prediction_ids as _prediction_ids  # noqa: E402
 
 
 def _lookup(work: Path) -> None:

@@ -7,7 +7,7 @@ Run from the repo root (it starts a local Ray, so hold the machine's Ray lock):
         [--duration 10] [--concurrency 8,16,24,32,40,48,64] [--burst]
 
 ``--mode`` is the serve ingress mode, set in the environment before Ray starts exactly as
-``conflictctl`` does (:func:`ray_control.jobs.serve_env`): ``haproxy`` (the default;
+``conflictctl`` does (:func:`ray_control.instance.serve_env`): ``haproxy`` (the default;
 Ray's HAProxy through the loopback launcher, throughput-optimized replicas), ``throughput``
 (throughput-optimized behind Ray's Python proxy) or ``default`` (Ray's Python proxy). The load
 goes to 127.0.0.1 only.
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray_control.jobs import serve_env
+from ray_control.instance import serve_env
 
 REPO = Path(__file__).resolve().parents[1]
 LUA = """

@@ -61,5 +61,9 @@ class ArtifactIntegrityError(RegistryError):
     """A model artifact is missing or its sha256 does not match the registry row."""
 
 
+class ArtifactFormatError(RegistryError):
+    """An artifact whose checksum matched holds something other than a Conflict Predictor model."""
+
+
 class JobLockedError(ConflictPredictorError):
     """Another run of the same job holds the lock."""

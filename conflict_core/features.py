@@ -48,7 +48,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from conflict_core.errors import ConflictPredictorError, ValidationError
+from conflict_core.errors import ConflictPredictorError
 
 SEED_FEATURES: tuple[str, ...] = (
     "concurrent_editors",
@@ -636,16 +636,3 @@ def _stacked(history: Frame, targets: Frame, column: str) -> pd.Series | pa.Arra
         return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
     h, t = (c.to_pandas() if isinstance(c, pa.ChunkedArray) else c for c in (h, t))
     return pd.concat([h, t], ignore_index=True).astype("str")
-
-
-def feature_vector(features: Mapping[str, float], columns: Sequence[str]) -> list[float]:
-    """Values of ``columns`` in order, refusing a missing or non-finite one."""
-    vector = []
-    for name in columns:
-        if name not in features:
-            raise ValidationError(name, "feature is missing")
-        value = float(features[name])
-        if not np.isfinite(value):
-            raise ValidationError(name, f"feature must be finite, got {value}")
-        vector.append(value)
-    return vector

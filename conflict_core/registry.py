@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from conflict_core.errors import ArtifactIntegrityError, RegistryError
+from conflict_core.errors import ArtifactFormatError, ArtifactIntegrityError, RegistryError
 from conflict_core.store import ModelVersion, utcnow
 
 HEURISTIC_VERSION = "heuristic_v1"
@@ -68,7 +68,7 @@ def load_artifact(path: Path, expected_sha256: str) -> dict[str, Any]:
         )
     artifact = joblib.load(io.BytesIO(data))
     if not isinstance(artifact, dict) or "estimator" not in artifact or "feature_columns" not in artifact:
-        raise ArtifactIntegrityError(f"model artifact {path} is not a Conflict Predictor model")
+        raise ArtifactFormatError(f"model artifact {path} is not a Conflict Predictor model")
     return artifact
 
 

@@ -104,14 +104,7 @@ class Settings(BaseSettings):
     def _known_backend(cls, value: str) -> str:
         if not value.startswith(("sqlite", "postgresql")):
             raise ValueError(f"expected a sqlite:// or postgresql:// URL, got {value!r}")
-        if value.startswith("sqlite:///") and not value.startswith("sqlite:////") and ":memory:" not in value:
-            # A relative SQLite path means "relative to where the settings were made"; Ray Jobs
-            # run elsewhere, so pin it now.
-            value = "sqlite:///" + str(Path(value.removeprefix("sqlite:///")).resolve())
-        if value.startswith("postgresql://"):
-            # psycopg 3 is the installed driver; name it so SQLAlchemy does not look for psycopg2.
-            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
-        return value
+        return absolute_database_url(value)
 
     @model_validator(mode="after")
     def _ordered_thresholds(self) -> Settings:
@@ -163,6 +156,20 @@ class Settings(BaseSettings):
     def public_dict(self) -> dict[str, Any]:
         """Settings as plain values, for logs and job summaries."""
         return self.model_dump(mode="json")
+
+
+def absolute_database_url(url: str) -> str:
+    """``url`` as every process can use it: a relative SQLite path made absolute (it means
+    "relative to where the settings were made"; Ray Jobs and replicas run elsewhere), and
+    PostgreSQL on the installed psycopg 3 driver, so SQLAlchemy does not look for psycopg2."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        parsed = parsed.set(database=str(Path(parsed.database).resolve()))
+    elif parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
 
 
 @lru_cache(maxsize=1)

@@ -97,10 +97,10 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 def monitor(app: AppContext, runs: int, as_json: bool) -> None:
     """Show the latest monitoring metrics and the alerts currently firing."""
     from training.monitoring import firing_alerts
-    from training.outcomes import latest_runs
+    from training.outcomes import latest_monitoring_runs
 
     with app.session_factory() as session:
-        recent = latest_runs(session, limit=runs)
+        recent = latest_monitoring_runs(session, limit=runs)
         firing = firing_alerts(session)
     if as_json:
         click.echo(
@@ -164,8 +164,12 @@ def retrain(app: AppContext, now: dt.datetime | None, local: bool, num_samples: 
             raise click.ClickException(f"could not submit the retrain to {app.settings.dashboard_url}")
         click.echo(f"submitted Ray Job {sid}; follow it with `ray job logs -f {sid}`")
         return
+    from ray_control.instance import connect
+    from ray_control.serve_deploy import applier
     from training.retrain import retrain as run_retrain
 
+    if not local:
+        connect(app.settings.ray_address)
     summary = run_retrain(
         app.settings,
         app.session_factory,
@@ -174,6 +178,7 @@ def retrain(app: AppContext, now: dt.datetime | None, local: bool, num_samples: 
         use_ray=not local,
         sweep="local" if local else "ray",
         num_samples=num_samples,
+        apply=applier(app.settings.dashboard_url),
         progress=click.echo,
     )
     for name, step in summary.steps.items():

@@ -3,34 +3,37 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
-from conflictctl.context import AppContext, pass_app
-
-
-def _job_args(app: AppContext) -> list[str]:
-    settings = app.settings
-    return [
-        "--database-url",
-        settings.database_url,
-        "--data-dir",
-        str(settings.data_dir.resolve()),
-        "--serve-config",
-        str(settings.serve_config_path.resolve()),
-    ]
+from conflictctl.context import AppContext, pass_app, progress_bar
 
 
 @click.command("extract")
-@click.option("--days-back", type=int, help="target window in days (default: 90)")
+@click.option("--days-back", type=int, help="target window in days (default: settings)")
 @click.option("--local", is_flag=True, help="compute in this process instead of Ray tasks")
 @pass_app
 def extract_command(app: AppContext, days_back: int | None, local: bool) -> None:
-    """Compute the training set from exported events (the jobs.extract_features Ray Job, run here)."""
-    from jobs import extract_features
+    """Compute the training set from exported events (what the jobs.extract_features Ray Job does)."""
+    from ray_control.instance import connect
+    from training.extract import extract_training_set
 
-    argv = _job_args(app) + (["--days-back", str(days_back)] if days_back else []) + (["--local"] if local else [])
-    click.echo(json.dumps(extract_features.main(argv), indent=2, default=str))
+    if not local:
+        connect(app.settings.ray_address)
+    with progress_bar(None, "feature tasks", "tasks") as bar:
+        summary = extract_training_set(
+            app.settings,
+            days_back=days_back,
+            use_ray=not local,
+            progress=lambda done, total: _advance(bar, done, total),
+        )
+    click.echo(json.dumps(summary, indent=2, default=str))
+
+
+def _advance(bar: Any, done: int, total: int) -> None:
+    bar.total = total
+    bar.update(done - bar.n)
 
 
 @click.command("train")
@@ -38,12 +41,25 @@ def extract_command(app: AppContext, days_back: int | None, local: bool) -> None
 @click.option("--local-sweep", is_flag=True, help="run the sweep in this process, not on Ray Tune")
 @pass_app
 def train_command(app: AppContext, num_samples: int | None, local_sweep: bool) -> None:
-    """Train, report and register a model; the gate decides its activation (the jobs.train Ray Job, run here)."""
-    from jobs import train
+    """Train, report and register a model; the gate decides its activation (what the jobs.train Ray Job does)."""
+    from conflict_core import db
+    from ray_control.instance import connect
+    from ray_control.serve_deploy import applier
+    from training.publishing import train_and_publish
 
-    argv = _job_args(app) + (["--num-samples", str(num_samples)] if num_samples else [])
-    argv += ["--local-sweep"] if local_sweep else []
-    click.echo(json.dumps(train.main(argv + ["--activated-by", "conflictctl train"]), indent=2, default=str))
+    db.upgrade(app.settings.database_url)
+    if not local_sweep:
+        connect(app.settings.ray_address)
+    summary = train_and_publish(
+        app.settings,
+        app.session_factory,
+        sweep="local" if local_sweep else "ray",
+        num_samples=num_samples,
+        activated_by="conflictctl train",
+        apply=applier(app.settings.dashboard_url),
+        progress=click.echo,
+    )
+    click.echo(json.dumps(summary, indent=2, default=str))
 
 
 @click.group("models")

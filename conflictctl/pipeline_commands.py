@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,29 @@ from conflictctl.context import AppContext, pass_app, progress_bar
 
 def _step(title: str) -> None:
     click.secho(f"\n== {title}", bold=True)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What ``conflictctl run`` simulates, trains and replays."""
+
+    users: int
+    entities: int
+    days: int
+    seed: int
+    num_samples: int
+    dashboard_port: int
+    live_hours: float
+    lifecycle: bool
+    keep_serving: bool
+    verbose: bool
+
+
+@dataclass(frozen=True)
+class SimulatedDay:
+    live: Any  # the live day's events (a pyarrow table in the import format)
+    live_start: dt.datetime
+    data_end: dt.datetime
 
 
 def logged_feature_parity(engine: Any) -> tuple[int, int]:
@@ -85,19 +110,9 @@ def _fmt(value: object, spec: str = ".3f") -> str:
     default=None,
     help="keep the app up until Ctrl-C at the end (default: when run from a terminal)",
 )
+@click.option("--verbose", is_flag=True, help="stream every Ray Job's log here (each is always kept in a file)")
 @pass_app
-def run_command(
-    app: AppContext,
-    users: int,
-    entities: int,
-    days: int,
-    seed: int,
-    num_samples: int,
-    dashboard_port: int,
-    live_hours: float,
-    lifecycle: bool,
-    keep_serving: bool | None,
-) -> None:
+def run_command(app: AppContext, keep_serving: bool | None, **options: Any) -> None:
     """The product end to end on a simulated sync server.
 
     Simulates ``days`` days of history and one live day after them; imports and exports the
@@ -106,46 +121,51 @@ def run_command(
     simulated time, the lifecycle: outcome tracking as it would run 25 hours later, and the
     weekly retrain, whose gate decides whether the new model replaces the live one.
     """
-    from conflict_core import db, registry
-    from conflict_core.events_io import export_events, import_events
-    from conflict_core.simulator import SimulationConfig, simulate
-    from ray_control.jobs import (
-        job_summary,
-        local_ray,
-        module_entrypoint,
-        serve_env,
-        submit_and_wait,
-    )
-
-    settings = app.settings
+    plan = RunPlan(keep_serving=keep_serving if keep_serving is not None else sys.stdin.isatty(), **options)
     started = time.perf_counter()
-    data_dir = settings.data_dir.resolve()
-    job_args = [
-        "--database-url",
-        settings.database_url,
-        "--data-dir",
-        str(data_dir),
-        "--serve-config",
-        str(settings.serve_config_path.resolve()),
-    ]
+    from conflict_core import db
 
-    _step(f"store: {settings.database_url}")
-    db.upgrade(settings.database_url)
+    _step(f"store: {app.settings.database_url}")
+    db.upgrade(app.settings.database_url)
+    day = _simulate_history(app, plan)
+    results = _jobs_and_serving(app, plan, day)
+    _step("online/offline feature parity")
+    identical, compared = logged_feature_parity(app.engine)
+    click.echo(
+        f"{identical:,} of {compared:,} live predictions were served exactly the features the extraction "
+        "job computes for the same syncs"
+    )
+    _summary(app, results)
+    click.echo(f"done in {time.perf_counter() - started:.0f} s")
 
+
+def _simulate_history(app: AppContext, plan: RunPlan) -> SimulatedDay:
+    """Simulate the history and the live day; import and export the history."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from conflict_core.events_io import export_events, import_events
+    from conflict_core.simulator import SimulationConfig, simulate
+
+    settings = app.settings
     data_end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     live_start = data_end - dt.timedelta(days=1)
-    _step(f"simulate {days} days of sync history and a live day ({users} users, {entities} entities, seed {seed})")
+    _step(
+        f"simulate {plan.days} days of sync history and a live day "
+        f"({plan.users} users, {plan.entities} entities, seed {plan.seed})"
+    )
     config = SimulationConfig(
-        users=users, entities=entities, days=days + 1, seed=seed, start=data_end - dt.timedelta(days=days + 1)
+        users=plan.users,
+        entities=plan.entities,
+        days=plan.days + 1,
+        seed=plan.seed,
+        start=data_end - dt.timedelta(days=plan.days + 1),
     )
     with progress_bar(None, "simulating", "events") as bar:
         table = simulate(config, progress=lambda n: bar.update(n - bar.n))
     is_live = pc.greater_equal(table["synced_at"], pc.cast(live_start, table.schema.field("synced_at").type))
     history, live = table.filter(pc.invert(is_live)), table.filter(is_live)
-    simulated = data_dir / "simulated" / f"sync_events_seed{seed}.parquet"
+    simulated = settings.data_dir.resolve() / "simulated" / f"sync_events_seed{plan.seed}.parquet"
     simulated.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(history, simulated)
     click.echo(
@@ -162,29 +182,60 @@ def run_command(
     with progress_bar(None, "exporting") as bar:
         exported = export_events(app.engine, settings.events_dir, until=live_start, progress=bar.update)
     click.echo(f"{exported.rows:,} events in {len(exported.partitions)} partitions under {exported.out_dir}")
+    return SimulatedDay(live=live, live_start=live_start, data_end=data_end)
 
+
+def _job_runner(app: AppContext, plan: RunPlan, dashboard: str) -> Callable[..., dict[str, Any]]:
+    """Runs one of the product's Ray Jobs: its log to a file (streamed here with ``--verbose``),
+    a spinner with its latest line meanwhile, then its headline and where its log is."""
+    from ray_control.jobs import run_job
+
+    settings = app.settings
+    logs_dir = settings.data_dir.resolve() / "logs" / "jobs"
+    common = [
+        "--database-url",
+        settings.database_url,
+        "--data-dir",
+        str(settings.data_dir.resolve()),
+        "--serve-config",
+        str(settings.serve_config_path.resolve()),
+    ]
+
+    def run(module: str, args: list[str], runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
+        with progress_bar(None, module, "lines") as bar:
+
+            def follow(line: str) -> None:
+                if plan.verbose:
+                    click.echo(line)
+                bar.update(1)
+                bar.set_postfix_str(line.split("] ", 1)[-1][:70], refresh=False)
+
+            result = run_job(
+                dashboard, module, [*common, *args], logs_dir=logs_dir, echo=follow, runtime_env=runtime_env
+            )
+        click.echo(f"{result.summary.get('headline', 'done')}  (log: {result.log_path})")
+        return result.summary
+
+    return run
+
+
+def _jobs_and_serving(app: AppContext, plan: RunPlan, day: SimulatedDay) -> dict[str, Any]:
+    """Extract, train, serve and replay the live day, then the lifecycle on simulated time."""
     from conflict_core import serve_config
-    from conflictctl.serve_commands import echo_traffic, replay_events
+    from conflictctl.serve_commands import echo_traffic
+    from conflictctl.traffic import replay_events
+    from ray_control.instance import local_ray, serve_env
     from ray_control.serve_deploy import deploy_config, load_config, wait_until_running
 
-    tracking: dict | None = None
-    retraining: dict | None = None
-    with local_ray(dashboard_port=dashboard_port, env=serve_env(settings.serve_ingress_mode)) as dashboard:
+    settings = app.settings
+    results: dict[str, Any] = {}
+    with local_ray(dashboard_port=plan.dashboard_port, env=serve_env(settings.serve_ingress_mode)) as dashboard:
+        run = _job_runner(app, plan, dashboard)
         _step(f"Ray Job: extract features (dashboard {dashboard})")
-        logs = submit_and_wait(
-            dashboard,
-            module_entrypoint("jobs.extract_features", [*job_args, "--days-back", str(days)]),
-            echo=click.echo,
-        )
-        extraction = job_summary(logs)
+        results["extraction"] = run("jobs.extract_features", ["--days-back", str(plan.days)])
 
         _step("Ray Job: train with a Ray Tune sweep, calibrate, register, gate")
-        logs = submit_and_wait(
-            dashboard,
-            module_entrypoint("jobs.train", [*job_args, "--num-samples", str(num_samples)]),
-            echo=click.echo,
-        )
-        training = job_summary(logs)
+        results["training"] = run("jobs.train", ["--num-samples", str(plan.num_samples)])
 
         live_config = serve_config.ensure_live(settings.serve_config_template, settings.serve_config_path)
         _step(f"Ray Serve: deploy {live_config} on 127.0.0.1:8000")
@@ -195,43 +246,35 @@ def run_command(
             application["args"]["feature_refresh_interval_s"] = 0
         deploy_config(deployed)
         wait_until_running()
-        replay_until = live_start + dt.timedelta(hours=live_hours)
+        replay_until = day.live_start + dt.timedelta(hours=plan.live_hours)
         click.echo(
             f"serving at {settings.serve_url}; devices replay the live day up to {replay_until:%H:%M} UTC "
             "(predict each push as of its instant, then record its outcome)"
         )
-        report = replay_events(settings.serve_url, live, until=replay_until)
+        report = replay_events(settings.serve_url, day.live, until=replay_until)
         echo_traffic(report)
         click.echo(
             f"{report['pushes']:,} pushes, {report['recorded_without_prediction']:,} events after "
             f"{replay_until:%H:%M} UTC recorded without a prediction"
         )
+        results["replay"] = report
 
-        if lifecycle:
+        if plan.lifecycle:
             # The app flushes its prediction log asynchronously; give it a moment to land.
             time.sleep(2.0)
             tracked_at = dt.datetime.now(dt.UTC) + dt.timedelta(hours=25)
             _step(f"Ray Job: outcome tracking as of {tracked_at:%Y-%m-%d %H:%M} UTC (simulated clock, +25 h)")
-            logs = submit_and_wait(
-                dashboard,
-                module_entrypoint("jobs.track_outcomes", [*job_args, "--now", tracked_at.isoformat()]),
-                echo=click.echo,
-            )
-            tracking = job_summary(logs)
+            results["tracking"] = run("jobs.track_outcomes", ["--now", tracked_at.isoformat()])
 
-            _step(f"Ray Job: weekly retrain on the data up to {data_end:%Y-%m-%d %H:%M} UTC, beside the live app")
+            _step(f"Ray Job: weekly retrain on the data up to {day.data_end:%Y-%m-%d %H:%M} UTC, beside the live app")
             # The app holds most of the two cores' logical CPUs; the retrain's tasks take small shares.
-            logs = submit_and_wait(
-                dashboard,
-                module_entrypoint(
-                    "jobs.retrain", [*job_args, "--now", data_end.isoformat(), "--num-samples", str(num_samples)]
-                ),
-                echo=click.echo,
+            results["retraining"] = run(
+                "jobs.retrain",
+                ["--now", day.data_end.isoformat(), "--num-samples", str(plan.num_samples)],
                 runtime_env={"env_vars": {"CONFLICT_JOB_TASK_CPUS": "0.25"}},
             )
-            retraining = job_summary(logs)
 
-        if keep_serving if keep_serving is not None else sys.stdin.isatty():
+        if plan.keep_serving:
             click.echo(f"serving at {settings.serve_url} until Ctrl-C")
             try:
                 while True:
@@ -241,17 +284,16 @@ def run_command(
         from ray import serve
 
         serve.shutdown()
+    return results
 
-    _step("online/offline feature parity")
-    identical, compared = logged_feature_parity(app.engine)
-    click.echo(
-        f"{identical:,} of {compared:,} live predictions were served exactly the features the extraction "
-        "job computes for the same syncs"
-    )
+
+def _summary(app: AppContext, results: dict[str, Any]) -> None:
+    from conflict_core import registry
 
     _step("summary")
     with app.session_factory() as session:
         active = registry.active(session)
+    extraction, training, report = results["extraction"], results["training"], results["replay"]
     holdout, baseline = training["holdout"], training["seed_baseline_holdout"]
     click.echo(
         f"training set     {extraction['rows']:,} rows, conflict rate {extraction['positive_rate']:.2%}, "
@@ -272,6 +314,7 @@ def run_command(
         f"p50 {report['p50_ms']:.0f} ms, p95 {report['p95_ms']:.0f} ms, "
         f"fallback rate {report['fallback_rate']:.1%}, errors {report['errors']:.0f}"
     )
+    tracking = results.get("tracking")
     if tracking is not None:
         m = tracking["metrics"]
         q = m.get("model") or {}
@@ -289,13 +332,13 @@ def run_command(
         if psi:
             click.echo("feature drift    PSI " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(psi.items())))
         click.echo(f"alerts firing    {', '.join(tracking['alerts_firing']) or 'none'}")
+    retraining = results.get("retraining")
     if retraining is not None:
         click.echo(
             f"retrain          {retraining['version']}: "
             f"{'activated' if retraining['activated'] else 'kept as a candidate'} ({retraining['gate_reason']})"
         )
     click.echo(f"active model     {active.version if active else 'none (heuristics answer)'}")
-    click.echo(f"done in {time.perf_counter() - started:.0f} s")
 
 
 COMMANDS = [run_command]

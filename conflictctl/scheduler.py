@@ -19,11 +19,13 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import ValidationError as PydanticValidationError
 
 from conflict_core.errors import ConfigurationError
 from conflict_core.settings import Settings
@@ -55,8 +57,47 @@ class ScheduleFile:
     path: Path | None = field(default=None, compare=False)
 
 
-_TOP_KEYS = {"timezone", "misfire_grace_time_seconds", "coalesce", "jobs"}
-_JOB_KEYS = {"cron", "module", "args"}
+class _JobEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str
+    module: str
+    args: tuple[str, ...] = ()
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        try:
+            CronTrigger.from_crontab(value, timezone=dt.UTC)
+        except ValueError as exc:
+            raise ValueError(f"invalid cron {value!r}: {exc}") from exc
+        return value
+
+
+class _ScheduleFileModel(BaseModel):
+    """The schedule file as written: UTC only, a non-empty ``jobs`` mapping, nothing unknown."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timezone: Literal["UTC"] = "UTC"
+    misfire_grace_time_seconds: PositiveInt = 3600
+    coalesce: bool = True
+    jobs: dict[str, _JobEntry] = Field(min_length=1)
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    """One pydantic error in the schedule file's own terms."""
+    loc = error["loc"]
+    if loc and loc[0] == "jobs" and len(loc) >= 2 and error["type"] in {"missing", "extra_forbidden"}:
+        return f"job {loc[1]!r} needs 'cron' and 'module' (and optional 'args') only"
+    if loc and loc[0] == "jobs" and len(loc) <= 1:
+        return "expected a non-empty 'jobs' mapping"
+    if error["type"] == "extra_forbidden":
+        return f"unknown keys [{loc[0]!r}]; expected {sorted(_ScheduleFileModel.model_fields)}"
+    if loc == ("timezone",):
+        return f"timezone must be UTC, got {error['input']!r}"
+    where = ".".join(str(part) for part in loc)
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
 
 
 def load_schedules(path: Path = DEFAULT_SCHEDULES) -> ScheduleFile:
@@ -65,35 +106,15 @@ def load_schedules(path: Path = DEFAULT_SCHEDULES) -> ScheduleFile:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
         raise ConfigurationError(f"schedule file {path} does not exist") from exc
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("jobs"), Mapping) or not raw["jobs"]:
+    if not isinstance(raw, Mapping):
         raise ConfigurationError(f"schedule file {path}: expected a mapping with a non-empty 'jobs' mapping")
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        raise ConfigurationError(f"schedule file {path}: unknown keys {sorted(unknown)}; expected {sorted(_TOP_KEYS)}")
-    if str(raw.get("timezone", "UTC")) != "UTC":
-        raise ConfigurationError(f"schedule file {path}: timezone must be UTC, got {raw['timezone']!r}")
-    schedules = []
-    for name, entry in raw["jobs"].items():
-        if not isinstance(entry, Mapping) or not {"cron", "module"} <= set(entry) or set(entry) - _JOB_KEYS:
-            raise ConfigurationError(
-                f"schedule file {path}: job {name!r} needs 'cron' and 'module' (and optional 'args') only"
-            )
-        schedule = Schedule(
-            str(name), str(entry["cron"]), str(entry["module"]), tuple(str(a) for a in entry.get("args") or ())
-        )
-        try:
-            schedule.trigger()
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"schedule file {path}: job {name!r} has an invalid cron {schedule.cron!r}: {exc}"
-            ) from exc
-        schedules.append(schedule)
-    grace = raw.get("misfire_grace_time_seconds", 3600)
-    if not isinstance(grace, int) or grace <= 0:
-        raise ConfigurationError(
-            f"schedule file {path}: misfire_grace_time_seconds must be a positive integer, got {grace!r}"
-        )
-    return ScheduleFile(tuple(schedules), grace, bool(raw.get("coalesce", True)), path)
+    try:
+        model = _ScheduleFileModel.model_validate(raw)
+    except PydanticValidationError as exc:
+        problems = "; ".join(_problem(error) for error in exc.errors())
+        raise ConfigurationError(f"schedule file {path}: {problems}") from None
+    schedules = tuple(Schedule(name, job.cron, job.module, job.args) for name, job in model.jobs.items())
+    return ScheduleFile(schedules, model.misfire_grace_time_seconds, model.coalesce, path)
 
 
 def next_run_times(
@@ -126,15 +147,6 @@ def entrypoint(schedule: Schedule, *, python: str | None = None) -> str:
     return shlex.join([python or sys.executable, "-m", schedule.module, *schedule.args])
 
 
-def _absolute_database_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        parsed = parsed.set(database=str(Path(parsed.database).resolve()))
-    return parsed.render_as_string(hide_password=False)
-
-
 def runtime_env(settings: Settings, project_dir: Path = PROJECT_DIR) -> dict[str, Any]:
     """The job's working directory (the project, without data) and the settings it must see.
 
@@ -149,8 +161,7 @@ def runtime_env(settings: Settings, project_dir: Path = PROJECT_DIR) -> dict[str
         if isinstance(value, Path):
             value = value.resolve()
         env_vars[f"CONFLICT_{name.upper()}"] = str(value)
-    database_url = _absolute_database_url(settings.database_url)
-    env_vars["CONFLICT_DATABASE_URL"] = env_vars["DATABASE_URL"] = database_url
+    env_vars["CONFLICT_DATABASE_URL"] = env_vars["DATABASE_URL"] = settings.database_url  # absolute already
     return {"working_dir": str(project_dir), "excludes": WORKING_DIR_EXCLUDES, "env_vars": env_vars}
 
 

@@ -1,4 +1,10 @@
-"""What every Ray Job entrypoint shares: argument basics, settings, Ray start-up, summary."""
+"""What every Ray Job entrypoint shares: argument basics, settings, and how a run ends.
+
+An entrypoint's ``main(argv)`` parses its arguments, calls one library function and returns
+the run's summary (a JSON-able dict, with a one-line ``headline``). :func:`run` prints the
+summary, writes it to ``--result-file`` (what :func:`ray_control.jobs.run_job` returns to the
+submitter) and exits 1 on a product error, whose summary says what failed.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,22 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from conflict_core.atomic import write_text_atomically
 from conflict_core.errors import ConflictPredictorError
 from conflict_core.settings import Settings
+
+
+class JobError(ConflictPredictorError):
+    """A job ran and failed; ``summary`` is what it leaves as its result."""
+
+    def __init__(self, message: str, summary: dict[str, Any]):
+        super().__init__(message)
+        self.summary = summary
 
 
 def base_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
@@ -20,8 +35,9 @@ def base_parser(description: str, prog: str | None = None) -> argparse.ArgumentP
     parser.add_argument("--database-url", help="store URL (default: settings / DATABASE_URL)")
     parser.add_argument("--data-dir", help="root of exports, features and models (default: settings)")
     parser.add_argument(
-        "--serve-config", help="serve_config.yaml to publish an activated model into (default: settings)"
+        "--serve-config", help="the live serve config to publish an activated model into (default: settings)"
     )
+    parser.add_argument("--result-file", type=Path, help="also write the run's summary (JSON) to this file")
     return parser
 
 
@@ -42,29 +58,24 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def init_ray(settings: Settings) -> None:
-    """Join the cluster the job was submitted to, or the configured one, or start a local one.
-
-    A local instance (a job run by hand, without ``settings.ray_address``) is this process's
-    own and stops with it; run jobs beside a live app by submitting them to its cluster.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS") or settings.ray_address
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
-
-
-def run(main: Callable[[], dict[str, Any]]) -> None:
-    """Run a job body, print its summary as JSON, and exit non-zero on a product error."""
+def run(main: Callable[[list[str] | None], dict[str, Any]], argv: list[str] | None = None) -> None:
+    """Run a job body; print and store its summary; exit non-zero on a product error."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--result-file", type=Path)
+    result_file = peek.parse_known_args(argv)[0].result_file
+    status = 0
     try:
-        summary = main()
+        summary = {"status": "succeeded", **main(argv)}
+    except JobError as exc:
+        summary, status = {"status": "failed", "error": str(exc), **exc.summary}, 1
     except ConflictPredictorError as exc:
-        print(json.dumps({"status": "failed", "error": str(exc), "error_type": type(exc).__name__}), flush=True)
-        sys.exit(1)
-    print(json.dumps({"status": "succeeded", **summary}, default=str, indent=2), flush=True)
+        summary, status = {"status": "failed", "error": str(exc), "error_type": type(exc).__name__}, 1
+    text = json.dumps(summary, default=str, indent=2)
+    print(text, flush=True)
+    if summary.get("headline"):
+        print(summary["headline"], file=sys.stderr if status else sys.stdout, flush=True)
+    if result_file is not None:
+        write_text_atomically(result_file, text)
+    sys.exit(status)

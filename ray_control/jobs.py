@@ -1,149 +1,114 @@
-"""Running the product's Ray Jobs: a local Ray instance with its dashboard, and job submission.
+"""Submitting the product's Ray Jobs and collecting what they return.
 
-Entry points name this interpreter explicitly, because a job's shell may not have the
-project's virtualenv on its ``PATH``.
+:func:`run_job` submits ``python -m <module> ARGS --result-file F`` (naming this interpreter,
+because a job's shell may not have the project's virtualenv on its ``PATH``), follows the
+job's log with ``JobSubmissionClient.tail_job_logs`` into a file of its own (and through
+``echo`` when given), and returns the summary the entrypoint wrote to its result file
+(:func:`jobs._runtime.run`): a job's result is data, not text scraped from its log.
+The result and log files live in ``logs_dir``, which every node must see (the data dir).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from conflict_core.errors import ConflictPredictorError
+from ray_control.dashboard import job_client
 
-
-def serve_env(mode: str) -> dict[str, str]:
-    """Environment that puts Ray Serve's HTTP path in ``mode``; it must be set before Ray starts.
-
-    ``haproxy`` (the default): Ray's bundled HAProxy replaces the Python proxy and forwards to
-    the ingress replica's own HTTP port (throughput-optimized mode underneath): several times
-    the requests/s of the other modes here, see BENCHMARKS.md. Ray 2.60 writes HAProxy's stats
-    and Prometheus listeners on every interface, so HAProxy is started through the
-    ``conflict-haproxy`` launcher (:mod:`serve_app.haproxy_launcher`), which moves them onto
-    127.0.0.1 (``CONFLICT_HAPROXY_BIND_HOST`` to choose another address). ``throughput``: Ray
-    Serve's throughput-optimized mode — direct ingress behind the Python proxy, gRPC between
-    replicas. ``default``: Ray Serve's Python proxy. In every mode the HTTP ports follow the
-    serve config's ``http_options.host`` (127.0.0.1).
-
-    A draining ingress replica waits 30 s by default for an external load balancer to notice;
-    a local instance has none, so 2 s. Values already in the environment win.
-    """
-    modes: dict[str, dict[str, str]] = {
-        "default": {},
-        "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-        "haproxy": {
-            "RAY_SERVE_ENABLE_HA_PROXY": "1",
-            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-            "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_launcher_path(),
-        },
-    }
-    if mode not in modes:
-        raise ValueError(f"serve ingress mode must be one of {sorted(modes)}, got {mode!r}")
-    return {**modes[mode], "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"} if modes[mode] else {}
-
-
-def haproxy_launcher_path() -> str:
-    """The ``conflict-haproxy`` console script of this interpreter's environment (absolute)."""
-    launcher = Path(sys.executable).parent / "conflict-haproxy"
-    if not launcher.is_file():
-        raise ConflictPredictorError(
-            f"{launcher} is missing: install the project into this environment (scripts/setup.sh) "
-            "or choose another serve ingress mode (CONFLICT_SERVE_INGRESS_MODE=throughput)"
-        )
-    return str(launcher)
+FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 
 
 class JobFailedError(ConflictPredictorError):
-    """A submitted Ray Job ended in a state other than SUCCEEDED."""
-
-
-@contextmanager
-def local_ray(
-    dashboard_port: int = 8265, num_cpus: int | None = None, env: dict[str, str] | None = None
-) -> Iterator[str]:
-    """Start a local Ray instance owned by this process; yields the dashboard URL, shuts down after."""
-    import os
-
-    import ray
-
-    for key, value in (env or {}).items():
-        os.environ.setdefault(key, value)
-    ray.init(
-        address="local",
-        num_cpus=num_cpus or os.cpu_count(),
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=dashboard_port,
-        log_to_driver=False,
-    )
-    try:
-        yield f"http://127.0.0.1:{dashboard_port}"
-    finally:
-        ray.shutdown()
+    """A submitted Ray Job ended in a state other than SUCCEEDED, or returned no result."""
 
 
 def module_entrypoint(module: str, args: Sequence[str]) -> str:
     return shlex.join([sys.executable, "-m", module, *args])
 
 
-def submit_and_wait(
+@dataclass(frozen=True)
+class JobResult:
+    submission_id: str
+    log_path: Path
+    summary: dict[str, Any]
+
+
+def run_job(
     dashboard_url: str,
-    entrypoint: str,
+    module: str,
+    args: Sequence[str],
     *,
-    submission_id: str | None = None,
-    echo: Callable[[str], None] = print,
-    timeout_s: float = 3600,
+    logs_dir: Path,
+    echo: Callable[[str], None] | None = None,
     runtime_env: dict[str, Any] | None = None,
-) -> str:
-    """Submit a Ray Job, stream its log lines through ``echo``, and return its final log.
+    timeout_s: float = 3600,
+) -> JobResult:
+    """Submit ``module`` as a Ray Job, wait for it, and return its summary.
 
-    Raises :class:`JobFailedError` when it fails, is stopped or outlives ``timeout_s``.
+    Raises :class:`JobFailedError` when it fails, is stopped, outlives ``timeout_s`` (it is
+    then stopped) or writes no result; the message names the log file.
     """
-    from ray.job_submission import JobStatus
-
-    from ray_control.dashboard import job_client
-
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    submission_id = f"{module.rsplit('.', 1)[-1]}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    result_path = logs_dir / f"{submission_id}.json"
+    log_path = logs_dir / f"{submission_id}.log"
     client = job_client(dashboard_url)
-    job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env)
-    echo(f"submitted Ray Job {job_id}: {entrypoint}")
-    deadline = time.monotonic() + timeout_s
-    printed = 0
-    while True:
-        status = client.get_job_status(job_id)
-        logs = client.get_job_logs(job_id)
-        for line in logs[printed:].splitlines():
-            echo(f"  [{job_id}] {line}")
-        printed = len(logs)
-        if status in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-            break
+    client.submit_job(
+        entrypoint=module_entrypoint(module, [*args, "--result-file", str(result_path)]),
+        submission_id=submission_id,
+        runtime_env=runtime_env,
+    )
+    try:
+        asyncio.run(asyncio.wait_for(_follow(client, submission_id, log_path, echo), timeout_s))
+    except TimeoutError as exc:
+        client.stop_job(submission_id)
+        raise JobFailedError(
+            f"Ray Job {submission_id} did not finish within {timeout_s:.0f} s and was stopped; log: {log_path}"
+        ) from exc
+    status = _final_status(client, submission_id)
+    if status != "SUCCEEDED":
+        message = client.get_job_info(submission_id).message
+        raise JobFailedError(
+            f"Ray Job {submission_id} ended {status}: {message or 'see its log'}; log: {log_path}\n" + _tail(log_path)
+        )
+    try:
+        summary: dict[str, Any] = json.loads(result_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise JobFailedError(f"Ray Job {submission_id} wrote no readable result to {result_path}: {exc}") from exc
+    return JobResult(submission_id, log_path, summary)
+
+
+async def _follow(client: Any, submission_id: str, log_path: Path, echo: Callable[[str], None] | None) -> None:
+    with log_path.open("w") as log:
+        async for chunk in client.tail_job_logs(submission_id):
+            log.write(chunk)
+            log.flush()
+            if echo is not None:
+                for line in chunk.splitlines():
+                    echo(f"  [{submission_id}] {line}")
+
+
+def _final_status(client: Any, submission_id: str, wait_s: float = 30) -> str:
+    """The job's status once final (the log stream may close a moment before it is)."""
+    deadline = time.monotonic() + wait_s
+    while (status := str(client.get_job_status(submission_id).value)) not in FINAL_STATES:
         if time.monotonic() > deadline:
-            client.stop_job(job_id)
-            raise JobFailedError(f"Ray Job {job_id} did not finish within {timeout_s:.0f} s and was stopped")
-        time.sleep(1.0)
-    if status != JobStatus.SUCCEEDED:
-        info = client.get_job_info(job_id)
-        raise JobFailedError(f"Ray Job {job_id} ended {status}: {info.message or 'see its log above'}")
-    return logs
+            break
+        time.sleep(0.2)
+    return status
 
 
-def job_summary(logs: str) -> dict[str, Any]:
-    """The last JSON object a job entrypoint printed on lines of its own (its summary)."""
-    import json
-
-    decoder = json.JSONDecoder()
-    position = len(logs)
-    while (position := logs.rfind("{", 0, position)) >= 0:
-        if position == 0 or logs[position - 1] == "\n":
-            try:
-                summary, _ = decoder.raw_decode(logs, position)
-            except json.JSONDecodeError:
-                pass
-            else:
-                if isinstance(summary, dict):
-                    return summary
-    raise JobFailedError("the job printed no summary")
+def _tail(log_path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log_path.read_text().splitlines()[-lines:])
+    except OSError:
+        return ""

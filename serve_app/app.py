@@ -6,6 +6,7 @@ left out comes from :class:`conflict_core.settings.Settings`, read once when the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -56,8 +57,8 @@ class AppArgs(BaseModel):
             raise ValueError("feature_refresh_interval_s must be below feature_max_staleness_s")
         return self
 
-    def resolved(self, settings: Settings | None = None) -> dict[str, object]:
-        """The ingress options: these arguments with settings filling the gaps."""
+    def resolved(self, settings: Settings | None = None) -> ServingOptions:
+        """These arguments with settings filling the gaps: what the deployments are built with."""
         overrides: dict[str, Any] = {
             k: v
             for k, v in {
@@ -70,15 +71,47 @@ class AppArgs(BaseModel):
             if v is not None
         }
         settings = settings or Settings(**overrides)  # re-validates thresholds and the URL
-        return {
-            **self.model_dump(),
-            "database_url": _absolute_sqlite(settings.database_url),
-            "log_spool_dir": str(self.log_spool_dir or settings.log_spool_dir.resolve()),
-            "max_items_per_request": settings.max_items_per_request,
-            "max_request_bytes": settings.max_request_bytes,
-            "risk_medium_threshold": settings.risk_medium_threshold,
-            "risk_high_threshold": settings.risk_high_threshold,
-        }
+        return ServingOptions(
+            **self.model_dump(
+                exclude={
+                    "database_url",
+                    "log_spool_dir",
+                    "max_items_per_request",
+                    "max_request_bytes",
+                    "risk_medium_threshold",
+                    "risk_high_threshold",
+                }
+            ),
+            database_url=settings.database_url,  # absolute: replicas do not share the deploying shell's cwd
+            log_spool_dir=str(self.log_spool_dir or settings.log_spool_dir.resolve()),
+            max_items_per_request=settings.max_items_per_request,
+            max_request_bytes=settings.max_request_bytes,
+            risk_medium_threshold=settings.risk_medium_threshold,
+            risk_high_threshold=settings.risk_high_threshold,
+        )
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """:class:`AppArgs` resolved against the settings: every value known."""
+
+    database_url: str
+    log_spool_dir: str
+    max_items_per_request: int
+    max_events_per_request: int
+    max_request_bytes: int
+    risk_medium_threshold: float
+    risk_high_threshold: float
+    lookup_timeout_s: float
+    inference_timeout_s: float
+    feature_refresh_interval_s: float
+    feature_max_staleness_s: float
+    log_batch_size: int
+    log_flush_interval_s: float
+    log_max_buffer: int
+    log_spill_after_s: float
+    ingress_max_batch_size: int
+    ingress_batch_wait_timeout_s: float
 
 
 def build_app(args: AppArgs | dict[str, Any]) -> Application:
@@ -107,26 +140,14 @@ def build_graph(args: AppArgs, inference_user_config: dict[str, Any] | None = No
     options = args.resolved()
     if inference_user_config is not None:
         model_inference = model_inference.options(user_config=inference_user_config)
-    inference = model_inference.bind(options["database_url"])
+    inference = model_inference.bind(database_url=options.database_url)
     lookup = feature_lookup.bind(
-        options["database_url"],
-        args.feature_refresh_interval_s,
-        args.feature_max_staleness_s,
-        inference,
-        args.lookup_timeout_s,
-        args.inference_timeout_s,
+        database_url=options.database_url,
+        refresh_interval_s=options.feature_refresh_interval_s,
+        max_staleness_s=options.feature_max_staleness_s,
+        inference=inference,
+        lookup_timeout_s=options.lookup_timeout_s,
+        inference_timeout_s=options.inference_timeout_s,
     )
     fallback = fallback_heuristics.bind()
-    return ingress_deployment.bind(lookup, inference, fallback, options)
-
-
-def _absolute_sqlite(database_url: str) -> str:
-    """A SQLite URL with an absolute path: replicas do not share the deploying shell's cwd."""
-    from pathlib import Path
-
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return database_url
-    return url.set(database=str(Path(url.database).resolve())).render_as_string(hide_password=False)
+    return ingress_deployment.bind(lookup=lookup, inference=inference, fallback=fallback, options=options)

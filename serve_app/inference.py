@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from conflict_core.errors import ArtifactIntegrityError
+from conflict_core.errors import ArtifactFormatError, ArtifactIntegrityError, ConflictPredictorError
 from conflict_core.registry import load_artifact
 from serve_app.feature_lookup import FEATURE_NAMES
 from serve_app.heuristics import FallbackReason
@@ -24,7 +24,7 @@ from serve_app.heuristics import FallbackReason
 log = logging.getLogger(__name__)
 
 
-class ModelUnavailable(Exception):
+class ModelUnavailable(ConflictPredictorError):
     """No model can answer; ``reason`` says why (a :class:`FallbackReason`)."""
 
     def __init__(self, reason: FallbackReason, detail: str = ""):
@@ -50,13 +50,10 @@ def load_model(version: str, artifact_path: str, artifact_sha256: str) -> Loaded
     """A verified, loaded model; raises :class:`ModelUnavailable` with the precise reason."""
     try:
         artifact = load_artifact(Path(artifact_path), artifact_sha256)
+    except ArtifactFormatError as exc:
+        raise ModelUnavailable(FallbackReason.ARTIFACT_LOAD_FAILED, str(exc)) from exc
     except ArtifactIntegrityError as exc:
-        reason = (
-            FallbackReason.ARTIFACT_LOAD_FAILED
-            if "is not a Conflict Predictor model" in str(exc)
-            else FallbackReason.ARTIFACT_VERIFICATION_FAILED
-        )
-        raise ModelUnavailable(reason, str(exc)) from exc
+        raise ModelUnavailable(FallbackReason.ARTIFACT_VERIFICATION_FAILED, str(exc)) from exc
     except Exception as exc:  # joblib/unpickling problems of a file whose checksum matched
         raise ModelUnavailable(FallbackReason.ARTIFACT_LOAD_FAILED, f"{type(exc).__name__}: {exc}") from exc
     columns = tuple(artifact["feature_columns"])

@@ -12,9 +12,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +21,12 @@ from ray.serve.handle import DeploymentHandle
 from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route, Router
 
 from conflict_core.errors import ImportFormatError
 from conflict_core.store import json_safe, make_engine, make_session_factory, session_scope, utcnow
+from serve_app.app import ServingOptions
 from serve_app.deployments import awaited, configure_batching
-from serve_app.feature_lookup import FEATURE_NAMES
 from serve_app.heuristics import (
     HEURISTIC_VERSION,
     FallbackReason,
@@ -39,6 +37,7 @@ from serve_app.heuristics import (
 )
 from serve_app.metrics import ServeMetrics
 from serve_app.prediction_log import PredictionLogWriter, is_outage, spooled_records
+from serve_app.rendering import feature_rows, features_json, iso_utc, prediction_ids, render_predictions
 from serve_app.schemas import (
     NUL_ESCAPE,
     PredictItem,
@@ -49,61 +48,6 @@ from serve_app.schemas import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _iso_utc(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _prediction_ids(count: int) -> list[str]:
-    """``count`` version-7 UUIDs (RFC 9562) as 32 hex digits, from the clock and one urandom call.
-
-    Version 7 starts with the Unix time in milliseconds, so new ids sort after older ones and
-    ``prediction_log``'s unique index takes them at its end: a batch of inserts dirties a few
-    index pages instead of one page per row, which random (version-4) ids cost.
-    """
-    millis = f"{time.time_ns() // 1_000_000:012x}"
-    raw = os.urandom(10 * count).hex()
-    return [f"{millis}7{raw[i : i + 3]}{_VARIANT[raw[i + 3]]}{raw[i + 4 : i + 19]}" for i in range(0, 20 * count, 20)]
-
-
-_FEATURES_JSON = "{" + ",".join(f"{json.dumps(name)}:%r" for name in FEATURE_NAMES) + "}"
-
-
-def _features_json(values: list[list[float]]) -> list[str]:
-    """Each feature row as its JSON object (finite floats: ``repr`` is what ``json`` writes)."""
-    return [_FEATURES_JSON % tuple(row) for row in values]
-
-
-def _render(responses: list[dict[str, Any]], features: list[str], single: bool) -> bytes:
-    """The bytes ``JSONResponse`` renders for these responses (compact, ``ensure_ascii=False``), with
-    ``features_used`` taken from ``features``, each item's features as JSON text."""
-    first = responses[0]
-    model_version = json.dumps(first["model_version"], ensure_ascii=False)
-    predicted_at = json.dumps(first["predicted_at"])
-    parts = []
-    for body, features_json in zip(responses, features, strict=True):
-        text = (
-            f'{{"prediction_id":"{body["prediction_id"]}","probability":{body["probability"]!r},'
-            f'"risk_level":"{body["risk_level"]}","recommendation":"{body["recommendation"]}",'
-            f'"model_version":{model_version},"features_used":{features_json},"predicted_at":{predicted_at}'
-        )
-        if "sync_id" in body:
-            text += ',"sync_id":' + json.dumps(body["sync_id"], ensure_ascii=False)
-        if "fallback_reason" in body:
-            text += ',"fallback_reason":"' + body["fallback_reason"] + '"'
-        parts.append(text + "}")
-    return (parts[0] if single else '{"predictions":[' + ",".join(parts) + "]}").encode("utf-8")
-
-
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-
-
-def _feature_rows(values: list[list[float]] | None, count: int) -> list[dict[str, float] | None]:
-    """Each feature row as a name → value mapping, or ``count`` Nones when the lookup failed."""
-    if values is None:
-        return [None] * count
-    return [dict(zip(FEATURE_NAMES, row, strict=True)) for row in values]
 
 
 def _error(status: int, error: str, problem: str, field: str | None = None) -> JSONResponse:
@@ -120,64 +64,78 @@ class Ingress:
         lookup: DeploymentHandle,
         inference: DeploymentHandle,
         fallback: DeploymentHandle,
-        options: dict[str, Any],
+        options: ServingOptions,
     ):
         self.lookup, self.inference, self.fallback = lookup, inference, fallback
         self.options = options
-        self.max_items: int = options["max_items_per_request"]
-        self.max_bytes: int = options["max_request_bytes"]
-        self.medium: float = options["risk_medium_threshold"]
-        self.high: float = options["risk_high_threshold"]
-        self.lookup_timeout_s: float = options["lookup_timeout_s"]
-        self.inference_timeout_s: float = options["inference_timeout_s"]
+        self.max_items = options.max_items_per_request
+        self.max_bytes = options.max_request_bytes
+        self.medium = options.risk_medium_threshold
+        self.high = options.risk_high_threshold
+        self.lookup_timeout_s = options.lookup_timeout_s
+        self.inference_timeout_s = options.inference_timeout_s
         # FeatureLookup enforces both limits itself; this one only covers a lost or stuck call.
         self.score_timeout_s = self.lookup_timeout_s + self.inference_timeout_s + 1.0
         configure_batching(
             self._score,
             {
-                "max_batch_size": options["ingress_max_batch_size"],
-                "batch_wait_timeout_s": options["ingress_batch_wait_timeout_s"],
+                "max_batch_size": options.ingress_max_batch_size,
+                "batch_wait_timeout_s": options.ingress_batch_wait_timeout_s,
             },
         )
-        self.engine = make_engine(options["database_url"])
+        self.engine = make_engine(options.database_url)
         self.sessions = make_session_factory(self.engine)
         self.metrics = ServeMetrics()
         self.writer = PredictionLogWriter(
-            options["database_url"],
-            Path(options["log_spool_dir"]),
-            batch_size=options["log_batch_size"],
-            flush_interval_s=options["log_flush_interval_s"],
-            max_buffer=options["log_max_buffer"],
-            spill_after_s=options["log_spill_after_s"],
+            options.database_url,
+            Path(options.log_spool_dir),
+            batch_size=options.log_batch_size,
+            flush_interval_s=options.log_flush_interval_s,
+            max_buffer=options.log_max_buffer,
+            spill_after_s=options.log_spill_after_s,
             on_depth=self._report_log_depth,
         )
         # Serve calls the constructor on the replica's event loop: start the writer now, so what
         # an earlier replica spilled is replayed even before the first prediction.
         with contextlib.suppress(RuntimeError):  # no running loop (constructed outside a replica)
             self.writer.start()
-        self.routes: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {
-            ("POST", "/v1/predict"): self.predict_route,
-            ("POST", "/v1/sync-events"): self.sync_events_route,
-            ("GET", "/v1/models"): self.models_route,
-            ("GET", "/healthz"): self.healthz_route,
-            ("GET", "/readyz"): self.readyz_route,
-            ("GET", "/v1/prediction-log/status"): self.log_status_route,
-        }
+        self.router = Router(
+            [
+                Route("/v1/predict", self.predict_route, methods=["POST"]),
+                Route("/v1/sync-events", self.sync_events_route, methods=["POST"]),
+                Route("/v1/models", self.models_route, methods=["GET"]),
+                Route("/v1/prediction-log/status", self.log_status_route, methods=["GET"]),
+                Route("/healthz", self.healthz_route, methods=["GET"]),
+                Route("/readyz", self.readyz_route, methods=["GET"]),
+            ]
+        )
+
+    def _route(self, request: Request) -> Route | Response:
+        """The route for ``request`` by Starlette's own matching, or the 404/405 JSON answer."""
+        path = request.url.path.rstrip("/") or "/"
+        scope = {**request.scope, "path": path}
+        allowed: list[str] = []
+        for route in self.router.routes:
+            assert isinstance(route, Route)
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return route
+            if match is Match.PARTIAL:
+                allowed += sorted(route.methods or ())
+        if allowed:
+            return _error(405, "method_not_allowed", f"{path} accepts {', '.join(allowed)}")
+        return _error(404, "not_found", f"no route {path}")
 
     async def __call__(self, request: Request) -> Response:
-        path = request.url.path.rstrip("/") or "/"
-        handler = self.routes.get((request.method, path))
-        if handler is None:
-            allowed = [method for method, route in self.routes if route == path]
-            if allowed:
-                return _error(405, "method_not_allowed", f"{path} accepts {', '.join(allowed)}")
-            return _error(404, "not_found", f"no route {path}")
+        route = self._route(request)
+        if isinstance(route, Response):
+            return route
         try:
-            return await handler(request)
+            return await route.endpoint(request)
         except RequestError as exc:
             return JSONResponse(exc.to_body(), status_code=exc.status)
         except Exception:
-            log.exception("unexpected error on %s %s", request.method, path)
+            log.exception("unexpected error on %s %s", request.method, request.url.path)
             return _error(503, "unavailable", "the service could not answer; retry later")
 
     def _report_log_depth(self, in_memory: int, on_disk: int) -> None:
@@ -231,11 +189,11 @@ class Ingress:
         values = matrix.tolist() if matrix is not None else None
         if probabilities is None:
             model_version = HEURISTIC_VERSION
-            probabilities = await self._heuristics(_feature_rows(values, len(items)))
+            probabilities = await self._heuristics(feature_rows(values, len(items)))
         # The features' JSON text serves both the response and the log record.
-        features = ["{}"] * len(items) if values is None else _features_json(values)
+        features = ["{}"] * len(items) if values is None else features_json(values)
         responses = self._respond(items, features, probabilities, model_version, reason, now)
-        return Response(_render(responses, features, single), media_type="application/json")
+        return Response(render_predictions(responses, features, single), media_type="application/json")
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=8)
     async def _score(self, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -280,13 +238,13 @@ class Ingress:
         reason: FallbackReason | None,
         now: dt.datetime,
     ) -> list[dict[str, Any]]:
-        predicted_at = _iso_utc(now)
+        predicted_at = iso_utc(now)
         responses, records = [], []
         levels: dict[str, int] = {}
         reason_value = None if reason is None else reason.value
         # Enum lookups and uuid.UUID objects cost more than the rest of this loop; per level once.
         labels: dict[RiskLevel, tuple[str, str]] = {}
-        ids = _prediction_ids(len(items))
+        ids = prediction_ids(len(items))
         medium, high = self.medium, self.high
         for item, item_features, probability, prediction_id in zip(items, features, probabilities, ids, strict=True):
             probability = float(probability)
@@ -339,7 +297,7 @@ class Ingress:
 
     async def sync_events_route(self, request: Request) -> Response:
         payload = parse_json(await self._read_body(request), max_bytes=self.max_bytes)
-        records = parse_event_records(payload, max_items=self.options["max_events_per_request"])
+        records = parse_event_records(payload, max_items=self.options.max_events_per_request)
         from conflict_core.events_io import insert_event_frame, validate_records
 
         try:
@@ -398,7 +356,7 @@ class Ingress:
                         "algorithm": r.algorithm,
                         "status": r.status,
                         "is_active": r.is_active,
-                        "created_at": _iso_utc(r.created_at),
+                        "created_at": iso_utc(r.created_at),
                         "metrics": json_safe(r.metrics),
                     }
                     for r in registry.list_versions(session)

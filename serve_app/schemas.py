@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from conflict_core.errors import ConflictPredictorError
 from conflict_core.events_io import EARLIEST_INSTANT, LATEST_INSTANT
 
 Text = Annotated[str, Field(min_length=1, max_length=128)]
@@ -21,7 +22,7 @@ EntityType = Annotated[str, Field(min_length=1, max_length=64)]
 FieldName = Annotated[str, Field(min_length=1, max_length=128)]
 
 
-class RequestError(Exception):
+class RequestError(ConflictPredictorError):
     """A client mistake: ``status`` (4xx), ``field`` (dotted path or ``body``), ``problem``."""
 
     def __init__(self, status: int, field: str, problem: str):

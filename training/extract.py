@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -33,6 +34,7 @@ from conflict_core.atomic import write_text_atomically
 from conflict_core.errors import TrainingDataError
 from conflict_core.features import ALL_FEATURES, FeatureParams, compute_features
 from conflict_core.schema import PARTITION_COLUMN, REQUIRED_COLUMNS
+from conflict_core.settings import Settings
 
 # The import format's required columns plus when each conflict became known.
 EVENT_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, "resolved_at")
@@ -372,3 +374,40 @@ def load_training_set(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
             f"{path} holds no training set ({DATA_FILE} and {MANIFEST_FILE}); run the extraction job"
         )
     return pd.read_parquet(data), json.loads(manifest.read_text())
+
+
+def extract_training_set(
+    settings: Settings,
+    *,
+    days_back: int | None = None,
+    events_dir: Path | None = None,
+    out_root: Path | None = None,
+    use_ray: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """The extraction job: features of the last ``days_back`` days of exported events, written
+    as a new training set. With ``use_ray`` the caller has connected to Ray."""
+    events_dir = events_dir or settings.events_dir
+    params = FeatureParams()
+    window = ExtractionWindow.days_back(
+        days_back or settings.training_days_back, end=latest_event_time(events_dir), params=params
+    )
+    files = partition_files(events_dir, window)
+    started = time.perf_counter()
+    if use_ray:
+        frame = extract_with_ray(files, window, params, task_cpus=settings.job_task_cpus, progress=progress)
+    else:
+        frame = extract_local(files, window, params)
+    elapsed = time.perf_counter() - started
+    path, manifest = write_training_set(
+        frame, out_root or settings.features_dir, window=window, params=params, files=files
+    )
+    return {
+        "training_set": str(path),
+        "rows": manifest.rows,
+        "positive_rate": round(manifest.positive_rate, 5),
+        "window": [manifest.window_start, manifest.window_end],
+        "seconds": round(elapsed, 2),
+        "events_per_second": round(manifest.rows / elapsed) if elapsed else None,
+        "headline": f"training set {path.name}: {manifest.rows:,} rows, conflict rate {manifest.positive_rate:.2%}",
+    }

@@ -272,7 +272,7 @@ def track_outcomes(
     )
 
 
-def latest_runs(session: Session, limit: int = 1) -> list[MonitoringRun]:
+def latest_monitoring_runs(session: Session, limit: int = 1) -> list[MonitoringRun]:
     return list(
         session.scalars(
             select(MonitoringRun).order_by(MonitoringRun.ran_at.desc(), MonitoringRun.id.desc()).limit(limit)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import joblib
-import numpy as np
 import pandas as pd
 from sklearn.inspection import permutation_importance
 from sqlalchemy.orm import Session, sessionmaker
@@ -242,8 +241,3 @@ def _importances(model: Any, holdout: pd.DataFrame, features: list[str], max_row
         model, sample[features], sample[LABEL], scoring="average_precision", n_repeats=3, random_state=0, n_jobs=1
     )
     return {name: float(value) for name, value in zip(features, result.importances_mean, strict=True)}
-
-
-def score_frame(artifact: dict[str, Any], frame: pd.DataFrame) -> np.ndarray:
-    """Conflict probabilities of a loaded artifact for the rows of ``frame``."""
-    return artifact["estimator"].predict_proba(frame[artifact["feature_columns"]])[:, 1]

@@ -1,4 +1,4 @@
-"""Publishing the active model into the live Serve config.
+"""Publishing the active model into the live Serve config, and the training job that does it.
 
 The committed ``serve_config.yaml`` is a template and is never written. The live config
 (``settings.serve_config_path``, under the data directory by default) is a copy of it made
@@ -10,12 +10,16 @@ running app is Ray's business and belongs to the caller, who passes it in as ``a
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from conflict_core import serve_config
+from sqlalchemy.orm import Session, sessionmaker
+
+from conflict_core import locks, serve_config
 from conflict_core.errors import ConfigurationError
 from conflict_core.settings import Settings
 
@@ -48,3 +52,46 @@ def publish_active_model(
         return Published(False, False)
     serve_config.set_model(path, version=version, artifact_path=artifact_path, artifact_sha256=artifact_sha256)
     return Published(True, apply(path) if apply is not None else False)
+
+
+def train_and_publish(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    *,
+    training_set: Path | None = None,
+    sweep: str = "ray",
+    num_samples: int | None = None,
+    activated_by: str,
+    apply: Apply | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """The training job: train, register and gate under the retrain's lock (a manual training
+    and the weekly retrain never gate and activate at once), then publish an activation."""
+    from training import retrain
+    from training.pipeline import train_and_register
+
+    with locks.job_lock(session_factory, retrain.LOCK_NAME, ttl=dt.timedelta(hours=6)):
+        result = train_and_register(
+            settings,
+            session_factory,
+            training_set=training_set or settings.features_dir,
+            sweep=sweep,
+            num_samples=num_samples,
+            activated_by=activated_by,
+            progress=progress,
+        )
+        published = Published(False, False)
+        if result.activated:
+            published = publish_active_model(
+                settings,
+                version=result.version,
+                artifact_path=result.artifact_path,
+                artifact_sha256=result.artifact_sha256,
+                apply=apply,
+            )
+    decision = "activated" if result.activated else "kept as a candidate"
+    return {
+        **result.to_dict(),
+        **asdict(published),
+        "headline": f"{result.version} ({result.algorithm}) {decision}: {result.gate_reason}",
+    }

@@ -418,7 +418,3 @@ def _run_step(
             log.exception("retrain #%d: retention failed; the run's model stands", summary.run_id)
             return {"failed": f"{type(exc).__name__}: {exc}"}
     raise ValueError(f"unknown retrain step {step!r}")
-
-
-def latest_runs(session: Session, job: str = JOB, limit: int = 5) -> list[JobRun]:
-    return list(session.scalars(select(JobRun).where(JobRun.job == job).order_by(JobRun.id.desc()).limit(limit)))

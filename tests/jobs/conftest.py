@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ray_control.jobs import local_ray
+from ray_control.instance import local_ray
 
 
 def _free_port() -> int:

@@ -14,7 +14,7 @@ from conflict_core import db, registry
 from conflict_core.settings import Settings
 from conflict_core.store import MonitoringRun, make_engine, make_session_factory
 from conflictctl.scheduler import JobSubmitter, load_schedules
-from ray_control.jobs import job_summary, module_entrypoint, submit_and_wait
+from ray_control.jobs import run_job
 from tests.conftest import END
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -74,18 +74,14 @@ def test_weekly_retrain_as_a_ray_job_activates_only_through_the_gate(
     # Small CPU shares, as when the retrain runs beside a live Serve app on two cores.
     env = {"env_vars": {"CONFLICT_JOB_TASK_CPUS": "0.5"}}
 
-    first = job_summary(
-        submit_and_wait(dashboard, module_entrypoint("jobs.retrain", args), echo=lambda _: None, runtime_env=env)
-    )
+    first = run_job(dashboard, "jobs.retrain", args, logs_dir=tmp_path / "logs", runtime_env=env).summary
     assert first["status"] == "succeeded" and first["activated"], first
     assert first["gate_reason"].startswith("first model")
     published = serve_config.read_text()
     assert f"model_version: {first['version']}" in published
 
     time.sleep(1.1)  # versions are named by the second
-    second = job_summary(
-        submit_and_wait(dashboard, module_entrypoint("jobs.retrain", args), echo=lambda _: None, runtime_env=env)
-    )
+    second = run_job(dashboard, "jobs.retrain", args, logs_dir=tmp_path / "logs", runtime_env=env).summary
     assert second["status"] == "succeeded" and not second["activated"], second
     assert "vs active" in second["gate_reason"]  # the same data cannot beat the active model by 5%
     engine = make_engine(url)

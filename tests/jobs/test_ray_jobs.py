@@ -9,7 +9,7 @@ import pytest
 
 from conflict_core import registry
 from conflict_core.store import make_engine, make_session_factory
-from ray_control.jobs import job_summary, module_entrypoint, submit_and_wait
+from ray_control.jobs import run_job
 from training.extract import ExtractionWindow, extract_local, extract_with_ray, load_training_set
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -33,19 +33,20 @@ def test_extract_and_train_jobs_submitted_to_ray(
     serve_config.write_text((Path(__file__).parents[2] / "serve_config.yaml").read_text())
     args = ["--database-url", store, "--data-dir", str(tmp_path), "--serve-config", str(serve_config)]
     lines: list[str] = []
-    extraction = job_summary(
-        submit_and_wait(
-            dashboard,
-            module_entrypoint("jobs.extract_features", [*args, "--events-dir", str(events_dir), "--days-back", "45"]),
-            echo=lines.append,
-        )
+    logs = tmp_path / "logs"
+    extracted = run_job(
+        dashboard,
+        "jobs.extract_features",
+        [*args, "--events-dir", str(events_dir), "--days-back", "45"],
+        logs_dir=logs,
+        echo=lines.append,
     )
+    extraction = extracted.summary
     assert extraction["status"] == "succeeded" and extraction["rows"] > 1000
     assert any("feature tasks: 6/6" in line for line in lines)  # progress is shown (4 entity + 2 user buckets)
+    assert "feature tasks: 6/6" in extracted.log_path.read_text()  # and kept in the job's own log file
 
-    training = job_summary(
-        submit_and_wait(dashboard, module_entrypoint("jobs.train", [*args, "--num-samples", "2"]), echo=lines.append)
-    )
+    training = run_job(dashboard, "jobs.train", [*args, "--num-samples", "2"], logs_dir=logs).summary
     assert training["activated"] and training["holdout"]["roc_auc"] >= 0.85
     frame, manifest = load_training_set(tmp_path / "features")
     assert manifest["rows"] == len(frame) == extraction["rows"]
@@ -64,9 +65,12 @@ def test_extract_and_train_jobs_submitted_to_ray(
 def test_a_failing_job_is_reported_with_its_error(dashboard: str, tmp_path: Path) -> None:
     from ray_control.jobs import JobFailedError
 
-    with pytest.raises(JobFailedError, match="FAILED"):
-        submit_and_wait(
+    with pytest.raises(JobFailedError, match="FAILED") as raised:
+        run_job(
             dashboard,
-            module_entrypoint("jobs.extract_features", ["--data-dir", str(tmp_path), "--events-dir", str(tmp_path)]),
-            echo=lambda line: None,
+            "jobs.extract_features",
+            ["--data-dir", str(tmp_path), "--events-dir", str(tmp_path)],
+            logs_dir=tmp_path / "logs",
         )
+    log_path = Path(str(raised.value).split("log: ", 1)[1].split()[0])
+    assert log_path.parent == tmp_path / "logs" and log_path.stat().st_size > 0  # the job's own log, kept

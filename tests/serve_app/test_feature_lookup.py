@@ -18,8 +18,9 @@ from conflict_core import db
 from conflict_core.events_io import insert_event_frame, load_events
 from conflict_core.features import ALL_FEATURES, FeatureParams, compute_features, feature_arrays
 from conflict_core.store import SyncLog, make_engine, make_session_factory, session_scope
-from serve_app import feature_lookup
-from serve_app.feature_lookup import EventWindow, FeatureLookupUnavailable, OnlineFeatureLookup
+from serve_app import event_window, feature_lookup
+from serve_app.event_window import EventWindow, FeatureLookupUnavailable
+from serve_app.feature_lookup import OnlineFeatureLookup
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=123456)
 
@@ -217,16 +218,16 @@ def test_a_stale_window_fails_the_lookup_until_the_store_answers(
     lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0.05, max_staleness_s=0.3)
     try:
         assert lookup.compute(_items(3)).shape == (3, len(ALL_FEATURES))
-        real_tail = feature_lookup.tail_events
+        real_tail = event_window.tail_events
 
         def unreachable(*args: Any, **kwargs: Any) -> Any:
             raise ConnectionError("store unreachable")
 
-        monkeypatch.setattr(feature_lookup, "tail_events", unreachable)
+        monkeypatch.setattr(event_window, "tail_events", unreachable)
         time.sleep(0.6)
         with pytest.raises(FeatureLookupUnavailable, match="store unreachable"):
             lookup.compute(_items(3))
-        monkeypatch.setattr(feature_lookup, "tail_events", real_tail)
+        monkeypatch.setattr(event_window, "tail_events", real_tail)
         time.sleep(0.3)
         assert lookup.compute(_items(3)).shape == (3, len(ALL_FEATURES))
     finally:
@@ -240,7 +241,7 @@ def test_synchronous_mode_fails_with_the_store(sqlite_url: str, monkeypatch: pyt
     def unreachable(*args: Any, **kwargs: Any) -> Any:
         raise ConnectionError("store unreachable")
 
-    monkeypatch.setattr(feature_lookup, "tail_events", unreachable)
+    monkeypatch.setattr(event_window, "tail_events", unreachable)
     with pytest.raises(ConnectionError):
         lookup.compute(_items(1))
 

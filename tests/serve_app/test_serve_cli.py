@@ -176,7 +176,7 @@ def _haproxy_pids() -> set[int]:
 
 @pytest.mark.parametrize("mode", ["default", "haproxy"])
 def test_serve_run_brings_up_the_graph(store: str, logfile: Any, mode: str) -> None:
-    from ray_control.jobs import serve_env
+    from ray_control.instance import serve_env
 
     proc = subprocess.Popen(
         [SERVE, "run", "serve_config.yaml"],

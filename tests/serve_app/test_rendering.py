@@ -9,12 +9,12 @@ import pytest
 from starlette.responses import JSONResponse
 
 from serve_app.feature_lookup import FEATURE_NAMES
-from serve_app.ingress import _features_json, _prediction_ids, _render
+from serve_app.rendering import features_json, prediction_ids, render_predictions
 
 
 def _responses(values: list[list[float]] | None, n: int, *, sync: bool, reason: str | None) -> list[dict[str, Any]]:
     out = []
-    for i, prediction_id in enumerate(_prediction_ids(n)):
+    for i, prediction_id in enumerate(prediction_ids(n)):
         body: dict[str, Any] = {
             "prediction_id": prediction_id,
             "probability": round(i / 7 + 1e-9, 6),
@@ -44,17 +44,17 @@ def test_render_matches_json_response(single: bool, with_features: bool, sync: b
     values = matrix.tolist() if with_features else None
     responses = _responses(values, n, sync=sync, reason=reason)
     expected = JSONResponse(responses[0] if single else {"predictions": responses}).body
-    features = ["{}"] * n if values is None else _features_json(values)
-    assert _render(responses, features, single) == expected
+    features = ["{}"] * n if values is None else features_json(values)
+    assert render_predictions(responses, features, single) == expected
 
 
 def test_prediction_ids_are_time_ordered_version_7_uuids() -> None:
     import time
     import uuid
 
-    first = _prediction_ids(200)
+    first = prediction_ids(200)
     time.sleep(0.002)
-    later = _prediction_ids(3)
+    later = prediction_ids(3)
     for value in first + later:
         parsed = uuid.UUID(value)
         assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and parsed.hex == value
