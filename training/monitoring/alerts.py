@@ -168,7 +168,7 @@ def evaluate(metrics: Mapping[str, Any], thresholds: Thresholds) -> list[Conditi
     p_values: dict[str, Any] = dict(drift.get("p_value") or {})
     per_feature_alpha = t.alpha / max(len(scores), 1)  # Bonferroni over the features tested together
     for feature, value in sorted(scores.items()):
-        p_value = p_values.get(feature)
+        p_value: Any = p_values.get(feature)
         firing = _past(value, t.psi_max, above=True, judged=drift_rows >= t.drift_min_rows)
         if firing and _number(p_value):
             firing = bool(p_value < per_feature_alpha)
