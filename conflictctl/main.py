@@ -32,7 +32,7 @@ def main(ctx: click.Context, database_url: str | None, data_dir: str | None, ver
     )
     if not verbose:
         # Per-request and per-plugin chatter of the libraries; their warnings still show.
-        for name in ("httpx", "httpcore", "alembic"):
+        for name in ("httpx", "httpcore", "alembic", "ray.dashboard.modules.job.sdk", "ray.serve"):
             logging.getLogger(name).setLevel(logging.WARNING)
     overrides = {k: v for k, v in {"database_url": database_url, "data_dir": data_dir}.items() if v}
     ctx.obj = AppContext(overrides=overrides)

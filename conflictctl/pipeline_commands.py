@@ -248,14 +248,14 @@ def _jobs_and_serving(app: AppContext, plan: RunPlan, day: SimulatedDay) -> dict
         wait_until_running()
         replay_until = day.live_start + dt.timedelta(hours=plan.live_hours)
         click.echo(
-            f"serving at {settings.serve_url}; devices replay the live day up to {replay_until:%H:%M} UTC "
+            f"serving at {settings.serve_url}; devices replay the live day until {replay_until:%Y-%m-%d %H:%M} UTC "
             "(predict each push as of its instant, then record its outcome)"
         )
         report = replay_events(settings.serve_url, day.live, until=replay_until)
         echo_traffic(report)
         click.echo(
             f"{report['pushes']:,} pushes, {report['recorded_without_prediction']:,} events after "
-            f"{replay_until:%H:%M} UTC recorded without a prediction"
+            f"{replay_until:%Y-%m-%d %H:%M} UTC recorded without a prediction"
         )
         results["replay"] = report
 

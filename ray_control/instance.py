@@ -5,6 +5,7 @@ Also the environment that chooses Ray Serve's HTTP path, which must be set befor
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -71,6 +72,7 @@ def local_ray(
         dashboard_host="127.0.0.1",
         dashboard_port=dashboard_port,
         log_to_driver=False,
+        logging_level=logging.WARNING,  # Ray's own start-up chatter; its warnings still show
     )
     try:
         yield f"http://127.0.0.1:{dashboard_port}"

@@ -14,8 +14,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  echo "setup: installing the project and its dependencies into .venv (once per change of pyproject.toml)" >&2
+  # -qq: errors only; the package index's own notices would bury the product's output.
+  .venv/bin/python -m pip install -qq --upgrade pip
+  .venv/bin/python -m pip install -qq -e '.[dev]'
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

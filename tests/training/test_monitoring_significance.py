@@ -60,6 +60,64 @@ def test_a_real_shift_alerts_at_the_minimum_sample() -> None:
     assert firing == {"drift:user_conflict_rate"}
 
 
+def _user_history(rng: np.random.Generator, days: int, users: int = 90, rate_scale: float = 1.0) -> pd.DataFrame:
+    """Rows clustered by user, as served features are: each user keeps a conflict rate of their
+    own, and on a given day a third of the users sync, some of them dozens of times, so one
+    day's rows come from a score of users."""
+    rate = rng.beta(2, 30, users) * rate_scale
+    frames = []
+    for day in range(days):
+        active = rng.choice(users, size=users // 3, replace=False)
+        per_user = np.ceil(rng.lognormal(2.0, 1.0, len(active))).astype(int)
+        user = np.repeat(active, per_user)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "day": day,
+                    "user_id": user,
+                    "user_conflict_rate": np.clip(rate[user] + rng.normal(0, 0.003, len(user)), 0, 1),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_a_day_of_the_training_history_never_alerts_though_its_rows_cluster_by_user() -> None:
+    rng = np.random.default_rng(6)
+    history = _user_history(rng, days=30)
+    reference = monitoring.build_reference(monitoring.reference_rows(history.rename(columns={"day": "synced_at"})))
+    unclustered_alerts = 0
+    for day in range(24, 30):
+        live = history[history["day"] == day]
+        assert len(live) >= THRESHOLDS.drift_min_rows
+        values = live["user_conflict_rate"]
+        p_value = monitoring.drift_p_value(
+            reference["user_conflict_rate"], values, independent=live["user_id"].nunique()
+        )
+        metrics = {
+            "drift": {
+                "psi": {"user_conflict_rate": monitoring.psi(reference["user_conflict_rate"], values)},
+                "p_value": {"user_conflict_rate": p_value},
+                "rows": len(live),
+            }
+        }
+        assert not any(c.firing for c in monitoring.evaluate(metrics, THRESHOLDS) if c.name.startswith("drift:"))
+        unclustered_alerts += monitoring.drift_p_value(reference["user_conflict_rate"], values) < THRESHOLDS.alpha
+    # Counted as independent rows, the same days look significantly different: the clustering is real.
+    assert unclustered_alerts > 0
+
+
+def test_every_users_conflict_rate_tripling_alerts_even_counting_users() -> None:
+    rng = np.random.default_rng(7)
+    history = _user_history(rng, days=30)
+    reference = monitoring.build_reference(history)
+    live = _user_history(np.random.default_rng(8), days=1, rate_scale=3.0)
+    values = live["user_conflict_rate"]
+    p_value = monitoring.drift_p_value(reference["user_conflict_rate"], values, independent=live["user_id"].nunique())
+    assert monitoring.psi(reference["user_conflict_rate"], values) > THRESHOLDS.psi_max
+    assert p_value < THRESHOLDS.alpha / 7
+
+
 def test_below_the_minimum_sample_drift_is_not_judged() -> None:
     rng = np.random.default_rng(2)
     training = _training_features(rng, 5_000)

@@ -142,35 +142,41 @@ def feature_drift(
     max_rows: int = 50_000,
 ) -> tuple[dict[str, float], dict[str, float], int]:
     """PSI per feature of the newest model-served predictions in ``(since, until]``, the
-    p-value of each feature's goodness-of-fit test against its reference, and the row count."""
-    rows = session.scalars(
-        select(PredictionLog.features)
+    p-value of each feature's goodness-of-fit test against its reference (counting the
+    distinct users behind the rows), and the row count."""
+    logged = session.execute(
+        select(PredictionLog.features, PredictionLog.user_id)
         .where(
             PredictionLog.created_at > since, PredictionLog.created_at <= until, PredictionLog.fallback_reason.is_(None)
         )
         .order_by(PredictionLog.created_at.desc())
         .limit(max_rows)
     ).all()
-    if not rows:
+    if not logged:
         return {}, {}, 0
+    rows = [features for features, _ in logged]
+    users = len({user for _, user in logged})
     frame = pd.DataFrame.from_records([r or {} for r in rows])
     scores: dict[str, float] = {}
     p_values: dict[str, float] = {}
     for name, ref in reference.items():
         if name in frame:
             values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
-            scores[name], p_values[name] = psi(ref, values), drift_p_value(ref, values)
+            scores[name], p_values[name] = psi(ref, values), drift_p_value(ref, values, independent=users)
     return scores, p_values, len(rows)
 
 
-def drift_p_value(reference: Mapping[str, Any], values: Iterable[float] | np.ndarray) -> float:
-    """p-value that ``values`` were drawn from the reference distribution (chi-square, binned)."""
+def drift_p_value(
+    reference: Mapping[str, Any], values: Iterable[float] | np.ndarray, *, independent: float | None = None
+) -> float:
+    """p-value that ``values`` were drawn from the reference distribution (chi-square, binned);
+    ``independent``: how many independent observations they amount to (distinct users)."""
     v = _finite(values)
     if len(v) == 0:
         return float("nan")
     expected = np.asarray(reference["proportions"], dtype=float)
     observed = np.bincount(_bin(np.asarray(reference["edges"], dtype=float), v), minlength=len(expected))
-    return goodness_of_fit_p_value(observed, expected)
+    return goodness_of_fit_p_value(observed, expected, independent=independent)
 
 
 def _finite(values: Iterable[float] | np.ndarray) -> np.ndarray:

@@ -8,7 +8,10 @@ confidence interval (level ``1 - alpha``) lies past the limit, not merely its po
 - PR-AUC, Brier score, calibration error: a percentile bootstrap over the labelled rows;
 - feature drift: a chi-square goodness-of-fit test of the live rows' bin counts against the
   training proportions (bins merged until each expects at least five rows), at ``alpha``
-  divided by the number of features (Bonferroni), besides the PSI limit itself.
+  divided by the number of features (Bonferroni), besides the PSI limit itself. Rows of one
+  user are not independent (a user's history features barely move within a day), so the
+  test counts the distinct users behind the rows, not the rows: the statistic is scaled by
+  ``users / rows``, the design effect of rows clustered by user at its most conservative.
 """
 
 from __future__ import annotations
@@ -56,12 +59,19 @@ def bootstrap_bounds(
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
 
 
-def goodness_of_fit_p_value(observed: np.ndarray, expected_share: np.ndarray) -> float:
+def goodness_of_fit_p_value(
+    observed: np.ndarray, expected_share: np.ndarray, *, independent: float | None = None
+) -> float:
     """p-value of a chi-square test that ``observed`` bin counts follow ``expected_share``.
 
-    Neighbouring bins are merged (in order) until each expects at least ``MIN_EXPECTED`` rows,
-    where the chi-square approximation holds; one bin left means nothing to test (1.0).
+    ``independent``: how many independent observations the counts amount to (the distinct
+    users behind clustered rows); the counts are scaled to it. Neighbouring bins are merged
+    (in order) until each expects at least ``MIN_EXPECTED``, where the chi-square
+    approximation holds; one bin left means nothing to test (1.0).
     """
+    observed = np.asarray(observed, dtype=float)
+    if independent is not None and 0 < independent < observed.sum():
+        observed = observed * (independent / observed.sum())
     n = observed.sum()
     expected = np.asarray(expected_share, dtype=float) * n
     merged_observed, merged_expected = [], []
