@@ -212,7 +212,7 @@ def logged(
         prediction_id=f"p{i}",
         model_version=version,
         sync_id=None,
-        user_id="u",
+        user_id=f"u{i % 80}",  # 80 users: drift is tested over distinct users
         device_id="d",
         entity_type="task",
         entity_id=f"e{i}",
@@ -296,6 +296,12 @@ def test_monitor_measures_drift_against_the_model_reference(tmp_path, session_fa
     assert metrics["drift"]["rows"] == 400 and metrics["drift"]["reference"] == "test"
     assert metrics["drift"]["psi"]["concurrent_editors"] < 0.1 < 0.2 < metrics["drift"]["psi"]["user_conflict_rate"]
     assert notify.fired() == ["drift:user_conflict_rate"]
+    assert (
+        metrics["drift"]["p_value"]["user_conflict_rate"]
+        < 1e-6
+        < 0.5
+        < metrics["drift"]["p_value"]["concurrent_editors"]
+    )
     with session_factory() as session:
         assert [s.name for s in session.scalars(select(AlertState).where(AlertState.firing))] == [
             "drift:user_conflict_rate"
