@@ -20,6 +20,7 @@ from conflict_core.errors import ArtifactFormatError, ArtifactIntegrityError, Co
 from conflict_core.registry import load_artifact
 from serve_app.feature_lookup import FEATURE_NAMES
 from serve_app.heuristics import FallbackReason
+from training.compiled import CompiledModel, UnsupportedModel, compile_model, max_difference
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,11 @@ class LoadedModel:
     estimator: Any
     feature_columns: tuple[str, ...]
     column_index: np.ndarray  # positions of feature_columns within FEATURE_NAMES
+    compiled: CompiledModel | None = None  # the same function as flat arrays, checked at load
 
     def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
+        if self.compiled is not None:
+            return np.clip(self.compiled.predict_proba(matrix[:, self.column_index]), 0.0, 1.0)
         frame = pd.DataFrame(matrix[:, self.column_index], columns=list(self.feature_columns))
         probabilities = np.asarray(self.estimator.predict_proba(frame))[:, 1]
         return np.clip(probabilities.astype(np.float64), 0.0, 1.0)
@@ -61,7 +65,29 @@ def load_model(version: str, artifact_path: str, artifact_sha256: str) -> Loaded
     if unknown:
         raise ModelUnavailable(FallbackReason.ARTIFACT_LOAD_FAILED, f"artifact needs unknown features {unknown}")
     index = np.array([FEATURE_NAMES.index(c) for c in columns], dtype=np.int64)
-    return LoadedModel(version, artifact_sha256, artifact["estimator"], columns, index)
+    return LoadedModel(
+        version, artifact_sha256, artifact["estimator"], columns, index, _compiled(version, artifact, columns)
+    )
+
+
+COMPILED_TOLERANCE = 1e-9
+
+
+def _compiled(version: str, artifact: dict[str, Any], columns: tuple[str, ...]) -> CompiledModel | None:
+    """The estimator compiled to numpy if it compiles and matches ``predict_proba`` on probe rows, else None."""
+    estimator = artifact["estimator"]
+    try:
+        compiled = compile_model(estimator)
+    except UnsupportedModel as exc:
+        log.info("model %s served through scikit-learn: %s", version, exc)
+        return None
+    rng = np.random.default_rng(0)  # counts, rates and gaps: zeros, small and large values
+    probe = rng.exponential(3.0, (512, len(columns))) * rng.choice([0.0, 0.1, 1.0, 30.0], (512, len(columns)))
+    difference = max_difference(compiled, estimator, probe, columns)
+    if not difference <= COMPILED_TOLERANCE:
+        log.warning("model %s: compiled form differs by %.3g, served through scikit-learn", version, difference)
+        return None
+    return compiled
 
 
 @dataclass(frozen=True)
