@@ -90,22 +90,33 @@ def _seed_store(url: str, n_events: int = 20_000) -> None:
 
 
 def _artifact(directory: Path) -> tuple[str, str]:
+    """A model of the shape training writes: log1p → 50-iteration HGB, isotonic calibration on later rows."""
     import joblib
     import numpy as np
     import pandas as pd
-    from sklearn.ensemble import HistGradientBoostingClassifier
 
     from conflict_core.features import ALL_FEATURES
     from conflict_core.registry import sha256_file
+    from training.train import build_estimator, calibrate
 
     rng = np.random.default_rng(0)
-    x = pd.DataFrame(rng.random((2000, len(ALL_FEATURES))), columns=list(ALL_FEATURES))
-    y = (x.iloc[:, 0] + x.iloc[:, 4] + rng.random(2000) > 1.6).astype(int)
+    x = pd.DataFrame(rng.random((4000, len(ALL_FEATURES))), columns=list(ALL_FEATURES))
+    x["conflict"] = (x.iloc[:, 0] + x.iloc[:, 4] + rng.random(4000) > 1.6).astype(int)
+    columns = list(ALL_FEATURES)
+    config = {
+        "model": "hgb",
+        "learning_rate": 0.1,
+        "max_leaf_nodes": 31,
+        "max_iter": 50,
+        "min_samples_leaf": 20,
+        "l2_regularization": 0.0,
+    }
+    estimator = build_estimator(config, columns).fit(x[columns].iloc[:3000], x["conflict"].iloc[:3000])
     path = directory / "bench_model.joblib"
     joblib.dump(
         {
-            "estimator": HistGradientBoostingClassifier(max_iter=50).fit(x, y),
-            "feature_columns": list(ALL_FEATURES),
+            "estimator": calibrate(estimator, x.iloc[3000:], columns),
+            "feature_columns": columns,
             "version": "v_bench",
         },
         path,

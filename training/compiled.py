@@ -74,15 +74,18 @@ class _Linear:
 
 @dataclass(frozen=True)
 class _Forest:
-    """All trees of a boosted model as one node table; node ids are global, leaves loop to themselves."""
+    """All trees of a boosted model as one node table; node ids are global, leaves loop to themselves.
+
+    ``score`` walks every tree of every row at once, ``depth`` steps, one ``np.take`` per array
+    per step (NaN routing only when the input holds a NaN).
+    """
 
     baseline: float
     roots: np.ndarray  # (n_trees,) int64
     feature: np.ndarray  # (n_nodes,) int64, 0 on leaves
     threshold: np.ndarray  # (n_nodes,) float64, x <= threshold goes left
     missing_left: np.ndarray  # (n_nodes,) bool, where NaN goes
-    left: np.ndarray  # (n_nodes,) int64
-    right: np.ndarray  # (n_nodes,) int64
+    children: np.ndarray  # (2 * n_nodes,) int64: node k's right child at 2k, its left at 2k + 1
     value: np.ndarray  # (n_nodes,) float64, the leaf values (0 elsewhere)
     depth: int  # steps that bring every root to a leaf
     n_features: int
@@ -92,11 +95,14 @@ class _Forest:
         flat = np.ascontiguousarray(x, dtype=np.float64).ravel()
         offsets = (np.arange(n, dtype=np.int64) * self.n_features)[:, None]
         node = np.broadcast_to(self.roots, (n, len(self.roots)))
+        with_missing = bool(np.isnan(flat).any())
         for _ in range(self.depth):
-            values = flat[offsets + self.feature[node]]
-            go_left = np.where(np.isnan(values), self.missing_left[node], values <= self.threshold[node])
-            node = np.where(go_left, self.left[node], self.right[node])
-        return self.baseline + self.value[node].sum(axis=1)
+            values = np.take(flat, offsets + np.take(self.feature, node))
+            go_left = values <= np.take(self.threshold, node)
+            if with_missing:
+                go_left = np.where(np.isnan(values), np.take(self.missing_left, node), go_left)
+            node = np.take(self.children, 2 * node + go_left)
+        return self.baseline + np.take(self.value, node).sum(axis=1)
 
 
 @dataclass(frozen=True)
@@ -255,8 +261,7 @@ def _forest(model: HistGradientBoostingClassifier) -> _Forest:
         feature=feature,
         threshold=threshold,
         missing_left=missing_left,
-        left=left,
-        right=right,
+        children=np.stack([right, left], axis=1).ravel(),
         value=value,
         depth=depth,
         n_features=int(model.n_features_in_),
