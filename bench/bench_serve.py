@@ -1,19 +1,33 @@
-"""Serving benchmark: the Ray Serve graph vs an in-process Starlette baseline, driven by wrk.
+"""Serving benchmark: the Ray Serve graph against two in-process baselines and the trivial
+Serve app's ceiling, on SQLite and PostgreSQL in one invocation, driven by wrk; ends with a
+verdict on each target of issue 15.
 
 Run from the repo root (it starts a local Ray, so hold the machine's Ray lock):
 
     flock /tmp/conflict-ray.lock .venv/bin/python bench/bench_serve.py
-        [--mode haproxy|throughput|default]
-        [--duration 10] [--concurrency 8,16,24,32,40,48,64] [--burst]
+        [--mode haproxy|throughput|default] [--duration 10] [--concurrency 8,32,64]
+        [--items 1,50] [--stores sqlite,postgresql] [--baselines naive,coalesced]
+        [--skip-ceiling] [--burst]
+
+Targets, in order: for each store, the baselines (each its own uvicorn process, before Ray
+starts): ``naive`` (``serve_baseline.py``: one lookup and one scikit-learn call per request)
+and ``coalesced`` (``serve_baseline_coalesced.py``: what a competent user would write instead
+of Ray Serve — concurrent requests coalesced into one lookup and one compiled-model call, the
+ingress's response and prediction-log code); then the graph on each store, freshly deployed
+for each request size; then ``ceiling``, a Serve app of one replica answering a constant JSON
+in the same ingress mode. Single-item requests also get a 1-connection point (the latency
+target). PostgreSQL gets a database of its own on ``--postgres-admin-url``'s server, dropped
+at the end.
 
 ``--mode`` is the serve ingress mode, set in the environment before Ray starts exactly as
 ``conflictctl`` does (:func:`ray_control.instance.serve_env`): ``haproxy`` (the default;
 Ray's HAProxy through the loopback launcher, throughput-optimized replicas), ``throughput``
 (throughput-optimized behind Ray's Python proxy) or ``default`` (Ray's Python proxy). The load
 goes to 127.0.0.1 only.
-Each request size starts with a 3 s unmeasured warm-up at the first concurrency. Prints
-requests/s, predictions/s and latency percentiles per scenario and writes a JSON
-results file under bench/results/.
+Each request size starts with a 3 s unmeasured warm-up. Prints requests/s, predictions/s,
+latency percentiles and CPU per request by process for every point, then the verdicts
+(MET / NOT MET, best point with p95 < 50 ms and no errors) and the ratios graph / baseline,
+graph / ceiling and PostgreSQL / SQLite, and writes a JSON results file under bench/results/.
 """
 
 from __future__ import annotations
@@ -263,14 +277,18 @@ def _cpu_by_component() -> dict[str, float]:
 def _scenarios(
     url: str, work: Path, concurrencies: list[int], duration: float, label: str, item_counts: tuple[int, ...] = (1, 50)
 ) -> list[dict[str, Any]]:
-    """Each load point, with the CPU each component spent per request during it (profile by process)."""
+    """Each load point, with the CPU each component spent per request during it (profile by process).
+
+    Single-item requests also get a 1-connection point first: the latency target is set there.
+    """
     rows = []
     for items in item_counts:
         bodies = work / f"bodies_{items}.jsonl"
         lua = work / f"post_{items}.lua"
         lua.write_text(LUA % bodies)
-        _wrk(url, lua, concurrencies[0], WARMUP_S)  # not measured: first requests, lazy imports, caches
-        for c in concurrencies:
+        points = ([1] if items == 1 and 1 not in concurrencies else []) + concurrencies
+        _wrk(url, lua, max(concurrencies[0], 2), WARMUP_S)  # not measured: first requests, lazy imports, caches
+        for c in points:
             cpu_before = _cpu_by_component()
             r = _wrk(url, lua, c, duration)
             cpu_after = _cpu_by_component()
@@ -288,13 +306,13 @@ def _scenarios(
                 cpu_ms_per_request=cpu_ms,
             )
             print(
-                f"{label:9s} items={items:3d} c={c:3d}  req/s={r['requests_per_s']:8.1f}  "
+                f"{label:18s} items={items:3d} c={c:3d}  req/s={r['requests_per_s']:8.1f}  "
                 f"pred/s={r['predictions_per_s']:9.1f}  p50={r.get('p50_ms', 0):7.1f}ms  "
                 f"p95={r.get('p95_ms', 0):7.1f}ms  p99={r.get('p99_ms', 0):7.1f}ms  errors={int(r['errors'])}",
                 flush=True,
             )
             print(
-                f"{'':9s} CPU ms/request: total {sum(v for k, v in cpu_ms.items() if k != 'other'):.2f}  "
+                f"{'':18s} CPU ms/request: total {sum(v for k, v in cpu_ms.items() if k != 'other'):.2f}  "
                 + "  ".join(f"{k} {v:.2f}" for k, v in sorted(cpu_ms.items(), key=lambda kv: -kv[1])),
                 flush=True,
             )
@@ -302,22 +320,196 @@ def _scenarios(
     return rows
 
 
-def _summary(results: list[dict[str, Any]]) -> None:
-    """Where each target's rate is first reached (1,000 req/s single item, 10,000 predictions/s on 50 items)."""
-    goals = {1: ("requests_per_s", 1000.0), 50: ("predictions_per_s", 10000.0)}
-    for target in dict.fromkeys(r["target"] for r in results if "items" in r):
-        for items, (key, goal) in goals.items():
-            rows = [r for r in results if r.get("target") == target and r.get("items") == items]
-            hit = next((r for r in rows if r[key] >= goal), None)
-            print(
-                f"{target}: items={items} {key} >= {goal:,.0f}: "
-                + (
-                    f"first at c={hit['concurrency']} ({hit[key]:,.0f}, p95 {hit.get('p95_ms', 0):.1f} ms)"
-                    if hit
-                    else f"not reached (best {max((r[key] for r in rows), default=0):,.0f})"
-                ),
-                flush=True,
+P95_LIMIT_MS = 50.0
+
+
+def _best(results: list[dict[str, Any]], target: str, items: int, key: str = "requests_per_s") -> dict[str, Any] | None:
+    """The point of ``target`` with the most ``key`` among those with p95 under the limit and no errors."""
+    rows = [
+        r
+        for r in results
+        if r.get("target") == target
+        and r.get("items") == items
+        and r.get("p95_ms", 1e9) < P95_LIMIT_MS
+        and not r.get("errors")
+    ]
+    return max(rows, key=lambda r: r[key], default=None)
+
+
+def _verdicts(results: list[dict[str, Any]], stores: list[str]) -> list[dict[str, Any]]:
+    """The issue's targets, per store, each with its measured value and MET / NOT MET."""
+    ceiling = _best(results, "ceiling", 1)
+    out: list[dict[str, Any]] = []
+
+    def verdict(store: str, name: str, met: bool, detail: str) -> None:
+        out.append({"store": store, "target": name, "met": met, "detail": detail})
+        print(f"[{'MET' if met else 'NOT MET':7s}] {store:10s} {name}: {detail}", flush=True)
+
+    def point(r: dict[str, Any] | None, key: str) -> str:
+        if r is None:
+            return "no point with p95 < 50 ms"
+        return f"{r[key]:,.0f} at c={r['concurrency']} (p50 {r.get('p50_ms', 0):.1f}, p95 {r.get('p95_ms', 0):.1f} ms)"
+
+    print(f"\n== verdicts (p95 limit {P95_LIMIT_MS:.0f} ms; a point with errors never counts)", flush=True)
+    for store in stores:
+        graph = f"graph/{store}"
+        if not any(r.get("target") == graph for r in results):
+            continue
+        single = _best(results, graph, 1)
+        verdict(
+            store,
+            "1 item: >= 1,000 req/s at p95 < 50 ms",
+            single is not None and single["requests_per_s"] >= 1000,
+            point(single, "requests_per_s"),
+        )
+        one = next((r for r in results if r.get("target") == graph and r["items"] == 1 and r["concurrency"] == 1), None)
+        if one is not None:
+            verdict(
+                store,
+                "1 item, 1 connection: p50 <= 5 ms and p99 <= 15 ms",
+                one.get("p50_ms", 1e9) <= 5 and one.get("p99_ms", 1e9) <= 15 and not one.get("errors"),
+                f"p50 {one.get('p50_ms', 0):.2f} ms, p99 {one.get('p99_ms', 0):.2f} ms "
+                f"({one['requests_per_s']:.0f} req/s)",
             )
+        fifty = _best(results, graph, 50, "predictions_per_s")
+        if any(r.get("target") == graph and r["items"] == 50 for r in results):
+            verdict(
+                store,
+                "50 items: >= 10,000 predictions/s at p95 < 50 ms",
+                fifty is not None and fifty["predictions_per_s"] >= 10000,
+                point(fifty, "predictions_per_s"),
+            )
+        if ceiling is not None:
+            ratio = (single["requests_per_s"] if single else 0.0) / ceiling["requests_per_s"]
+            verdict(
+                store,
+                "graph / trivial Serve app (1 item, best req/s at p95 < 50 ms) >= 0.45",
+                ratio >= 0.45,
+                f"{ratio:.2f} (graph {point(single, 'requests_per_s')}; ceiling {point(ceiling, 'requests_per_s')})",
+            )
+    return out
+
+
+def _ratios(results: list[dict[str, Any]], stores: list[str], baselines: list[str]) -> None:
+    """Graph / each baseline at the same load point, and PostgreSQL / SQLite for each target."""
+    print("\n== ratios (requests/s at the same items and connections)", flush=True)
+    index = {(r["target"], r["items"], r["concurrency"]): r for r in results if "items" in r}
+    for (target, items, c), r in index.items():
+        if not target.startswith("graph/"):
+            continue
+        store = target.split("/", 1)[1]
+        parts = [
+            f"{name} {r['requests_per_s'] / max(b['requests_per_s'], 1e-9):.2f}"
+            for name in [*baselines, "ceiling"]
+            if (b := index.get((f"{name}/{store}" if name != "ceiling" else "ceiling", items, c))) is not None
+        ]
+        if parts:
+            print(f"graph/{store} items={items} c={c}: graph / " + ", graph / ".join(parts), flush=True)
+    if len(stores) > 1:
+        first, *others = stores
+        for other in others:
+            for name in ["graph", *baselines]:
+                for items, key in ((1, "requests_per_s"), (50, "predictions_per_s")):
+                    a, b = _best(results, f"{name}/{first}", items, key), _best(results, f"{name}/{other}", items, key)
+                    if a is not None and b is not None:
+                        print(
+                            f"{name} items={items}: best within p95 < 50 ms on {other} / {first} = "
+                            f"{b[key] / max(a[key], 1e-9):.2f} ({b[key]:,.0f} vs {a[key]:,.0f})",
+                            flush=True,
+                        )
+
+
+def _ceiling_app() -> Any:
+    """The trivial Serve app: one replica whose handler reads the body and returns a constant JSON answer."""
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    @serve.deployment(max_ongoing_requests=256, num_replicas=1, ray_actor_options={"num_cpus": 0.3})
+    class Constant:
+        async def __call__(self, request: Request) -> Response:
+            await request.body()
+            return Response(b'{"probability":0.5}', media_type="application/json")
+
+    return Constant.bind()  # type: ignore[attr-defined]
+
+
+BASELINES = {"naive": ("serve_baseline.py", 8100), "coalesced": ("serve_baseline_coalesced.py", 8101)}
+
+
+def _postgres_database(admin_url: str) -> tuple[str, Any]:
+    """A fresh database on the PostgreSQL server at ``admin_url``: its SQLAlchemy URL and a drop function."""
+    import psycopg
+
+    admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
+    name = f"bench_serve_{os.getpid()}"
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+
+    def drop() -> None:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+    return f"{base}/{name}", drop
+
+
+def _run_baseline(
+    name: str, url: str, store: str, artifact: str, sha: str, work: Path, a: argparse.Namespace
+) -> list[dict[str, Any]]:
+    script, port = BASELINES[name]
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "bench" / script), "--database-url", url, "--artifact", artifact]
+        + ["--sha256", sha, "--port", str(port)]
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}")
+        concurrencies = [int(c) for c in a.concurrency.split(",")]
+        item_counts = tuple(int(i) for i in a.items.split(","))
+        return _scenarios(f"http://127.0.0.1:{port}", work, concurrencies, a.duration, f"{name}/{store}", item_counts)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def _burst(lua: Path, a: argparse.Namespace) -> dict[str, Any]:
+    from ray import serve
+
+    def replicas() -> dict[str, int]:
+        app = serve.status().applications["conflict_predictor"]
+        return {n: sum(d.replica_states.values()) for n, d in app.deployments.items()}
+
+    before = replicas()
+    low_c, high_c = (int(c) for c in a.burst_connections.split(","))
+    low = _wrk("http://127.0.0.1:8000", lua, low_c, a.duration)
+    peak = dict(before)
+    high_run = subprocess.Popen(
+        ["wrk", "-t", "2", "-c", str(high_c), "-d", f"{int(max(a.duration, 20))}s", "--latency", "-s", str(lua)]
+        + ["http://127.0.0.1:8000"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    while high_run.poll() is None:
+        time.sleep(1)
+        peak = {n: max(peak.get(n, 0), c) for n, c in replicas().items()}
+    high = _parse_wrk(high_run.communicate()[0])
+    after = replicas()
+    print(
+        f"burst: c={low_c} req/s={low['requests_per_s']:.0f} p95={low.get('p95_ms', 0):.1f}ms "
+        f"errors={int(low['errors'])} -> c={high_c} req/s={high['requests_per_s']:.0f} "
+        f"p95={high.get('p95_ms', 0):.1f}ms p99={high.get('p99_ms', 0):.1f}ms errors={int(high['errors'])}; "
+        f"replicas {before} -> peak {peak}",
+        flush=True,
+    )
+    return {
+        "target": "burst",
+        "connections": [low_c, high_c],
+        "low": low,
+        "high": high,
+        "replicas_before": before,
+        "replicas_peak": peak,
+        "replicas_after": after,
+    }
 
 
 def main() -> None:
@@ -325,9 +517,15 @@ def main() -> None:
     parser.add_argument("--mode", choices=MODES, default="haproxy")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--concurrency", default="8,32,64")
+    parser.add_argument("--stores", default="sqlite,postgresql", help="Stores to run against, in this order.")
+    parser.add_argument("--postgres-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument(
+        "--baselines", default="naive,coalesced", help="In-process baselines to measure (naive, coalesced; '' none)."
+    )
+    parser.add_argument("--skip-baseline", action="store_true", help="Same as --baselines ''.")
+    parser.add_argument("--skip-ceiling", action="store_true", help="Do not measure the trivial Serve app.")
     parser.add_argument("--burst", action="store_true", help="Also run the 10x load step and report replicas.")
     parser.add_argument("--burst-connections", default="8,80", help="Connections before,after the load step.")
-    parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--items", default="1,50", help="Items per request to measure: 1, 50 or both.")
     parser.add_argument(
         "--config",
@@ -338,127 +536,89 @@ def main() -> None:
     a = parser.parse_args()
     concurrencies = [int(c) for c in a.concurrency.split(",")]
     item_counts = tuple(int(i) for i in a.items.split(","))
+    stores = [s for s in a.stores.split(",") if s]
+    baselines = [] if a.skip_baseline or a.burst_only else [b for b in a.baselines.split(",") if b]
+    unknown = sorted(set(stores) - {"sqlite", "postgresql"}) + sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        parser.error(f"unknown store or baseline {unknown}; stores: sqlite, postgresql; baselines: {sorted(BASELINES)}")
     os.environ.update(serve_env(a.mode))
 
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
-    url = f"sqlite:///{work / 'store.db'}"
-    print(f"machine: {os.cpu_count()} CPUs, {sys.platform}; store {url}; mode {a.mode}", flush=True)
-    _seed_store(url)
-    artifact, sha = _artifact(work)
-    for items in (1, 50):
-        _bodies(work / f"bodies_{items}.jsonl", items)
+    urls: dict[str, str] = {}
+    cleanup: list[Any] = []
     results: list[dict[str, Any]] = []
+    try:
+        for store in stores:
+            if store == "sqlite":
+                urls[store] = f"sqlite:///{work / 'store.db'}"
+            else:
+                urls[store], drop = _postgres_database(a.postgres_admin_url)
+                cleanup.append(drop)
+            _seed_store(urls[store])
+        print(f"machine: {os.cpu_count()} CPUs, {sys.platform}; mode {a.mode}; stores {urls}", flush=True)
+        artifact, sha = _artifact(work)
+        for items in (1, 50):
+            _bodies(work / f"bodies_{items}.jsonl", items)
+        for store in stores:
+            for name in baselines:
+                results += _run_baseline(name, urls[store], store, artifact, sha, work, a)
+        results += _ray_targets(a, stores, urls, work, artifact, sha, concurrencies, item_counts)
+    finally:
+        for drop in cleanup:
+            drop()
 
-    if a.burst_only:
-        a.skip_baseline, a.burst = True, True
-    if not a.skip_baseline:
-        baseline = subprocess.Popen(
-            [
-                sys.executable,
-                str(REPO / "bench" / "serve_baseline.py"),
-                "--database-url",
-                url,
-                "--artifact",
-                artifact,
-                "--sha256",
-                sha,
-                "--port",
-                "8100",
-            ]
-        )
-        try:
-            _wait_http("http://127.0.0.1:8100")
-            results += _scenarios("http://127.0.0.1:8100", work, concurrencies, a.duration, "baseline", item_counts)
-        finally:
-            baseline.send_signal(signal.SIGTERM)
-            baseline.wait(timeout=30)
+    verdicts = _verdicts(results, stores)
+    _ratios(results, stores, baselines)
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"serve_{a.mode}_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps([*results, {"target": "verdicts", "verdicts": verdicts}], indent=2))
+    print(f"results: {path}")
 
+
+def _ray_targets(
+    a: argparse.Namespace,
+    stores: list[str],
+    urls: dict[str, str],
+    work: Path,
+    artifact: str,
+    sha: str,
+    concurrencies: list[int],
+    item_counts: tuple[int, ...],
+) -> list[dict[str, Any]]:
+    """The graph on each store (a freshly deployed graph per request size), the burst, then the ceiling."""
     import ray
     from ray import serve
 
     from ray_control.serve_deploy import deploy_config
 
-    config = bench_config(Path(a.config), url, work, artifact, sha)
+    results: list[dict[str, Any]] = []
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        deploy_config(config)
-        _wait_http("http://127.0.0.1:8000", timeout_s=180)
-        if a.burst_only:
-            (work / "post_1.lua").write_text(LUA % (work / "bodies_1.jsonl"))
-        else:
-            results += _scenarios(
-                "http://127.0.0.1:8000", work, concurrencies, a.duration, f"ray-{a.mode}", item_counts
-            )
-        if a.burst:
-            lua = work / "post_1.lua"
-
-            def replicas() -> dict[str, int]:
-                app = serve.status().applications["conflict_predictor"]
-                return {n: sum(d.replica_states.values()) for n, d in app.deployments.items()}
-
-            before = replicas()
-            low_c, high_c = (int(c) for c in a.burst_connections.split(","))
-            low = _wrk("http://127.0.0.1:8000", lua, low_c, a.duration)
-            peak = dict(before)
-            high_run = subprocess.Popen(
-                [
-                    "wrk",
-                    "-t",
-                    "2",
-                    "-c",
-                    str(high_c),
-                    "-d",
-                    f"{int(max(a.duration, 20))}s",
-                    "--latency",
-                    "-s",
-                    str(lua),
-                    "http://127.0.0.1:8000",
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            while high_run.poll() is None:
-                time.sleep(1)
-                peak = {n: max(peak.get(n, 0), c) for n, c in replicas().items()}
-            high = _parse_wrk(high_run.communicate()[0])
-            after = replicas()
-            print(
-                f"burst: c={low_c} req/s={low['requests_per_s']:.0f} p95={low.get('p95_ms', 0):.1f}ms "
-                f"errors={int(low['errors'])} -> c={high_c} req/s={high['requests_per_s']:.0f} "
-                f"p95={high.get('p95_ms', 0):.1f}ms p99={high.get('p99_ms', 0):.1f}ms errors={int(high['errors'])}; "
-                f"replicas {before} -> peak {peak}",
-                flush=True,
-            )
-            results.append(
-                {
-                    "target": "burst",
-                    "connections": [low_c, high_c],
-                    "low": low,
-                    "high": high,
-                    "replicas_before": before,
-                    "replicas_peak": peak,
-                    "replicas_after": after,
-                }
-            )
-        results.append({"target": "metrics", "custom_metrics": _custom_metrics()})
+        for store in stores:
+            config = bench_config(Path(a.config), urls[store], work / store, artifact, sha)
+            for items in () if a.burst_only else item_counts:
+                deploy_config(config)
+                _wait_http("http://127.0.0.1:8000", timeout_s=180)
+                results += _scenarios(
+                    "http://127.0.0.1:8000", work, concurrencies, a.duration, f"graph/{store}", (items,)
+                )
+                serve.delete("conflict_predictor")
+            if a.burst and store == stores[0]:
+                deploy_config(config)
+                _wait_http("http://127.0.0.1:8000", timeout_s=180)
+                (work / "post_1.lua").write_text(LUA % (work / "bodies_1.jsonl"))
+                results.append(_burst(work / "post_1.lua", a))
+                results.append({"target": "metrics", "custom_metrics": _custom_metrics()})
+                serve.delete("conflict_predictor")
+        if not a.skip_ceiling and not a.burst_only:
+            serve.run(_ceiling_app(), name="ceiling", route_prefix="/")
+            _wait_http("http://127.0.0.1:8000", timeout_s=120)
+            results += _scenarios("http://127.0.0.1:8000", work, concurrencies, a.duration, "ceiling", (1,))
     finally:
         serve.shutdown()
         ray.shutdown()
-
-    base = {(r["items"], r["concurrency"]): r for r in results if r.get("target") == "baseline"}
-    for r in results:
-        if str(r.get("target", "")).startswith("ray-") and (r["items"], r["concurrency"]) in base:
-            b = base[(r["items"], r["concurrency"])]
-            print(
-                f"ratio graph/baseline items={r['items']} c={r['concurrency']}: "
-                f"{r['requests_per_s'] / max(b['requests_per_s'], 1e-9):.2f}"
-            )
-    _summary(results)
-    out = REPO / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"serve_{a.mode}_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"results: {path}")
+    return results
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,10 +22,10 @@ from conflict_core.errors import ConflictPredictorError
 from conflict_core.events_io import tail_events
 from conflict_core.features import HISTORY_COLUMNS
 from conflict_core.store import utcnow
+from serve_app.window_index import KeyPositions, row_keys, take_rows
 
 log = logging.getLogger(__name__)
 
-_NO_POSITIONS = np.zeros(0, dtype=np.int64)
 _MAX_GAPS = 1_000  # ids re-asked for at most; more gaps than that are mostly old imports
 _WINDOW_COLUMNS = ("row_id", *HISTORY_COLUMNS)
 
@@ -62,11 +61,8 @@ class EventWindow:
         self.compact_min_rows = compact_min_rows
         self._lock = threading.Lock()
         self._table: pa.Table | None = None
-        self._by_user: dict[str, list[int]] = {}
-        self._by_entity: dict[tuple[str, str], list[int]] = {}
-        # The same positions as int64 arrays, built on first use and dropped when a key grows.
-        self._arrays: dict[Any, np.ndarray] = {}
-        self._seen: set[int] = set()  # row ids of rows loaded since the last compaction
+        self._by_user = KeyPositions()
+        self._by_entity = KeyPositions()
         self.generation = 0  # bumped by each compaction, which renumbers the row positions
         self._last_id = 0
         self._gaps: dict[int, float] = {}  # ids skipped by the sequence, first seen missing at
@@ -94,6 +90,9 @@ class EventWindow:
             added += self._append(page)
             if page.num_rows < self.page_rows:
                 break
+        with self._lock:
+            self._by_user.merge()
+            self._by_entity.merge()
         if self.covered_since is None:
             self.covered_since = cutoff
         self.loaded_at = time.monotonic()
@@ -102,40 +101,37 @@ class EventWindow:
         return added
 
     def _append(self, page: pa.Table) -> int:
-        ids = page.column("row_id").to_pylist()
-        fresh = [k for k, i in enumerate(ids) if i not in self._seen]
-        if len(fresh) < len(ids):
-            page = page.take(pa.array(fresh, pa.int64()))
-            ids = [ids[k] for k in fresh]
-        top = max(ids, default=self._last_id)
-        for i in ids:
+        ids = page.column("row_id").to_numpy()
+        # New rows: past the newest id loaded, or a gap re-asked for (ids at or below it were
+        # loaded already, or skipped and recorded in _gaps until they expire).
+        fresh = ids > self._last_id
+        if self._gaps:
+            fresh |= np.isin(ids, np.fromiter(self._gaps, dtype=np.int64, count=len(self._gaps)))
+        if not fresh.all():
+            page = page.filter(pa.array(fresh))
+            ids = ids[fresh]
+        top = max(int(ids.max()) if len(ids) else self._last_id, self._last_id)
+        for i in ids[ids <= self._last_id].tolist():
             self._gaps.pop(i, None)
         if self.loaded_at is not None and top - self._last_id <= _MAX_GAPS:
             # Ids skipped after the first load: rolled back, or not committed yet (PostgreSQL).
-            skipped = set(range(self._last_id + 1, top + 1)).difference(ids)
+            skipped = set(range(self._last_id + 1, top + 1)).difference(ids.tolist())
             self._gaps.update(dict.fromkeys(skipped, time.monotonic()))
             while len(self._gaps) > _MAX_GAPS:
                 del self._gaps[next(iter(self._gaps))]
         self._last_id = max(self._last_id, top)
-        if not ids:
+        if not len(ids):
             if self._table is None:  # an empty store: no history yet, which is not a failure
                 with self._lock:
                     self._table = page
             return 0
-        self._seen.update(ids)
-        users = page.column("user_id").to_pylist()
-        entities = zip(page.column("entity_type").to_pylist(), page.column("entity_id").to_pylist(), strict=True)
+        users, entities = row_keys(page)
         with self._lock:
-            base = self.rows
             table = page if self._table is None else pa.concat_tables([self._table, page])
             if table.column("row_id").num_chunks > self.max_chunks:
                 table = table.combine_chunks()
-            arrays = self._arrays
-            for offset, (user, entity) in enumerate(zip(users, entities, strict=True)):
-                self._by_user.setdefault(user, []).append(base + offset)
-                self._by_entity.setdefault(entity, []).append(base + offset)
-                arrays.pop(user, None)
-                arrays.pop(entity, None)
+            self._by_user.append(*users)
+            self._by_entity.append(*entities)
             self._table = table
         return len(ids)
 
@@ -149,16 +145,10 @@ class EventWindow:
         if dropped == 0 or dropped < max(self.compact_min_rows, table.num_rows // 4):
             return
         kept = table.filter(keep).combine_chunks()
-        by_user: dict[str, list[int]] = {}
-        by_entity: dict[tuple[str, str], list[int]] = {}
-        entities = zip(kept.column("entity_type").to_pylist(), kept.column("entity_id").to_pylist(), strict=True)
-        for position, (user, entity) in enumerate(zip(kept.column("user_id").to_pylist(), entities, strict=True)):
-            by_user.setdefault(user, []).append(position)
-            by_entity.setdefault(entity, []).append(position)
-        seen = set(kept.column("row_id").to_pylist())
+        users, entities = row_keys(kept)
+        by_user, by_entity = KeyPositions(*users), KeyPositions(*entities)
         with self._lock:
-            self._table, self._by_user, self._by_entity, self._seen = kept, by_user, by_entity, seen
-            self._arrays = {}
+            self._table, self._by_user, self._by_entity = kept, by_user, by_entity
             self.generation += 1
         log.info("event window compacted: %d rows kept, %d older than the lookback dropped", kept.num_rows, dropped)
 
@@ -182,26 +172,14 @@ class EventWindow:
                 raise FeatureLookupUnavailable("the event window has not been loaded from the store yet")
             if generation is not None and generation != self.generation:
                 return None
-            parts = [self._positions(self._by_user, u) for u in users]
-            parts += [self._positions(self._by_entity, e) for e in entities]
-        # A row mask instead of sorting the positions: each row once, in ingest order.
-        mask = np.zeros(table.num_rows, dtype=bool)
-        if parts:
-            mask[np.concatenate(parts)] = True
-        mask[:since_row] = False
-        return table.filter(pa.array(mask, pa.bool_()))
+            by_user = self._by_user.positions(users, since_row)
+            by_entity = self._by_entity.positions(entities, since_row)
+        # Sorted and distinct: each row once, in ingest order; the cost follows the rows taken,
+        # not the window's size.
+        positions = by_entity if not len(by_user) else np.union1d(by_user, by_entity) if len(by_entity) else by_user
+        return take_rows(table, positions)
 
     def snapshot(self) -> tuple[pa.Table | None, int]:
         """The window's rows as of now (an immutable table) and their generation."""
         with self._lock:
             return self._table, self.generation
-
-    def _positions(self, index: dict[Any, list[int]], key: Any) -> np.ndarray:
-        """``index[key]`` as an int64 array, cached until the key's list grows (call under the lock)."""
-        array = self._arrays.get(key)
-        if array is None:
-            positions = index.get(key)
-            if positions is None:  # not cached: request keys are unbounded
-                return _NO_POSITIONS
-            array = self._arrays[key] = np.array(positions, dtype=np.int64)
-        return array
