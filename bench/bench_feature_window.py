@@ -138,12 +138,12 @@ def measure(events: int, batches: int) -> dict[str, Any]:
         lookup = OnlineFeatureLookup(url, refresh_interval_s=3600, max_staleness_s=7200)
         try:
             window_module = sys.modules[type(lookup.window).__module__]
-            events_table = pa.concat_tables(pages)
+            store = [pa.concat_tables(pages)]  # dropped once loaded: a replica holds only its window
             del pages
 
             def tail(engine: object, *, after_id: int, limit: int | None = None, **_: object) -> pa.Table:
                 # The store's answer to the window's tail query: rows after ``after_id``, in id order.
-                return events_table.slice(after_id, limit)
+                return store[0].slice(after_id, limit)
 
             real_tail, window_module.tail_events = window_module.tail_events, tail
             wall, cpu = time.perf_counter(), time.process_time()
@@ -151,6 +151,7 @@ def measure(events: int, batches: int) -> dict[str, Any]:
                 loaded = lookup.window.refresh(now)  # the first load: page by page, as from the store
             finally:
                 window_module.tail_events = real_tail
+                store.clear()
             rss_window, _ = _rss_mib()
             lookup._maybe_rebuild_index()
             load_wall, load_cpu = time.perf_counter() - wall, time.process_time() - cpu

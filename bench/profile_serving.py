@@ -11,7 +11,7 @@ the 8-request batch a FeatureLookup replica typically coalesces:
     parse     JSON → validated ``PredictItem`` objects (``serve_app.schemas``)
     features  ``OnlineFeatureLookup.compute_many`` (event window, ``conflict_core.features``)
     predict   the model's ``predict_proba``: scikit-learn, and the compiled form (``training.compiled``)
-    respond   response bodies, log records and rendered bytes (the ingress's ``_respond``/``_render``)
+    respond   response bodies, log records and rendered bytes (the ingress's ``_respond``, ``serve_app.rendering``)
 
 then one cProfile of the whole path on 50-item requests, its top functions printed and the
 profile written under ``bench/results/`` (``snakeviz``/``pstats`` read it).
@@ -81,7 +81,7 @@ def in_process(database_url: str, work: Path, iterations: int) -> None:
     from conflict_core.store import utcnow
     from serve_app.feature_lookup import OnlineFeatureLookup
     from serve_app.inference import load_model
-    from serve_app.ingress import _features_json, _render
+    from serve_app.rendering import features_json, render_predictions
     from serve_app.schemas import NUL_ESCAPE, parse_json, parse_predict_body
 
     threadpool_limits(limits=1)  # as ModelInference
@@ -110,9 +110,9 @@ def in_process(database_url: str, work: Path, iterations: int) -> None:
         ]
 
     def render(items: list[Any], matrix: np.ndarray, probabilities: np.ndarray, single: bool) -> bytes:
-        features = _features_json(matrix.tolist())
+        features = features_json(matrix.tolist())
         responses = respond(items, features, probabilities, "v_bench", None, utcnow())
-        return _render(responses, features, single)
+        return render_predictions(responses, features, single)
 
     def stages(size: int) -> dict[str, tuple[float, float]]:
         """CPU ms per call of each stage for ``size``-item requests, and per 8-request batch (or NaN)."""
@@ -199,8 +199,8 @@ def replicas(work: Path, seconds: float, items: int, connections: int, mode: str
     import ray
     from ray import serve
 
-    from conflict_core.cli.ray_jobs import serve_env
-    from conflict_core.cli.serve_commands import deploy_config
+    from ray_control.instance import serve_env
+    from ray_control.serve_deploy import deploy_config
 
     os.environ.update(serve_env(mode))
     url = f"sqlite:///{work / 'store.db'}"

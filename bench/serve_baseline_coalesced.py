@@ -6,7 +6,7 @@ coalesces concurrent requests into one feature lookup and one compiled-model cal
 Per request it does the graph's work: the same parsing and validation (``serve_app.schemas``),
 the same event window and feature code (``OnlineFeatureLookup.compute_many`` over the batch),
 the same model (compiled to numpy, :mod:`training.compiled`), the ingress's own response and
-prediction-log record code (``Ingress._respond``/``_render``) and the same prediction-log
+prediction-log record code (``Ingress._respond``, ``serve_app.rendering``) and the same prediction-log
 writer into the same store. Batching as the graph's ingress: up to ``--max-batch`` requests
 or ``--wait-ms`` after the first, at most ``--max-concurrent`` batches computing at once (in
 worker threads, so the event loop keeps accepting requests).
@@ -33,8 +33,9 @@ from starlette.routing import Route
 from conflict_core.store import utcnow
 from serve_app.feature_lookup import OnlineFeatureLookup
 from serve_app.inference import LoadedModel, load_model
-from serve_app.ingress import Ingress, _features_json, _render
+from serve_app.ingress import Ingress
 from serve_app.prediction_log import PredictionLogWriter
+from serve_app.rendering import features_json, render_predictions
 from serve_app.schemas import NUL_ESCAPE, RequestError, parse_json, parse_predict_body
 
 Batch = list[list[dict[str, Any]]]
@@ -129,9 +130,9 @@ def make_app(database_url: str, artifact: str, sha256: str, *, max_batch: int, w
             for i in items
         ]
         matrix, probabilities = await coalescer.submit(targets)
-        features = _features_json(matrix.tolist())
+        features = features_json(matrix.tolist())
         responses = respond(replica, items, features, probabilities, model.version, None, now)
-        return Response(_render(responses, features, single), media_type="application/json")
+        return Response(render_predictions(responses, features, single), media_type="application/json")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

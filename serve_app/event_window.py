@@ -22,7 +22,7 @@ from conflict_core.errors import ConflictPredictorError
 from conflict_core.events_io import tail_events
 from conflict_core.features import HISTORY_COLUMNS
 from conflict_core.store import utcnow
-from serve_app.window_index import KeyPositions, row_keys, take_rows
+from serve_app.window_index import KeyPositions, coalesce_chunks, row_keys, take_rows
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class EventWindow:
         with self._lock:
             table = page if self._table is None else pa.concat_tables([self._table, page])
             if table.column("row_id").num_chunks > self.max_chunks:
-                table = table.combine_chunks()
+                table = coalesce_chunks(table, self.max_chunks)
             self._by_user.append(*users)
             self._by_entity.append(*entities)
             self._table = table

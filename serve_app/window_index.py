@@ -131,3 +131,20 @@ def row_keys(table: pa.Table) -> tuple[tuple[list[str], np.ndarray], tuple[list[
     type_names, id_names = types.dictionary.to_pylist(), ids.dictionary.to_pylist()
     entities = [(type_names[p // n_ids], id_names[p % n_ids]) for p in distinct.tolist()]
     return (users.dictionary.to_pylist(), users.indices.to_numpy()), (entities, inverse)
+
+
+def coalesce_chunks(table: pa.Table, max_chunks: int) -> pa.Table:
+    """``table`` with at most ``max_chunks`` chunks, merging the adjacent pair with the fewest rows first.
+
+    Combining every chunk copies the whole window (twice its memory for a moment, each time
+    the chunk count passes the limit); merging the smallest adjacent pair copies two small
+    chunks, so sizes stay balanced and no merge copies more than a few chunks' worth.
+    """
+    batches = table.to_batches()
+    if len(batches) <= max_chunks:
+        return table
+    while len(batches) > max(max_chunks, 1):
+        sizes = np.array([b.num_rows for b in batches])
+        k = int(np.argmin(sizes[:-1] + sizes[1:]))
+        batches[k : k + 2] = pa.Table.from_batches(batches[k : k + 2]).combine_chunks().to_batches()
+    return pa.Table.from_batches(batches, schema=table.schema)

@@ -57,3 +57,21 @@ def test_take_rows_from_a_chunked_table_equals_table_take() -> None:
     for positions in ([], [0], [3, 6, 7, 13, 20], list(range(21))):
         chosen = np.array(positions, dtype=np.int64)
         assert take_rows(table, chosen).equals(table.combine_chunks().take(pa.array(chosen, pa.int64())))
+
+
+def test_coalescing_chunks_keeps_rows_and_order_within_the_limit() -> None:
+    import pyarrow as pa
+
+    from serve_app.window_index import coalesce_chunks
+
+    sizes = [50, 50, 3, 1, 1, 40, 2, 2, 1]
+    start, pages = 0, []
+    for size in sizes:
+        pages.append(pa.table({"k": pa.array(range(start, start + size), pa.int64())}))
+        start += size
+    table = pa.concat_tables(pages)
+    coalesced = coalesce_chunks(table, 4)
+    assert coalesced.column("k").num_chunks <= 4
+    assert coalesced.column("k").to_pylist() == list(range(sum(sizes)))
+    assert [len(c) for c in coalesced.column("k").chunks][:2] == [50, 50]  # the big chunks were not copied
+    assert coalesce_chunks(table, 20) is table
