@@ -5,8 +5,9 @@
 For each size, in a fresh process (so peak RSS is that size's own): synthesizes the events of
 30 days (users and entities in proportion, log-normal activity, 1–3 changed fields each,
 ~5% conflicts) as the
-pages a store tail returns, loads them into an ``OnlineFeatureLookup``'s event window with the
-window's own ``refresh`` (its store query answered from those pages), builds the user index,
+events as compact numpy columns, loads them into an ``OnlineFeatureLookup``'s event window
+with the window's own ``refresh`` (its store query answered with Arrow pages built from those
+columns, as a store's rows arrive), builds the user index,
 and prints
 
     load      wall and CPU seconds to append every page and build the index (target <= 60 s)
@@ -68,35 +69,55 @@ def _activity(n: int, seed: int) -> np.ndarray:
     return weights / weights.sum()
 
 
-def synthetic_pages(events: int, now_ms: int, seed: int = 0) -> list[pa.Table]:
-    """``events`` events over the 30 days before ``now_ms``, in ingest (row id) order, as store pages."""
-    from conflict_core.events_io import EVENT_SCHEMA
+class SyntheticStore:
+    """``events`` events over the 30 days before ``now_ms`` as compact numpy columns (~26 bytes an
+    event), answering the window's tail query page by page, each page built fresh as a store's is."""
 
-    rng = np.random.default_rng(seed)
-    n_users, n_entities = tenant(events)
-    times = np.sort(rng.integers(now_ms - 30 * DAY_MS + 60_000, now_ms - 1000, events))
-    user = rng.choice(n_users, events, p=_activity(n_users, 10))
-    entity = rng.choice(n_entities, events, p=_activity(n_entities, 11))
-    n_fields = rng.integers(1, 4, events)
-    offsets = np.concatenate([[0], np.cumsum(n_fields)]).astype(np.int32)
-    field_values = pc.take(pa.array(FIELDS), pa.array(rng.integers(0, len(FIELDS), int(offsets[-1]))))
-    conflict = rng.random(events) < 0.05
-    resolved = np.where(conflict, times + rng.integers(60_000, 3_600_000, events), 0)
-    user_names = pa.array([f"user-{k}" for k in range(n_users)])
-    entity_names = pa.array([f"task-{k}" for k in range(n_entities)])
-    columns: dict[str, Any] = {
-        "user_id": pc.take(user_names, pa.array(user)),
-        "entity_type": pa.array(np.full(events, "task", dtype=object), pa.string()),
-        "entity_id": pc.take(entity_names, pa.array(entity)),
-        "changed_fields": pa.ListArray.from_arrays(pa.array(offsets), field_values),
-        "synced_at": pa.array(times, pa.timestamp("ms", tz="UTC")),
-        "conflict": pa.array(conflict),
-        "resolved_at": pa.array(np.where(conflict, resolved, 0), pa.timestamp("ms", tz="UTC"), mask=~conflict),
-    }
-    fields = {f.name: f for f in EVENT_SCHEMA}  # the store's own types and nullability
-    table = pa.table({"row_id": pa.array(np.arange(1, events + 1), pa.int64())} | columns)
-    table = table.cast(pa.schema([pa.field("row_id", pa.int64())] + [fields[n] for n in columns]))
-    return [table.slice(start, PAGE_ROWS) for start in range(0, events, PAGE_ROWS)]
+    def __init__(self, events: int, now_ms: int, seed: int = 0):
+        from conflict_core.events_io import EVENT_SCHEMA
+
+        rng = np.random.default_rng(seed)
+        n_users, n_entities = tenant(events)
+        self.events = events
+        self.seed = seed
+        self.times = np.sort(rng.integers(now_ms - 30 * DAY_MS + 60_000, now_ms - 1000, events))
+        self.user = rng.choice(n_users, events, p=_activity(n_users, 10)).astype(np.int32)
+        self.entity = rng.choice(n_entities, events, p=_activity(n_entities, 11)).astype(np.int32)
+        self.n_fields = rng.integers(1, 4, events).astype(np.int8)
+        self.conflict = rng.random(events) < 0.05
+        self.user_names = pa.array([f"user-{k}" for k in range(n_users)])
+        self.entity_names = pa.array([f"task-{k}" for k in range(n_entities)])
+        fields = {f.name: f for f in EVENT_SCHEMA}  # the store's own types and nullability
+        names = ("user_id", "entity_type", "entity_id", "changed_fields", "synced_at", "conflict", "resolved_at")
+        self.schema = pa.schema([pa.field("row_id", pa.int64())] + [fields[n] for n in names])
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.times, self.user, self.entity, self.n_fields, self.conflict)
+        return sum(a.nbytes for a in arrays) + self.user_names.nbytes + self.entity_names.nbytes
+
+    def page(self, after_id: int, limit: int | None = None) -> pa.Table:
+        """Rows with id > ``after_id`` (ids are 1..events, in time order), at most ``limit``."""
+        lo = min(after_id, self.events)
+        hi = self.events if limit is None else min(lo + limit, self.events)
+        rng = np.random.default_rng((self.seed, lo))
+        n = hi - lo
+        times = self.times[lo:hi]
+        conflict = self.conflict[lo:hi]
+        offsets = np.concatenate([[0], np.cumsum(self.n_fields[lo:hi], dtype=np.int32)]).astype(np.int32)
+        field_values = pc.take(pa.array(FIELDS), pa.array(rng.integers(0, len(FIELDS), int(offsets[-1]))))
+        resolved = times + rng.integers(60_000, 3_600_000, n)
+        columns = [
+            pa.array(np.arange(lo + 1, hi + 1), pa.int64()),
+            pc.take(self.user_names, pa.array(self.user[lo:hi])),
+            pa.array(["task"] * n, pa.string()),
+            pc.take(self.entity_names, pa.array(self.entity[lo:hi])),
+            pa.ListArray.from_arrays(pa.array(offsets), field_values),
+            pa.array(times, pa.timestamp("ms", tz="UTC")),
+            pa.array(conflict),
+            pa.array(np.where(conflict, resolved, 0), pa.timestamp("ms", tz="UTC"), mask=~conflict),
+        ]
+        return pa.Table.from_arrays(columns, names=self.schema.names).cast(self.schema)
 
 
 def requests(events: int, count: int, size: int, seed: int = 1) -> list[list[dict[str, Any]]]:
@@ -127,9 +148,8 @@ def measure(events: int, batches: int) -> dict[str, Any]:
     from serve_app.feature_lookup import OnlineFeatureLookup
 
     now_ms = int(utcnow().timestamp() * 1000)
-    pages = synthetic_pages(events, now_ms)
+    source = SyntheticStore(events, now_ms)
     rss_before, _ = _rss_mib()
-    pages_mib = sum(p.nbytes for p in pages) / 2**20
     now = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC)
     with tempfile.TemporaryDirectory(prefix="bench_window_") as tmp:
         url = f"sqlite:///{Path(tmp) / 'empty.db'}"
@@ -137,13 +157,11 @@ def measure(events: int, batches: int) -> dict[str, Any]:
         # No background refresh: the window holds exactly the synthetic events.
         lookup = OnlineFeatureLookup(url, refresh_interval_s=3600, max_staleness_s=7200)
         try:
-            window_module = sys.modules[type(lookup.window).__module__]
-            store = [pa.concat_tables(pages)]  # dropped once loaded: a replica holds only its window
-            del pages
+            window_module: Any = sys.modules[type(lookup.window).__module__]
 
             def tail(engine: object, *, after_id: int, limit: int | None = None, **_: object) -> pa.Table:
                 # The store's answer to the window's tail query: rows after ``after_id``, in id order.
-                return store[0].slice(after_id, limit)
+                return source.page(after_id, limit)
 
             real_tail, window_module.tail_events = window_module.tail_events, tail
             wall, cpu = time.perf_counter(), time.process_time()
@@ -151,7 +169,6 @@ def measure(events: int, batches: int) -> dict[str, Any]:
                 loaded = lookup.window.refresh(now)  # the first load: page by page, as from the store
             finally:
                 window_module.tail_events = real_tail
-                store.clear()
             rss_window, _ = _rss_mib()
             lookup._maybe_rebuild_index()
             load_wall, load_cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -164,7 +181,7 @@ def measure(events: int, batches: int) -> dict[str, Any]:
                 "entities": tenant(events)[1],
                 "load_wall_s": round(load_wall, 2),
                 "load_cpu_s": round(load_cpu, 2),
-                "synthetic_pages_mib": round(pages_mib, 1),
+                "synthetic_source_mib": round(source.nbytes / 2**20, 1),
                 "rss_before_mib": round(rss_before, 1),
                 "rss_window_mib": round(rss_window, 1),
                 "rss_after_mib": round(rss_after, 1),
@@ -193,12 +210,12 @@ def store_read(rows: int) -> dict[str, Any]:
     from serve_app.feature_lookup import EventWindow
 
     now = utcnow()
-    pages = synthetic_pages(rows, int(now.timestamp() * 1000))
-    frame = pa.concat_tables(pages).drop(["row_id"]).to_pandas()
-    frame["changed_fields"] = pd.Series(pa.concat_tables(pages).column("changed_fields").to_pylist(), dtype=object)
+    events = SyntheticStore(rows, int(now.timestamp() * 1000)).page(0)
+    frame = events.drop(["row_id"]).to_pandas()
+    frame["changed_fields"] = pd.Series(events.column("changed_fields").to_pylist(), dtype=object)
     frame["event_id"] = [f"e{k}" for k in range(len(frame))]
     frame["device_id"] = "d"
-    frame["resolution_type"] = np.where(frame["conflict"], "manual", None)
+    frame["resolution_type"] = frame["conflict"].map({True: "manual", False: None})
     with tempfile.TemporaryDirectory(prefix="bench_window_store_") as tmp:
         url = f"sqlite:///{Path(tmp) / 'store.db'}"
         db.upgrade(url)
@@ -242,7 +259,7 @@ def main() -> None:
             f"load {r['load_wall_s']:.1f} s wall / {r['load_cpu_s']:.1f} s CPU, "
             f"peak RSS {r['peak_rss_mib']:,.0f} MiB (window loaded {r['rss_window_mib']:,.0f}, with the user "
             f"index {r['rss_after_mib']:,.0f}; "
-            f"the synthetic pages {r['synthetic_pages_mib']:,.0f}), "
+            f"the synthetic source, held throughout {r['synthetic_source_mib']:,.0f}), "
             f"batch 8x50 {r['batch_8x50_cpu_ms']:.2f} ms CPU, 1x1 {r['batch_1x1_cpu_ms']:.2f} ms CPU",
             flush=True,
         )

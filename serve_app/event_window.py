@@ -50,7 +50,7 @@ class EventWindow:
         *,
         page_rows: int = 50_000,
         gap_recheck_s: float = 30.0,
-        max_chunks: int = 32,
+        max_chunks: int = 16,  # each lookup takes from every chunk holding its rows
         compact_min_rows: int = 10_000,
     ):
         self.engine = engine
