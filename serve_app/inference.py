@@ -83,8 +83,12 @@ def _compiled(version: str, artifact: dict[str, Any], columns: tuple[str, ...]) 
         return None
     rng = np.random.default_rng(0)  # counts, rates and gaps: zeros, small and large values
     probe = rng.exponential(3.0, (512, len(columns))) * rng.choice([0.0, 0.1, 1.0, 30.0], (512, len(columns)))
-    difference = max_difference(compiled, estimator, probe, columns)
-    if not difference <= COMPILED_TOLERANCE:
+    try:
+        difference = max_difference(compiled, estimator, probe, columns)
+    except Exception as exc:  # e.g. fitted on other columns than it names: scikit-learn fails as it would
+        log.warning("model %s not compiled, its probe failed: %s: %s", version, type(exc).__name__, exc)
+        return None
+    if not difference <= COMPILED_TOLERANCE:  # NaN included
         log.warning("model %s: compiled form differs by %.3g, served through scikit-learn", version, difference)
         return None
     return compiled

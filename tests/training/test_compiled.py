@@ -115,3 +115,21 @@ def test_loaded_model_serves_the_compiled_form_and_unsupported_ones_through_skle
         assert (loaded.compiled is not None) == (name == "compiled")
         expected = model.predict_proba(pd.DataFrame(probe, columns=COLUMNS))[:, 1]
         np.testing.assert_allclose(loaded.predict_proba(probe), expected, rtol=0, atol=1e-9)
+
+
+def test_a_model_that_fails_its_probe_is_loaded_and_fails_where_scikit_learn_fails(
+    tmp_path: Path, data: tuple[pd.DataFrame, pd.DataFrame, np.ndarray]
+) -> None:
+    fit, _, probe = data
+    narrow = build_estimator(CONFIGS["logreg"], COLUMNS[:3]).fit(fit[COLUMNS[:3]], fit["label"])
+    nan = build_estimator(CONFIGS["logreg"], COLUMNS).fit(fit[COLUMNS], fit["label"])
+    nan[-1].coef_[:] = np.nan
+    for name, model in (("narrow", narrow), ("nan", nan)):
+        path = tmp_path / f"{name}.joblib"
+        joblib.dump({"estimator": model, "feature_columns": COLUMNS, "version": name}, path)
+        loaded = load_model(name, str(path), sha256_file(path))  # loads: the failure belongs to inference
+        assert loaded.compiled is None
+    with pytest.raises(ValueError):
+        load_model("narrow", str(tmp_path / "narrow.joblib"), sha256_file(tmp_path / "narrow.joblib")).predict_proba(
+            probe
+        )
