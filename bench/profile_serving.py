@@ -227,7 +227,16 @@ def replicas(work: Path, seconds: float, items: int, connections: int, mode: str
         for name, pids in sorted(_replica_pids().items()):
             for k, pid in enumerate(pids):
                 out = RESULTS / f"pyspy_{name}_{k}_{items}items_{stamp}.speedscope.json"
-                command = ["py-spy", "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100"]
+                command = [
+                    str(Path(sys.executable).with_name("py-spy")),
+                    "record",
+                    "-p",
+                    str(pid),
+                    "-d",
+                    str(int(seconds)),
+                    "-r",
+                    "100",
+                ]
                 command += ["-f", "speedscope", "-o", str(out), "--nonblocking"]
                 recorders.append((out, subprocess.Popen(command, stdout=subprocess.DEVNULL)))
         for out, recorder in recorders:
