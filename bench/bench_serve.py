@@ -290,7 +290,7 @@ def _scenarios(
         _wrk(url, lua, max(concurrencies[0], 2), WARMUP_S)  # not measured: first requests, lazy imports, caches
         for c in points:
             cpu_before = _cpu_by_component()
-            r = _wrk(url, lua, c, duration)
+            r: dict[str, Any] = dict(_wrk(url, lua, c, duration))
             cpu_after = _cpu_by_component()
             requests = max(r["requests_per_s"] * duration, 1.0)
             cpu_ms = {

@@ -154,10 +154,10 @@ def in_process(database_url: str, work: Path, iterations: int) -> None:
         }
 
     try:
-        single, fifty = stages(1), stages(50)
+        one_item_costs, fifty_costs = stages(1), stages(50)
         print(f"{'stage':<28} {'1 item':>10} {'50 items':>10} {'8 x 50':>10}   (CPU ms per call)")
-        for name, (one_item, _) in single.items():
-            print(f"{name:<28} {one_item:10.3f} {fifty[name][0]:10.3f} {fifty[name][1]:10.3f}")
+        for name, (one_item, _) in one_item_costs.items():
+            print(f"{name:<28} {one_item:10.3f} {fifty_costs[name][0]:10.3f} {fifty_costs[name][1]:10.3f}")
 
         # The whole path of 50-item requests under cProfile.
         bodies = [line.encode() for line in (work / "bodies_50.jsonl").read_text().splitlines()]
