@@ -252,6 +252,8 @@ _COMPONENTS = (
     "raylet",
     "gcs_server",
     "wrk",
+    "ServeReplica:ceiling",
+    "postgres:",
 )
 WARMUP_S = 3
 MODES = ("haproxy", "throughput", "default")
