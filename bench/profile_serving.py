@@ -195,6 +195,29 @@ def _replica_pids() -> dict[str, list[int]]:
     return pids
 
 
+def top_frames(path: Path, count: int = 12) -> list[tuple[float, float, str]]:
+    """(own %, inclusive %, frame) of the busiest frames in a py-spy speedscope file, all threads together."""
+    data = json.loads(path.read_text())
+    frames = data["shared"]["frames"]
+    own: dict[int, float] = {}
+    inclusive: dict[int, float] = {}
+    total = 0.0
+    for profile in data["profiles"]:
+        for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
+            total += weight
+            if stack:
+                own[stack[-1]] = own.get(stack[-1], 0.0) + weight
+            for frame in set(stack):
+                inclusive[frame] = inclusive.get(frame, 0.0) + weight
+
+    def name(k: int) -> str:
+        f = frames[k]
+        return f"{f['name']} ({Path(f.get('file', '?')).name}:{f.get('line', '?')})"
+
+    ranked = sorted(own, key=lambda k: -own[k])[:count]
+    return [(100 * own[k] / total, 100 * inclusive[k] / total, name(k)) for k in ranked]
+
+
 def replicas(work: Path, seconds: float, items: int, connections: int, mode: str) -> None:
     import ray
     from ray import serve
@@ -241,7 +264,9 @@ def replicas(work: Path, seconds: float, items: int, connections: int, mode: str
                 recorders.append((out, subprocess.Popen(command, stdout=subprocess.DEVNULL)))
         for out, recorder in recorders:
             recorder.wait()
-            print(f"flame graph: {out}")
+            print(f"\nflame graph: {out}\n  own %  incl %  frame (samples of every thread, idle waits included)")
+            for own, inclusive, frame in top_frames(out) if out.exists() else []:
+                print(f"  {own:5.1f}  {inclusive:5.1f}  {frame}")
         result = bench_serve._parse_wrk(load.communicate()[0])
         print(f"load while recording: {json.dumps(result)}")
     finally:
