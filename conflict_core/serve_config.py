@@ -4,8 +4,8 @@
 what ``serve deploy`` and ``conflictctl`` start from, never written. The live config
 (``settings.serve_config_path``, ``<data_dir>/serve_config.yaml`` by default) is a copy of it
 made on first use; activation writes the model (and a rollout step the challenger, under
-``challenger``) into its ``ModelInference`` deployment's ``user_config``, so that re-deploying it reconfigures the running replicas in place
-(``reconfigure()``) instead of restarting them.
+``challenger``) into its ``ModelInference`` deployment's ``user_config``, so that re-deploying
+it reconfigures the running replicas in place (``reconfigure()``) instead of restarting them.
 """
 
 from __future__ import annotations

@@ -24,9 +24,7 @@ def publish(app: AppContext) -> None:
     from ray_control.serve_deploy import applier
     from training.publishing import publish_registry
 
-    serving, published = publish_registry(
-        app.settings, app.session_factory, apply=applier(app.settings.dashboard_url)
-    )
+    serving, published = publish_registry(app.settings, app.session_factory, apply=applier(app.settings.dashboard_url))
     if not published.serve_config_updated:
         click.echo(f"the serve config {app.settings.serve_config_path} could not be written; nothing published")
         return
@@ -136,8 +134,8 @@ def rollout_decide(app: AppContext, now: dt.datetime | None) -> None:
 def rollout_simulate(app: AppContext, out: Path | None, min_labelled: int) -> None:
     """Simulated time, no Ray: a worse canary is aborted, a better shadow promoted, then rolled back when it falls."""
     from conflict_core import db
-    from conflictctl import rollout_simulation as sim
     from conflict_core.store import make_engine, make_session_factory
+    from conflictctl import rollout_simulation as sim
 
     root = out or app.settings.data_dir / "rollout-simulation" / dt.datetime.now(dt.UTC).strftime("%Y%m%d_%H%M%S")
     root.mkdir(parents=True, exist_ok=False)

@@ -16,9 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core import registry
-from conflictctl import rollout_simulation as sim
 from conflict_core.settings import Settings
 from conflict_core.store import RolloutDecision
+from conflictctl import rollout_simulation as sim
 from training import monitoring
 
 T0 = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)

@@ -47,7 +47,7 @@ def graph(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gra
         g = Graph(pg_url, tmp_path_factory.mktemp("spool"), tmp_path_factory.mktemp("models"))
         g.config["applications"][0]["args"]["live_metrics_interval_s"] = 1.0
         g.deploy(g.v1, timeout_s=120)
-        # Some history first: the online window of an empty store fails its refresh (see the report).
+        # Some history first, so that the lookups compute features from real rows.
         events = _events(8, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=6))
         assert httpx.post(f"{BASE}/v1/sync-events", json=events, timeout=30).status_code == 200
         yield g

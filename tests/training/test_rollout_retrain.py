@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,8 +59,12 @@ def rollout_steps(
     return fake_steps
 
 
-def run(settings: Settings, factory: sessionmaker[Session]) -> retrain.RetrainSummary:  # noqa: F811
-    return retrain.retrain(settings, factory, factory.kw["bind"], now=NOW, use_ray=False, sweep="local")
+def run(
+    settings: Settings,  # noqa: F811
+    factory: sessionmaker[Session],
+    apply: Callable[[Path], bool] | None = None,
+) -> retrain.RetrainSummary:
+    return retrain.retrain(settings, factory, factory.kw["bind"], now=NOW, use_ray=False, sweep="local", apply=apply)
 
 
 @pytest.mark.parametrize("mode", ["shadow", "canary"])
@@ -104,12 +110,11 @@ def test_a_failed_publish_aborts_the_rollout_the_run_began_and_restores_the_conf
     settings = settings.model_copy(update={"retrain_rollout_mode": "shadow"})
     before = settings.serve_config_path.read_text()
 
-    def refuse(path: Any, dashboard_url: str) -> bool:
+    def refuse(path: Path) -> bool:
         raise ConfigurationError("injected: Serve refused the config")
 
-    monkeypatch.setattr(serve_config, "apply", refuse)
     with pytest.raises(retrain.RetrainError, match="failed at publish") as raised:
-        run(settings, session_factory)
+        run(settings, session_factory, apply=refuse)
     assert any("aborted the rollout" in note for note in raised.value.summary.restored)
     with session_factory() as session:
         assert rollout.challenger(session) is None
