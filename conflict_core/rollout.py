@@ -280,10 +280,13 @@ def rollback(
     current = registry.active(session)
     if current is None:
         raise RolloutError("no model is active, so there is nothing to roll back")
+    previous = previous_version(session, current)
+    if previous is None:
+        raise RolloutError(f"no version was active before {current.version} (and not aborted) to roll back to")
     rival = challenger(session)
     if rival is not None:
         abort(session, rival.version, by=by, now=now, reason=f"its champion {current.version} was rolled back")
-    restored = registry.rollback(session, by=by)
+    restored = registry.activate(session, previous.version, by=by, now=now)
     why = reason or f"{current.version} rolled back to {restored.version}"
     current.rollout_stage, current.aborted_at, current.abort_reason = ABORTED, now, why
     session.flush()
@@ -300,6 +303,23 @@ def rollback(
         **extra,
     )
     return current, restored
+
+
+def previous_version(session: Session, current: ModelVersion) -> ModelVersion | None:
+    """The version active most recently before ``current``, skipping aborted ones (a version that
+    was rolled back is never restored by a later rollback)."""
+    if current.activated_at is None:
+        return None
+    return session.scalars(
+        select(ModelVersion)
+        .where(
+            ModelVersion.activated_at.is_not(None),
+            ModelVersion.activated_at < current.activated_at,
+            ModelVersion.is_active.is_(False),
+            ModelVersion.rollout_stage != ABORTED,
+        )
+        .order_by(ModelVersion.activated_at.desc())
+    ).first()
 
 
 def decisions(session: Session, version: str | None = None, limit: int = 50) -> list[RolloutDecision]:

@@ -312,20 +312,6 @@ def _champion_live(
     return live_quality(frame["actual"].astype(bool).to_numpy(), frame["probability"].to_numpy(dtype=float), threshold)
 
 
-def _previous(session: Session, current: ModelVersion) -> ModelVersion | None:
-    if current.activated_at is None:
-        return None
-    return session.scalars(
-        select(ModelVersion)
-        .where(
-            ModelVersion.activated_at.is_not(None),
-            ModelVersion.activated_at < current.activated_at,
-            ModelVersion.is_active.is_(False),
-        )
-        .order_by(ModelVersion.activated_at.desc())
-    ).first()
-
-
 def _record(session: Session, decision: Decision, *, champion: str | None, stage: str, now: dt.datetime) -> None:
     if decision.action in ("stay", "keep"):
         rollout.record(
@@ -379,7 +365,7 @@ def decide_champion(
     judged_until = current.activated_at + window + dt.timedelta(hours=settings.outcome_max_age_hours)
     if now > judged_until:
         return None  # its first day's outcomes have all matured and been judged
-    previous = _previous(session, current)
+    previous = rollout.previous_version(session, current)
     if previous is None:
         return None  # nothing to roll back to
     threshold = _threshold(current, settings)

@@ -176,3 +176,16 @@ def test_serving_is_written_into_the_serve_config_and_read_back(models: sessionm
     # Activating the challenger's version outright drops the challenger block.
     serve_config.set_model(path, version="v2", artifact_path="p", artifact_sha256="s")
     assert serve_config.inference_user_config(serve_config.read(path))["challenger"] is None
+
+
+def test_a_rolled_back_version_is_never_restored_by_a_later_rollback(models: sessionmaker[Session]) -> None:
+    with models.begin() as session:
+        rollout.start_shadow(session, "v2", by="ops", now=NOW)
+        rollout.promote(session, "v2", by="ops", now=NOW + dt.timedelta(hours=1))
+        rollout.rollback(session, by="auto", now=NOW + dt.timedelta(hours=2))
+    with models() as session:
+        restored = registry.active(session)
+        assert restored is not None and restored.version == "v1"
+        assert restored.activated_at == NOW + dt.timedelta(hours=2)  # the decision's (simulated) time
+    with pytest.raises(RolloutError, match="no version was active before v1"), models.begin() as session:
+        rollout.rollback(session, by="auto")

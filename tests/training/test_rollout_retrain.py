@@ -20,7 +20,7 @@ from tests.training.test_retrain import (  # noqa: F401 (fixtures)
     settings,
 )
 from tests.training.test_train import trained  # noqa: F401 (fixture)
-from training import pipeline, retrain
+from training import pipeline, publishing, retrain
 
 
 @pytest.fixture
@@ -154,5 +154,8 @@ def test_the_training_pipeline_begins_a_rollout_instead_of_activating(
         assert serving.champion is not None and serving.champion.version == champion
         assert serving.challenger is not None and serving.challenger.version == result.version
         assert serving.percent == train_settings.rollout_canary_percent
+    # Publishing is the caller's step (the retrain's publish step does this).
+    _, published = publishing.publish_registry(train_settings, factory)
+    assert published.serve_config_updated
     user_config = serve_config.inference_user_config(serve_config.read(train_settings.serve_config_path))
     assert user_config["model_version"] == champion and user_config["challenger"]["model_version"] == result.version
