@@ -65,5 +65,9 @@ class ArtifactFormatError(RegistryError):
     """An artifact whose checksum matched holds something other than a Conflict Predictor model."""
 
 
+class RolloutError(RegistryError):
+    """A rollout step is not allowed from the version's current stage (or another challenger runs)."""
+
+
 class JobLockedError(ConflictPredictorError):
     """Another run of the same job holds the lock."""

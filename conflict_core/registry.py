@@ -145,9 +145,12 @@ def activate(session: Session, version: str, *, by: str, now: dt.datetime | None
     if row.is_active:
         return row
     session.execute(
-        update(ModelVersion).where(ModelVersion.is_active.is_(True)).values(is_active=False, status="retired")
+        update(ModelVersion)
+        .where(ModelVersion.is_active.is_(True))
+        .values(is_active=False, status="retired", rollout_stage="retired")
     )
     row.is_active, row.status = True, "active"
+    row.rollout_stage, row.is_challenger, row.canary_percent = "active", False, None
     row.activated_at, row.activated_by = now or utcnow(), by
     try:
         session.flush()
@@ -160,7 +163,7 @@ def deactivate(session: Session, version: str) -> ModelVersion:
     row = get(session, version)
     if not row.is_active:
         raise RegistryError(f"model version {version} is not active")
-    row.is_active, row.status = False, "retired"
+    row.is_active, row.status, row.rollout_stage = False, "retired", "retired"
     session.flush()
     return row
 

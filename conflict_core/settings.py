@@ -99,6 +99,42 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = None
     training_data_retention_days: int = Field(default=30, gt=0)
 
+    # Rollout of a new version (conflict_core.rollout, training.rollout_decisions).
+    retrain_rollout_mode: Literal["shadow", "canary", "activate"] = Field(
+        default="shadow",
+        description="What the weekly retrain does with a version that passes the gate while a model is "
+        "active: put it in shadow, in canary (rollout_canary_percent), or activate it outright.",
+    )
+    rollout_canary_percent: float = Field(default=10.0, gt=0, lt=100, description="Default canary share of users.")
+    rollout_min_labelled: int = Field(
+        default=200, gt=0, description="Labelled live outcomes each variant needs before a promotion is judged."
+    )
+    rollout_min_positives: int = Field(
+        default=10, gt=0, description="Conflicts among those outcomes each variant needs (PR-AUC needs both classes)."
+    )
+    rollout_margin: float | None = Field(
+        default=None,
+        ge=0,
+        description="Relative live PR-AUC improvement a challenger needs over the champion; None: the "
+        "activation gate's margin (gate_min_relative_improvement).",
+    )
+    rollout_bootstrap_resamples: int = Field(default=1000, ge=100)
+    rollout_confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    rollout_abort_after_hours: float = Field(
+        default=14 * 24.0, gt=0, description="A challenger not promoted this long after its rollout began is aborted."
+    )
+    rollback_max_relative_drop: float = Field(
+        default=0.10,
+        gt=0,
+        lt=1,
+        description="Roll back when the active model's live accuracy or PR-AUC falls more than this below "
+        "its holdout value (or the previous version's live value) ...",
+    )
+    rollback_window_hours: float = Field(default=24.0, gt=0, description="... within this long of its activation.")
+    rollback_min_labelled: int = Field(
+        default=100, gt=0, description="Labelled outcomes of the active model before a rollback is judged."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _known_backend(cls, value: str) -> str:
@@ -152,6 +188,11 @@ class Settings(BaseSettings):
     @property
     def log_spool_dir(self) -> Path:
         return self.data_dir / "prediction_log_spool"
+
+    @property
+    def rollout_relative_margin(self) -> float:
+        """The promotion margin: ``rollout_margin``, or the activation gate's when unset."""
+        return self.gate_min_relative_improvement if self.rollout_margin is None else self.rollout_margin
 
     def public_dict(self) -> dict[str, Any]:
         """Settings as plain values, for logs and job summaries."""

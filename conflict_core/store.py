@@ -7,6 +7,8 @@ Tables:
   is the moment the conflict became known to the rest of the system.
 * ``prediction_log`` — every prediction served, with its outcome once tracked.
 * ``model_registry`` — trained model versions; the database allows at most one active.
+* ``rollout_decision`` — every rollout step (shadow, canary, promotion, abort, rollback) and
+  every decision on live outcomes, with its numbers.
 * ``monitoring_run``, ``alert_state``, ``job_lock`` — lifecycle bookkeeping.
 
 All timestamps are stored and returned as timezone-aware UTC.
@@ -129,6 +131,11 @@ class PredictionLog(Base):
     recommendation: Mapped[str] = mapped_column(String(32))
     features: Mapped[dict[str, Any]] = mapped_column(JSON)
     fallback_reason: Mapped[str | None] = mapped_column(String(64))
+    # Which variant answered ("champion" or "challenger"; NULL when the heuristics did) and, in
+    # shadow mode, the challenger's probability for the same row (never returned to the client).
+    variant: Mapped[str | None] = mapped_column(String(16))
+    challenger_version: Mapped[str | None] = mapped_column(String(64))
+    challenger_probability: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[dt.datetime] = mapped_column(index=True)
     actual_conflict_occurred: Mapped[bool | None] = mapped_column(Boolean)
     prediction_correct: Mapped[bool | None] = mapped_column(Boolean)
@@ -159,9 +166,18 @@ class ModelVersion(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     activated_at: Mapped[dt.datetime | None]
     activated_by: Mapped[str | None] = mapped_column(String(128))
+    # Rollout (see conflict_core.rollout): candidate → shadow → canary → active, or aborted.
+    rollout_stage: Mapped[str] = mapped_column(String(16), default="candidate")
+    is_challenger: Mapped[bool] = mapped_column(Boolean, default=False)
+    canary_percent: Mapped[float | None] = mapped_column(Float)
+    rollout_by: Mapped[str | None] = mapped_column(String(128))
+    shadow_started_at: Mapped[dt.datetime | None]
+    canary_started_at: Mapped[dt.datetime | None]
+    aborted_at: Mapped[dt.datetime | None]
+    abort_reason: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
-        # The database, not the application, guarantees a single active model.
+        # The database, not the application, guarantees a single active model ...
         Index(
             "uq_model_registry_one_active",
             "is_active",
@@ -169,7 +185,33 @@ class ModelVersion(Base):
             sqlite_where=text("is_active"),
             postgresql_where=text("is_active"),
         ),
+        # ... and at most one challenger (in shadow or canary) beside it.
+        Index(
+            "uq_model_registry_one_challenger",
+            "is_challenger",
+            unique=True,
+            sqlite_where=text("is_challenger"),
+            postgresql_where=text("is_challenger"),
+        ),
     )
+
+
+class RolloutDecision(Base):
+    """One rollout step or decision: what was decided about which version, why, with its numbers."""
+
+    __tablename__ = "rollout_decision"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    decided_at: Mapped[dt.datetime] = mapped_column(index=True)
+    version: Mapped[str] = mapped_column(String(32), index=True)
+    champion_version: Mapped[str | None] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(16))  # shadow, canary, promote, stay, abort, rollback, keep
+    stage_before: Mapped[str | None] = mapped_column(String(16))
+    stage_after: Mapped[str | None] = mapped_column(String(16))
+    automatic: Mapped[bool] = mapped_column(Boolean, default=False)
+    decided_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    numbers: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class MonitoringRun(Base):

@@ -55,6 +55,10 @@ def outcomes_track(
         k: dt.timedelta(hours=v) for k, v in (("min_age", min_age_hours), ("max_age", max_age_hours)) if v is not None
     }
     summary = track_outcomes(app.settings, app.session_factory, now=now, **ages)
+    if summary.rollout.get("serving_changed"):
+        from conflictctl.rollout_commands import publish
+
+        publish(app)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2, default=str))
         return
@@ -64,6 +68,8 @@ def outcomes_track(
         f"no sync {summary.no_sync}; {summary.conflicts} conflicted"
     )
     _print_metrics(summary.metrics)
+    for decision in summary.rollout.get("decisions", []):
+        click.echo(f"rollout: {decision['action']} {decision['version']}: {decision['reason']}")
     click.echo(
         f"alerts firing: {', '.join(summary.alerts_firing) or 'none'}"
         + (f" (new: {', '.join(summary.alerts_fired)})" if summary.alerts_fired else "")

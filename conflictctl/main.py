@@ -44,12 +44,15 @@ def _register() -> None:
         lifecycle_commands,
         model_commands,
         pipeline_commands,
+        rollout_commands,
         serve_commands,
     )
 
     for module in (data_commands, model_commands, pipeline_commands, serve_commands, lifecycle_commands):
         for command in module.COMMANDS:
             main.add_command(command)
+    for command in rollout_commands.MODEL_COMMANDS:
+        model_commands.models_group.add_command(command)
 
 
 _register()

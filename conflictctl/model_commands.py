@@ -78,12 +78,14 @@ def models_list(app: AppContext) -> None:
     if not rows:
         click.echo("no models registered (run: conflictctl train)")
         return
-    click.echo(f"{'version':<18} {'status':<10} {'algorithm':<8} {'ROC-AUC':>8} {'PR-AUC':>8}  activated")
+    header = f"{'version':<18} {'status':<10} {'rollout':<11} {'algorithm':<8} {'ROC-AUC':>8} {'PR-AUC':>8}"
+    click.echo(header + "  activated")
     for row in rows:
         holdout = row.metrics.get("holdout", {})
         activated = f"{row.activated_at:%Y-%m-%d %H:%M} by {row.activated_by}" if row.activated_at else ""
+        stage = row.rollout_stage + (f" {row.canary_percent:g}%" if row.rollout_stage == "canary" else "")
         click.echo(
-            f"{row.version:<18} {row.status + ('*' if row.is_active else ''):<10} {row.algorithm:<8} "
+            f"{row.version:<18} {row.status + ('*' if row.is_active else ''):<10} {stage:<11} {row.algorithm:<8} "
             f"{holdout.get('roc_auc', float('nan')):>8.4f} {holdout.get('pr_auc', float('nan')):>8.4f}  {activated}"
         )
 

@@ -336,7 +336,14 @@ def _summary(app: AppContext, results: dict[str, Any]) -> None:
     if retraining is not None:
         click.echo(
             f"retrain          {retraining['version']}: "
-            f"{'activated' if retraining['activated'] else 'kept as a candidate'} ({retraining['gate_reason']})"
+            + (
+                f"put in {retraining['rollout_stage']} beside the active model"
+                if retraining.get("rollout_stage")
+                else "activated"
+                if retraining["activated"]
+                else "kept as a candidate"
+            )
+            + f" ({retraining['gate_reason']})"
         )
     click.echo(f"active model     {active.version if active else 'none (heuristics answer)'}")
 

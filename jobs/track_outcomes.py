@@ -8,6 +8,7 @@ Prints the run's summary as JSON and a one-line headline; exits 1 on failure.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict
 from typing import Any
 
 from jobs._runtime import base_parser, run, settings_from, utc_timestamp
@@ -29,7 +30,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     engine = make_engine(settings.database_url)
     try:
-        summary = track_outcomes(settings, make_session_factory(engine), now=args.now, **hours)
+        sessions = make_session_factory(engine)
+        summary = track_outcomes(settings, sessions, now=args.now, **hours)
+        if summary.rollout.get("serving_changed"):
+            # A promotion, abort or rollback: the app serves what the registry now says.
+            from ray_control.serve_deploy import applier
+            from training.publishing import publish_registry
+
+            _, published = publish_registry(settings, sessions, apply=applier(settings.dashboard_url))
+            summary.rollout.update(asdict(published))
     finally:
         engine.dispose()
     accuracy = summary.metrics.get("accuracy")
@@ -38,6 +47,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"7-day accuracy {accuracy if accuracy is None else f'{accuracy:.3f}'} over {summary.metrics.get('labelled')}; "
         f"alerts firing: {', '.join(summary.alerts_firing) or 'none'}"
     )
+    for decision in summary.rollout.get("decisions", []):
+        headline += f"\nrollout: {decision['action']} {decision['version']}: {decision['reason']}"
     return {**summary.to_dict(), "headline": headline}
 
 

@@ -47,6 +47,9 @@ class AppArgs(BaseModel):
     ingress_batch_wait_timeout_s: float = Field(
         default=0.002, ge=0, description="How long the ingress waits for more requests to join a call."
     )
+    live_metrics_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the live per-variant quality gauges are re-read from the store."
+    )
 
     @model_validator(mode="after")
     def _thresholds(self) -> AppArgs:
@@ -112,6 +115,7 @@ class ServingOptions:
     log_spill_after_s: float
     ingress_max_batch_size: int
     ingress_batch_wait_timeout_s: float
+    live_metrics_interval_s: float
 
 
 def build_app(args: AppArgs | dict[str, Any]) -> Application:

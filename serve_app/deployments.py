@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.feature_lookup import OnlineFeatureLookup
 from serve_app.heuristics import FallbackReason, heuristic_probabilities
-from serve_app.inference import ModelHolder, ModelUnavailable
+from serve_app.inference import CANARY, SHADOW, ModelUnavailable, Variants, split_answer
 from serve_app.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
@@ -104,23 +104,21 @@ class FeatureLookup:
         Raises when the features cannot be computed (the ingress answers ``feature_lookup_failed``).
         """
         matrices = await self._features(requests)
-        outcome = await self._infer(np.concatenate(matrices) if len(matrices) > 1 else matrices[0])
+        matrix = np.concatenate(matrices) if len(matrices) > 1 else matrices[0]
+        # The user ids route a canary's rows (sticky per user); plain strings, cheap to send.
+        users = [item["user_id"] for request in requests for item in request]
+        outcome = await self._infer(matrix, users)
         if "probabilities" not in outcome:
             return [{"features": m, **outcome} for m in matrices]
-        probabilities, version = outcome["probabilities"], outcome["model_version"]
-        answers, start = [], 0
-        for matrix in matrices:
-            end = start + len(matrix)
-            answers.append({"features": matrix, "model_version": version, "probabilities": probabilities[start:end]})
-            start = end
-        return answers
+        bounds = np.cumsum([0, *(len(m) for m in matrices)]).tolist()
+        return [{"features": m, **part} for m, part in zip(matrices, split_answer(outcome, bounds), strict=True)]
 
-    async def _infer(self, matrix: np.ndarray) -> dict[str, Any]:
+    async def _infer(self, matrix: np.ndarray, users: list[str]) -> dict[str, Any]:
         if self.inference is None:
             return {"unavailable": FallbackReason.NO_ACTIVE_MODEL.value}
         try:
             answer: dict[str, Any] = await asyncio.wait_for(
-                awaited(self.inference.predict.remote(matrix)), self.inference_timeout_s
+                awaited(self.inference.predict.remote((matrix, users))), self.inference_timeout_s
             )
         except TimeoutError:
             return {"unavailable": FallbackReason.INFERENCE_TIMEOUT.value}
@@ -135,13 +133,15 @@ class FeatureLookup:
     ray_actor_options={"num_cpus": 0.25},
 )
 class ModelInference:
-    """Batched ``predict_proba`` of the active model; the model comes from ``user_config``.
+    """Batched ``predict_proba`` of the champion, and of a rollout's challenger; both from ``user_config``.
 
-    ``user_config``: ``model_version``, ``artifact_path``, ``artifact_sha256`` (all null: the
-    registry's active model in the store, if any, as of this deploy), ``max_batch_size``,
-    ``batch_wait_timeout_s``. Re-deploying with a changed
-    ``user_config`` calls :meth:`reconfigure` on the running replicas: the new model is
-    loaded next to the old one and swapped in by one assignment.
+    ``user_config``: ``model_version``, ``artifact_path``, ``artifact_sha256`` of the champion
+    (all null: the registry's active model in the store, if any, as of this deploy);
+    ``challenger``: null, or the same three keys plus ``mode`` (``shadow``/``canary``) and
+    ``percent``; ``max_batch_size``, ``batch_wait_timeout_s``. Re-deploying with a changed
+    ``user_config`` calls :meth:`reconfigure` on the running replicas: new models are loaded
+    next to the old ones and swapped in by one assignment each (see
+    :class:`serve_app.inference.Variants`).
     """
 
     def __init__(self, database_url: str | None = None) -> None:
@@ -152,10 +152,11 @@ class ModelInference:
         # Replicas scale out instead.
         threadpool_limits(limits=1)
         self.database_url = database_url
-        self.holder = ModelHolder()
+        self.variants = Variants()
         self.metrics = ServeMetrics()
         self.delay_s = 0.0
         self.revision: str | None = None
+        self._reported_challenger: dict[str, str] | None = None
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         configure_batching(self.predict, user_config)
@@ -163,35 +164,49 @@ class ModelInference:
         self.delay_s = float(user_config.get("fault_injection_delay_s", 0.0))
         # An optional label of the config revision, so operators can tell which one a replica runs.
         self.revision = user_config.get("revision")
-        named = (user_config.get("model_version"), user_config.get("artifact_path"), user_config.get("artifact_sha256"))
-        if not all(named) and self.database_url is not None:
-            self.holder.configure_from_registry(self.database_url)
-        else:
-            self.holder.configure(*named)
+        self.variants.configure(user_config, self.database_url)
+        self._report_rollout()
+
+    def _report_rollout(self) -> None:
+        """The challenger gauge: its canary percent (0 in shadow); the previous one's series set to -1."""
+        plan = self.variants.challenger
+        if self._reported_challenger is not None:
+            self.metrics.rollout_percent.set(-1, tags=self._reported_challenger)
+            self._reported_challenger = None
+        if plan is not None:
+            tags = {"model_version": plan.model.version, "mode": plan.mode}
+            self.metrics.rollout_percent.set(plan.percent if plan.mode == CANARY else 0.0, tags=tags)
+            self._reported_challenger = tags
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
-    async def predict(self, matrices: list[np.ndarray]) -> list[dict[str, Any]]:
-        """Per request: ``{"model_version", "probabilities"}`` or ``{"unavailable": reason}``."""
+    async def predict(self, requests: list[np.ndarray | tuple[np.ndarray, list[str]]]) -> list[dict[str, Any]]:
+        """Per request (a matrix, or a matrix and its rows' user ids): the answer of
+        :meth:`serve_app.inference.Variants.predict` for its rows, or ``{"unavailable": reason}``."""
         started = time.perf_counter()
         tags = {"deployment": "ModelInference"}
-        self.metrics.batch_size.observe(len(matrices), tags=tags)
+        matrices = [r[0] if isinstance(r, tuple) else r for r in requests]
+        self.metrics.batch_size.observe(len(requests), tags=tags)
         self.metrics.batch_items.observe(sum(len(m) for m in matrices), tags=tags)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        users: list[str] | None = []
+        for request in requests:
+            if not isinstance(request, tuple) or users is None:
+                users = None  # no user ids: a canary cannot route, the champion answers
+            else:
+                users.extend(request[1])
         try:
-            version, probabilities = self.holder.predict(np.concatenate(matrices))
+            answer = self.variants.predict(np.concatenate(matrices), users)
         except ModelUnavailable as exc:
-            return [{"unavailable": exc.reason.value}] * len(matrices)
-        self.metrics.inference_latency.observe((time.perf_counter() - started) * 1000)
-        bounds = np.cumsum([0, *(len(m) for m in matrices)])
-        return [
-            {"model_version": version, "probabilities": probabilities[bounds[i] : bounds[i + 1]]}
-            for i in range(len(matrices))
-        ]
+            return [{"unavailable": exc.reason.value}] * len(requests)
+        rollout = SHADOW if "shadow_probabilities" in answer else CANARY if "challenger_rows" in answer else "none"
+        self.metrics.inference_latency.observe((time.perf_counter() - started) * 1000, tags={"rollout": rollout})
+        bounds = np.cumsum([0, *(len(m) for m in matrices)]).tolist()
+        return split_answer(answer, bounds)
 
     def status(self) -> dict[str, Any]:
-        """The served model and, for in-place reload checks, this replica's process id."""
-        return {**self.holder.status(), "pid": os.getpid(), "revision": self.revision}
+        """The served models and, for in-place reload checks, this replica's process id."""
+        return {**self.variants.status(), "pid": os.getpid(), "revision": self.revision}
 
 
 @serve.deployment(

@@ -1,14 +1,23 @@
-"""The active model as one swappable reference, plain Python.
+"""The active model (and a rollout's challenger) as swappable references, plain Python.
 
 :class:`ModelHolder` loads an artifact only after :func:`conflict_core.registry.load_artifact`
 has verified its sha256, and replaces what it serves (the model, or none and the reason) by
 assigning a single attribute once the new model is fully loaded: a prediction running concurrently keeps the object it
 started with, so it never sees a half-loaded model.
+
+:class:`Variants` adds the challenger of a rollout beside the champion: in ``shadow`` mode it
+scores the same batch matrix (one more ``predict_proba``) and its probabilities travel with the
+answer for the prediction log only; in ``canary`` mode it answers the rows of the users whose
+:func:`canary_bucket` falls below ``percent * 100`` (sticky: a user keeps their variant for the
+whole canary and across replicas and restarts). A challenger that fails never fails a request:
+the champion answers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +125,11 @@ class ModelHolder:
     def unavailable(self) -> ModelUnavailable | None:
         return self._serving.unavailable
 
+    def serve_loaded(self, model: LoadedModel) -> None:
+        """Serve a model already loaded and verified (by a challenger's holder, say)."""
+        self._serving = _Serving(model, None)
+        log.info("now serving model %s", model.version)
+
     def configure(self, version: str | None, artifact_path: str | None, artifact_sha256: str | None) -> None:
         """Serve the named model (``None``: no model). Loads first, then swaps the reference."""
         if not version or not artifact_path or not artifact_sha256:
@@ -177,3 +191,158 @@ class ModelHolder:
             "loaded": model is not None,
             "unavailable_reason": None if unavailable is None else unavailable.reason.value,
         }
+
+
+# --------------------------------------------------------------------------- champion and challenger
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+SHADOW, CANARY = "shadow", "canary"
+CANARY_BUCKETS = 10_000
+
+
+def canary_bucket(user_id: str) -> int:
+    """A stable bucket 0..9999 of ``user_id``: the same on every replica, process and restart.
+
+    (Python's ``hash()`` is salted per process, so it would move users between variants.)
+    """
+    digest = hashlib.blake2b(user_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % CANARY_BUCKETS
+
+
+def canary_rows(user_ids: Sequence[str], percent: float) -> np.ndarray:
+    """Which rows a canary at ``percent`` % answers (bucket below ``percent * 100``)."""
+    limit = percent * (CANARY_BUCKETS / 100)
+    return np.fromiter((canary_bucket(u) < limit for u in user_ids), dtype=bool, count=len(user_ids))
+
+
+@dataclass(frozen=True)
+class ChallengerPlan:
+    """The challenger and how it takes part: ``shadow`` (scored, not returned) or ``canary`` (``percent``)."""
+
+    model: LoadedModel
+    mode: str
+    percent: float
+
+
+class Variants:
+    """A champion :class:`ModelHolder` and at most one challenger, configured from ``user_config``."""
+
+    def __init__(self) -> None:
+        self.champion = ModelHolder()
+        self._challenger: ChallengerPlan | None = None
+        self.challenger_problem: str | None = None
+
+    @property
+    def challenger(self) -> ChallengerPlan | None:
+        return self._challenger
+
+    def configure(self, user_config: Mapping[str, Any], database_url: str | None = None) -> None:
+        """Load what ``user_config`` names: champion keys at the top, the challenger under ``challenger``.
+
+        The challenger is loaded (and verified) before anything is swapped; when it becomes the
+        champion (a promotion) its loaded model is reused, not read again.
+        """
+        plan = self._challenger_plan(user_config.get("challenger"))
+        named = (user_config.get("model_version"), user_config.get("artifact_path"), user_config.get("artifact_sha256"))
+        previous = self._challenger
+        if (
+            previous is not None
+            and named[0] == previous.model.version
+            and named[2] == previous.model.sha256
+            and self.champion.model is not previous.model
+        ):
+            self.champion.serve_loaded(previous.model)
+        elif not all(named) and database_url is not None:
+            self.champion.configure_from_registry(database_url)
+        else:
+            self.champion.configure(*named)
+        champion = self.champion.model
+        if plan is not None and champion is not None and plan.model.version == champion.version:
+            plan = None  # the challenger is the champion now
+        self._challenger = plan
+
+    def _challenger_plan(self, block: Any) -> ChallengerPlan | None:
+        self.challenger_problem = None
+        if not block:
+            return None
+        if not isinstance(block, Mapping):
+            self.challenger_problem = f"challenger must be a mapping, got {type(block).__name__}"
+            log.error("%s; serving the champion alone", self.challenger_problem)
+            return None
+        mode, percent = block.get("mode"), float(block.get("percent") or 0.0)
+        if mode not in (SHADOW, CANARY) or (mode == CANARY and not 0 < percent < 100):
+            self.challenger_problem = (
+                f"challenger mode {mode!r} with percent {percent}: expected shadow, or canary with 0 < percent < 100"
+            )
+            log.error("%s; serving the champion alone", self.challenger_problem)
+            return None
+        version, path, sha = block.get("model_version"), block.get("artifact_path"), block.get("artifact_sha256")
+        current = self._challenger
+        if current is not None and current.model.version == version and current.model.sha256 == sha:
+            return ChallengerPlan(current.model, mode, percent)
+        if not version or not path or not sha:
+            self.challenger_problem = "challenger needs model_version, artifact_path and artifact_sha256"
+            log.error("%s; serving the champion alone", self.challenger_problem)
+            return None
+        try:
+            model = load_model(version, path, sha)
+        except ModelUnavailable as exc:
+            self.challenger_problem = f"challenger {version} not loaded: {exc}"
+            log.error("%s; serving the champion alone", self.challenger_problem)
+            return None
+        log.info("challenger %s loaded (%s%s)", version, mode, f" {percent:g}%" if mode == CANARY else "")
+        return ChallengerPlan(model, mode, percent)
+
+    def predict(self, matrix: np.ndarray, user_ids: Sequence[str] | None = None) -> dict[str, Any]:
+        """The champion's answer, with the challenger's part (see the module doc).
+
+        ``{"model_version", "probabilities"}`` plus, with a challenger, ``challenger_version``
+        and either ``shadow_probabilities`` (shadow) or ``challenger_rows`` (canary: a boolean
+        mask of the rows it answered; ``probabilities`` holds its values there).
+        Raises :class:`ModelUnavailable` when the champion cannot answer.
+        """
+        plan = self._challenger  # one read: a concurrent reconfigure does not affect this call
+        version, probabilities = self.champion.predict(matrix)
+        answer: dict[str, Any] = {"model_version": version, "probabilities": probabilities}
+        if plan is None or plan.model.version == version:
+            return answer
+        try:
+            if plan.mode == SHADOW:
+                answer["shadow_probabilities"] = plan.model.predict_proba(matrix)
+            elif user_ids is not None:
+                rows = canary_rows(user_ids, plan.percent)
+                if rows.any():
+                    probabilities[rows] = plan.model.predict_proba(matrix[rows])
+                answer["challenger_rows"] = rows
+            else:
+                return answer
+        except Exception as exc:  # a failing challenger must not fail a request the champion can answer
+            name = plan.model.version
+            log.warning("challenger %s failed (%s: %s); the champion answers", name, type(exc).__name__, exc)
+            answer.pop("shadow_probabilities", None)
+            answer.pop("challenger_rows", None)
+            return answer
+        answer["challenger_version"] = plan.model.version
+        return answer
+
+    def status(self) -> dict[str, Any]:
+        plan = self._challenger
+        challenger = None
+        if plan is not None:
+            challenger = {"model_version": plan.model.version, "mode": plan.mode, "percent": plan.percent}
+        return {**self.champion.status(), "challenger": challenger, "challenger_problem": self.challenger_problem}
+
+
+_ROW_KEYS = ("probabilities", "shadow_probabilities", "challenger_rows")
+
+
+def split_answer(answer: Mapping[str, Any], bounds: Sequence[int]) -> list[dict[str, Any]]:
+    """``answer`` for each slice ``bounds[i]:bounds[i+1]`` of its rows (per-row arrays sliced, the rest shared)."""
+    parts = []
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        part = dict(answer)
+        for key in _ROW_KEYS:
+            if key in answer:
+                part[key] = answer[key][start:end]
+        parts.append(part)
+    return parts

@@ -35,6 +35,7 @@ from serve_app.heuristics import (
     recommendation_for,
     risk_level,
 )
+from serve_app.inference import CHALLENGER, CHAMPION, split_answer
 from serve_app.metrics import ServeMetrics
 from serve_app.prediction_log import PredictionLogWriter, is_outage, spooled_records
 from serve_app.rendering import feature_rows, features_json, iso_utc, prediction_ids, render_predictions
@@ -48,6 +49,7 @@ from serve_app.schemas import (
 )
 
 log = logging.getLogger(__name__)
+HEURISTIC_VARIANT = "heuristic"  # the predictions metric's variant label when the heuristics answered
 
 
 def _error(status: int, error: str, problem: str, field: str | None = None) -> JSONResponse:
@@ -99,6 +101,9 @@ class Ingress:
         # an earlier replica spilled is replayed even before the first prediction.
         with contextlib.suppress(RuntimeError):  # no running loop (constructed outside a replica)
             self.writer.start()
+        self._live_task: asyncio.Task[None] | None = None
+        with contextlib.suppress(RuntimeError):
+            self._live_task = asyncio.get_running_loop().create_task(self._report_live_metrics())
         self.router = Router(
             [
                 Route("/v1/predict", self.predict_route, methods=["POST"]),
@@ -137,6 +142,22 @@ class Ingress:
         except Exception:
             log.exception("unexpected error on %s %s", request.method, request.url.path)
             return _error(503, "unavailable", "the service could not answer; retry later")
+
+    async def _report_live_metrics(self) -> None:
+        """Every ``live_metrics_interval_s``: the variants' live quality from the store, as gauges."""
+        from serve_app.live_gauges import live_metric_samples
+
+        def read() -> list[tuple[dict[str, str], float]]:
+            with self.sessions() as session:
+                return live_metric_samples(session)
+
+        while True:
+            try:
+                for tags, value in await asyncio.to_thread(read):
+                    self.metrics.live_metric.set(value, tags=tags)
+            except Exception as exc:  # a store hiccup must not end the loop
+                log.warning("live metrics not refreshed: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(self.options.live_metrics_interval_s)
 
     def _report_log_depth(self, in_memory: int, on_disk: int) -> None:
         self.metrics.log_buffer_depth.set(in_memory, tags={"where": "memory"})
@@ -192,7 +213,8 @@ class Ingress:
             probabilities = await self._heuristics(feature_rows(values, len(items)))
         # The features' JSON text serves both the response and the log record.
         features = ["{}"] * len(items) if values is None else features_json(values)
-        responses = self._respond(items, features, probabilities, model_version, reason, now)
+        rollout = None if reason is not None or "challenger_version" not in scored else scored
+        responses = self._respond(items, features, probabilities, model_version, reason, now, rollout)
         return Response(render_predictions(responses, features, single), media_type="application/json")
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=8)
@@ -210,16 +232,12 @@ class Ingress:
             return [{"unavailable": FallbackReason.FEATURE_LOOKUP_FAILED.value}] * len(requests)
         if len(requests) == 1:
             return [answer]
-        features, probabilities = answer["features"], answer.get("probabilities")
-        answers, start = [], 0
-        for request in requests:
-            end = start + len(request)
-            part = dict(answer, features=features[start:end])
-            if probabilities is not None:
-                part["probabilities"] = probabilities[start:end]
-            answers.append(part)
-            start = end
-        return answers
+        features = answer["features"]
+        bounds = np.cumsum([0, *(len(r) for r in requests)]).tolist()
+        parts = split_answer(answer, bounds)
+        for part, start, end in zip(parts, bounds[:-1], bounds[1:], strict=True):
+            part["features"] = features[start:end]
+        return parts
 
     async def _heuristics(self, rows: list[dict[str, float] | None]) -> list[float]:
         try:
@@ -237,16 +255,29 @@ class Ingress:
         model_version: str,
         reason: FallbackReason | None,
         now: dt.datetime,
+        rollout: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
+        """Response bodies and log records; ``rollout`` is the challenger's part of the answer, if any
+        (``challenger_version`` with ``challenger_rows`` in canary or ``shadow_probabilities`` in shadow)."""
         predicted_at = iso_utc(now)
         responses, records = [], []
-        levels: dict[str, int] = {}
+        levels: dict[tuple[str, str | None], int] = {}
         reason_value = None if reason is None else reason.value
         # Enum lookups and uuid.UUID objects cost more than the rest of this loop; per level once.
         labels: dict[RiskLevel, tuple[str, str]] = {}
         ids = prediction_ids(len(items))
         medium, high = self.medium, self.high
-        for item, item_features, probability, prediction_id in zip(items, features, probabilities, ids, strict=True):
+        champion_variant = None if reason is not None else CHAMPION
+        challenger_version = None if rollout is None else rollout["challenger_version"]
+        shadow = None if rollout is None or "shadow_probabilities" not in rollout else rollout["shadow_probabilities"]
+        canary = None if rollout is None or "challenger_rows" not in rollout else rollout["challenger_rows"].tolist()
+        shadow_values = None if shadow is None else shadow.tolist()
+        for index, (item, item_features, probability, prediction_id) in enumerate(
+            zip(items, features, probabilities, ids, strict=True)
+        ):
+            version, variant = model_version, champion_variant
+            if canary is not None and canary[index]:
+                version, variant = challenger_version or model_version, CHALLENGER
             probability = float(probability)
             level = risk_level(probability, medium_threshold=medium, high_threshold=high)
             label = labels.get(level)
@@ -258,7 +289,7 @@ class Ingress:
                 "probability": round(probability, 6),
                 "risk_level": level_value,
                 "recommendation": recommendation_value,
-                "model_version": model_version,
+                "model_version": version,
                 "predicted_at": predicted_at,
             }
             if item.sync_id is not None:
@@ -270,7 +301,7 @@ class Ingress:
                 {
                     "prediction_id": prediction_id,
                     "model_type": "conflict_predictor",
-                    "model_version": model_version,
+                    "model_version": version,
                     "sync_id": item.sync_id,
                     "user_id": item.user_id,
                     "device_id": item.device_id,
@@ -282,12 +313,23 @@ class Ingress:
                     "recommendation": recommendation_value,
                     "features": item_features,
                     "fallback_reason": reason_value,
+                    "variant": variant,
+                    "challenger_version": challenger_version if shadow_values is not None else None,
+                    "challenger_probability": None if shadow_values is None else shadow_values[index],
                     "created_at": now,
                 }
             )
-            levels[level_value] = levels.get(level_value, 0) + 1
-        for level_value, count in levels.items():  # one metric update per level, not per item
-            self.metrics.predictions.inc(count, tags={"model_version": model_version, "risk_level": level_value})
+            key = (level_value, variant)
+            levels[key] = levels.get(key, 0) + 1
+        for (level_value, variant), count in levels.items():  # one metric update per level, not per item
+            tags = {
+                "model_version": challenger_version if variant == CHALLENGER and challenger_version else model_version,
+                "risk_level": level_value,
+                "variant": variant or HEURISTIC_VARIANT,
+            }
+            self.metrics.predictions.inc(count, tags=tags)
+        if shadow_values is not None and challenger_version:
+            self.metrics.shadow_predictions.inc(len(items), tags={"model_version": challenger_version})
         if reason is not None:
             self.metrics.fallbacks.inc(len(items), tags={"reason": reason.value})
         self.writer.submit(records)

@@ -14,8 +14,25 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.predictions = Counter(
             "conflict_predictions_total",
-            description="Predictions served, by model version and risk level.",
-            tag_keys=("model_version", "risk_level"),
+            description="Predictions served, by model version, risk level and rollout variant "
+            "(champion, challenger, or heuristic for the fallback).",
+            tag_keys=("model_version", "risk_level", "variant"),
+        )
+        self.shadow_predictions = Counter(
+            "conflict_shadow_predictions_total",
+            description="Rows a shadow challenger scored beside the champion (logged, never returned).",
+            tag_keys=("model_version",),
+        )
+        self.rollout_percent = Gauge(
+            "conflict_rollout_challenger_percent",
+            description="The challenger's canary share of users in percent (0 in shadow; -1 once it left).",
+            tag_keys=("model_version", "mode"),
+        )
+        self.live_metric = Gauge(
+            "conflict_live_model_metric",
+            description="Live quality of each variant over the matured outcome window (from the last "
+            "outcome-tracking run): accuracy, pr_auc, roc_auc, brier, labelled.",
+            tag_keys=("variant", "model_version", "metric"),
         )
         self.fallbacks = Counter(
             "conflict_fallbacks_total",
@@ -29,8 +46,10 @@ class ServeMetrics:
         )
         self.inference_latency = Histogram(
             "conflict_inference_latency_ms",
-            description="predict_proba time per batch.",
+            description="predict_proba time per batch, by rollout (none, shadow: both models scored, "
+            "canary: the challenger's rows scored by it).",
             boundaries=_LATENCY_MS,
+            tag_keys=("rollout",),
         )
         self.batch_size = Histogram(
             "conflict_batch_size",

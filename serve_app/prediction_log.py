@@ -65,6 +65,9 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "recommendation",
     "features",
     "fallback_reason",
+    "variant",
+    "challenger_version",
+    "challenger_probability",
     "created_at",
 )
 SPOOL_SUFFIX = ".jsonl"
@@ -76,7 +79,8 @@ _OUTAGE_ERRORS = (
     sa_exc.TimeoutError,  # no pooled connection in time
     OSError,  # includes ConnectionError and socket timeouts
 )
-_REPEATED = frozenset({"created_at", "predicted_conflict"})  # hashable, shared by many records
+# Hashable values shared by many records: converted once each.
+_REPEATED = frozenset({"created_at", "predicted_conflict", "variant", "challenger_version"})
 
 
 def insert_ignoring_duplicates(engine: Engine, records: list[dict[str, Any]]) -> None:

@@ -47,10 +47,13 @@ def render_predictions(responses: list[dict[str, Any]], features: list[str], sin
     """The bytes ``JSONResponse`` renders for these responses (compact, ``ensure_ascii=False``), with
     ``features_used`` taken from ``features``, each item's features as JSON text."""
     first = responses[0]
-    model_version = json.dumps(first["model_version"], ensure_ascii=False)
+    versions: dict[str, str] = {}  # a canary answers some rows with the challenger's version
     predicted_at = json.dumps(first["predicted_at"])
     parts = []
     for body, features_json in zip(responses, features, strict=True):
+        model_version = versions.get(body["model_version"])
+        if model_version is None:
+            model_version = versions[body["model_version"]] = json.dumps(body["model_version"], ensure_ascii=False)
         text = (
             f'{{"prediction_id":"{body["prediction_id"]}","probability":{body["probability"]!r},'
             f'"risk_level":"{body["risk_level"]}","recommendation":"{body["recommendation"]}",'

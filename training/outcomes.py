@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from conflict_core import locks
 from conflict_core.settings import Settings
 from conflict_core.store import ConflictResolution, MonitoringRun, PredictionLog, SyncLog, json_safe, utcnow
-from training import monitoring
+from training import monitoring, rollout_decisions
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,7 @@ class TrackingSummary:
     alerts_firing: list[str] = field(default_factory=list)
     alerts_fired: list[str] = field(default_factory=list)
     alerts_resolved: list[str] = field(default_factory=list)
+    rollout: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,6 +245,8 @@ def track_outcomes(
             session.add(run)
             session.flush()
             run_id = run.id
+        # Promotion, abort and rollback are judged on the outcomes just linked (same lock).
+        decisions = rollout_decisions.decide(settings, session_factory, now=now, notify=notify)
     log.info(
         "outcomes: %d candidates, %d labelled (%d by sync id, %d nearest), %d without a sync; alerts firing: %s",
         counts.candidates,
@@ -269,6 +272,7 @@ def track_outcomes(
         alerts_firing=list(alerts.firing),
         alerts_fired=[e.name for e in alerts.fired],
         alerts_resolved=[e.name for e in alerts.resolved],
+        rollout=json_safe(decisions.to_dict()),
     )
 
 

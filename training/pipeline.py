@@ -54,13 +54,14 @@ class TrainingResult:
     artifact_path: str
     artifact_sha256: str
     notes: list[str] = field(default_factory=list)
+    rollout_stage: str | None = None  # shadow or canary: the gate passed and a rollout began instead
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(metrics[k]) for k in ("roc_auc", "pr_auc", "brier", "ece", "precision", "recall")}
+    return {k: float(metrics[k]) for k in ("roc_auc", "pr_auc", "brier", "ece", "precision", "recall", "accuracy")}
 
 
 def train_and_register(
@@ -73,12 +74,16 @@ def train_and_register(
     activated_by: str = "gate",
     now: dt.datetime | None = None,
     progress: Callable[[str], None] = lambda message: None,
+    rollout_mode: str = "activate",
 ) -> TrainingResult:
     """Train, evaluate, write the artifact and report, register, and let the gate decide.
 
     ``sweep`` is ``"ray"`` (Ray Tune) or ``"local"`` (the same configurations in-process).
     An activation is recorded in the registry only; publishing it to the serve config is the
     caller's next step (:func:`training.publishing.publish_active_model`).
+    ``rollout_mode``: what a candidate that passes the gate becomes while a scorable model is
+    active: ``"activate"`` (the active model at once), ``"shadow"`` or ``"canary"``
+    (``rollout_canary_percent``) — see :func:`begin_rollout`. The first model is activated.
     """
     frame, manifest = load_training_set(training_set)
     check_training_data(frame, min_samples=settings.min_training_samples, min_positives=settings.min_training_positives)
@@ -211,13 +216,19 @@ def train_and_register(
             report_path=str(report_path.resolve()),
             gate_decision=decision.reason,
         )
-        if decision.activate:
+        stage = None
+        if decision.activate and rollout_mode != "activate" and active_metrics is not None:
+            stage = begin_rollout(
+                settings, session, version, mode=rollout_mode, by=activated_by, reason=decision.reason
+            )
+        elif decision.activate:
             registry.activate(session, version, by=activated_by)
 
     result = TrainingResult(
         version=version,
         algorithm=config["model"],
-        activated=decision.activate,
+        activated=decision.activate and stage is None,
+        rollout_stage=stage,
         gate_reason=decision.reason,
         holdout=_headline(holdout_metrics[version]),
         seed_baseline_holdout=_headline(holdout_metrics[SEED_BASELINE]),
@@ -229,6 +240,24 @@ def train_and_register(
         notes=notes,
     )
     return result
+
+
+def begin_rollout(settings: Settings, session: Session, version: str, *, mode: str, by: str, reason: str) -> str:
+    """Put ``version``, which passed the gate, into shadow or canary; a challenger still in
+    progress is aborted first (superseded: the new one was trained on newer data)."""
+    from conflict_core import rollout
+
+    other = rollout.challenger(session)
+    if other is not None:
+        rollout.abort(session, other.version, by=by, reason=f"superseded by {version}")
+    gate = f"passed the gate: {reason}"
+    if mode == "shadow":
+        rollout.start_shadow(session, version, by=by, reason=gate)
+    elif mode == "canary":
+        rollout.start_canary(session, version, settings.rollout_canary_percent, by=by, reason=gate)
+    else:
+        raise ValueError(f"rollout mode must be 'activate', 'shadow' or 'canary', got {mode!r}")
+    return mode
 
 
 def _rows_and_span(part: pd.DataFrame) -> str:

@@ -19,8 +19,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from conflict_core import locks, serve_config
+from conflict_core import locks, rollout, serve_config
 from conflict_core.errors import ConfigurationError
+from conflict_core.rollout import Serving
 from conflict_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,27 @@ def publish_active_model(
     return Published(True, apply(path) if apply is not None else False)
 
 
+def publish_serving(settings: Settings, serving: Serving, *, apply: Apply | None = None) -> Published:
+    """Write the champion and the challenger of ``serving`` into the live config (created from
+    the template first if needed), then ``apply`` it when given: a rollout step's publish."""
+    try:
+        path = serve_config.ensure_live(settings.serve_config_template, settings.serve_config_path)
+    except ConfigurationError as exc:
+        log.warning("the running app keeps its models: %s", exc)
+        return Published(False, False)
+    serve_config.set_serving(path, serving)
+    return Published(True, apply(path) if apply is not None else False)
+
+
+def publish_registry(
+    settings: Settings, session_factory: sessionmaker[Session], *, apply: Apply | None = None
+) -> tuple[Serving, Published]:
+    """Publish what the registry says now: its active model and its rollout challenger, if any."""
+    with session_factory() as session:
+        serving = rollout.serving(session)
+    return serving, publish_serving(settings, serving, apply=apply)
+
+
 def train_and_publish(
     settings: Settings,
     session_factory: sessionmaker[Session],
@@ -81,7 +103,9 @@ def train_and_publish(
             progress=progress,
         )
         published = Published(False, False)
-        if result.activated:
+        if result.rollout_stage:
+            _, published = publish_registry(settings, session_factory, apply=apply)
+        elif result.activated:
             published = publish_active_model(
                 settings,
                 version=result.version,
@@ -89,7 +113,13 @@ def train_and_publish(
                 artifact_sha256=result.artifact_sha256,
                 apply=apply,
             )
-    decision = "activated" if result.activated else "kept as a candidate"
+    decision = (
+        f"put in {result.rollout_stage}"
+        if result.rollout_stage
+        else "activated"
+        if result.activated
+        else "kept as a candidate"
+    )
     return {
         **result.to_dict(),
         **asdict(published),

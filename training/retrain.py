@@ -7,8 +7,8 @@ Steps, in order (each a module-level function, so that tests can make any one fa
 3. ``train``     — sweep, calibrate, compare with the active model on the same holdout and
    let the registry's gate decide (:func:`training.pipeline.train_and_register`); the drift
    reference of the candidate is written next to its artifact;
-4. ``publish``   — when the gate activated the candidate: point ``serve_config.yaml`` at it
-   and apply it to the running app;
+4. ``publish``   — when the gate activated the candidate (or began its rollout, see
+   ``retrain_rollout_mode``): point the live serve config at it and apply it to the running app;
 5. ``retention`` — delete training data older than the retention period.
 
 A failure at any step but the last restores what the run changed: the model that was active
@@ -40,13 +40,13 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from conflict_core import locks, registry, serve_config
+from conflict_core import locks, registry, rollout, serve_config
 from conflict_core.atomic import write_text_atomically
 from conflict_core.errors import ConflictPredictorError
 from conflict_core.settings import Settings
 from conflict_core.store import JobRun, ModelVersion, json_safe, session_scope, utcnow
 from training import monitoring, retention
-from training.publishing import Apply, publish_active_model
+from training.publishing import Apply, publish_active_model, publish_registry
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class RetrainSummary:
     active_before: str | None = None
     version: str | None = None
     activated: bool = False
+    rollout_stage: str | None = None  # shadow or canary (retrain_rollout_mode) instead of activated
     gate_reason: str | None = None
     holdout: dict[str, float] | None = None
     active_before_holdout: dict[str, float] | None = None
@@ -92,7 +93,9 @@ class RetrainSummary:
     def headline(self) -> str:
         if self.status != "succeeded":
             return f"retrain #{self.run_id} {self.status} at {self.failed_step}: {self.error}"
-        decision = "activated" if self.activated else "not activated"
+        decision = (
+            f"put in {self.rollout_stage}" if self.rollout_stage else "activated" if self.activated else "not activated"
+        )
         return f"retrain #{self.run_id} succeeded: {self.version} {decision} ({self.gate_reason})"
 
 
@@ -154,6 +157,7 @@ def train_step(
         num_samples=num_samples,
         activated_by=activated_by,
         progress=progress,
+        rollout_mode=settings.retrain_rollout_mode,
     )
     frame, manifest = load_training_set(training_set)
     monitoring.write_reference(
@@ -185,12 +189,15 @@ def _tag(run_id: int) -> str:
     return f"{JOB}#{run_id}"
 
 
-def _config_model_version(path: Path) -> str | None:
+def _config_versions(path: Path) -> set[str]:
+    """The champion's and the challenger's versions in the serve config at ``path``."""
     try:
         config = yaml.safe_load(path.read_text())
-        return serve_config.inference_user_config(config).get("model_version")
+        user_config = serve_config.inference_user_config(config)
+        challenger = user_config.get(serve_config.CHALLENGER_KEY) or {}
+        return {v for v in (user_config.get("model_version"), challenger.get("model_version")) if v}
     except (OSError, yaml.YAMLError, ConflictPredictorError, AttributeError, TypeError):
-        return None
+        return set()
 
 
 def undo_run(
@@ -205,6 +212,11 @@ def undo_run(
     notes: list[str] = []
     with session_scope(session_factory) as session:
         ours = set(session.scalars(select(ModelVersion.version).where(ModelVersion.activated_by == tag)))
+        challenger = rollout.challenger(session)
+        if challenger is not None and challenger.rollout_by == tag:
+            ours.add(challenger.version)
+            rollout.abort(session, challenger.version, by=f"{tag}:restore", reason=f"retrain #{run_id} failed")
+            notes.append(f"aborted the rollout of {challenger.version}")
         current = registry.active(session)
         if current is not None and current.activated_by == tag:
             before = restore.get("active_version")
@@ -216,7 +228,7 @@ def undo_run(
                 notes.append(f"deactivated {current.version}; no model was active before")
     path = settings.serve_config_path
     text = restore.get("serve_config_text")
-    if text is not None and path.is_file() and path.read_text() != text and _config_model_version(path) in ours:
+    if text is not None and path.is_file() and path.read_text() != text and ours & _config_versions(path):
         write_text_atomically(path, text)
         notes.append(f"restored {path}")
         try:
@@ -389,13 +401,27 @@ def _run_step(
             result["activated"],
             result["gate_reason"],
         )
+        summary.rollout_stage = result.get("rollout_stage")
         summary.holdout, summary.active_before_holdout = result["holdout"], result["active_before_holdout"]
         summary.report_path = result["report_path"]
         return {
-            k: result[k]
-            for k in ("version", "algorithm", "activated", "gate_reason", "artifact_path", "artifact_sha256")
+            k: result.get(k)
+            for k in (
+                "version",
+                "algorithm",
+                "activated",
+                "rollout_stage",
+                "gate_reason",
+                "artifact_path",
+                "artifact_sha256",
+            )
         }
     if step == "publish":
+        if summary.rollout_stage:  # the new version is the challenger beside the active model
+            _, published = publish_registry(settings, session_factory, apply=apply)
+            summary.serve_config_updated = published.serve_config_updated
+            summary.serve_app_reconfigured = published.serve_app_reconfigured
+            return asdict(published)
         if not summary.activated:
             return {"skipped": "the gate kept the active model"}
         train = summary.steps["train"]

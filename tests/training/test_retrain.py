@@ -64,6 +64,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         data_dir=tmp_path / "data",
         serve_config_path=config,
         dashboard_url="http://127.0.0.1:9",
+        retrain_rollout_mode="activate",  # these tests cover straight activation; rollout: test_rollout_retrain
     )
 
 
