@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from conflict_core import db
-from conflict_core.events_io import import_events
+from conflict_core.events.store_writes import import_events
 from conflict_core.schema import EVENT_SCHEMA
 from conflict_core.store import make_engine
 

@@ -21,6 +21,19 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 )
 OPTIONAL_COLUMNS: tuple[str, ...] = ("resolution_type", "resolved_at", "base_version", "server_version")
 ALL_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+# The columns stored in ``sync_log``; the resolution columns live in ``conflict_resolution``.
+SYNC_LOG_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "user_id",
+    "device_id",
+    "entity_type",
+    "entity_id",
+    "changed_fields",
+    "synced_at",
+    "conflict",
+    "base_version",
+    "server_version",
+)
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 

@@ -65,7 +65,7 @@ def simulate_command(
     import pyarrow.parquet as pq
 
     from conflict_core import db
-    from conflict_core.events_io import insert_event_frame
+    from conflict_core.events.store_writes import insert_event_frame
     from conflict_core.simulator import SimulationConfig, simulate
 
     end_at = parse_utc(end) or dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -103,7 +103,7 @@ def events_group() -> None:
 def events_import(app: AppContext, paths: tuple[Path, ...], chunk_rows: int) -> None:
     """Import Parquet or CSV files in the import format; each file is all or nothing."""
     from conflict_core import db
-    from conflict_core.events_io import import_events
+    from conflict_core.events.store_writes import import_events
 
     db.upgrade(app.settings.database_url)
     for path in paths:
@@ -122,7 +122,7 @@ def events_import(app: AppContext, paths: tuple[Path, ...], chunk_rows: int) -> 
 @pass_app
 def events_export(app: AppContext, since: str | None, until: str | None, out: Path | None) -> None:
     """Write stored events as date-partitioned Parquet (date=YYYY-MM-DD/) for the Ray Data jobs."""
-    from conflict_core.events_io import export_events
+    from conflict_core.events.export import export_events
 
     out_dir = out or app.settings.events_dir
     with progress_bar(None, "exporting") as bar:

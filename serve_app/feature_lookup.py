@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 from sqlalchemy.engine import Engine
 
-from conflict_core.events_io import load_events
+from conflict_core.events.store_reads import load_events
 from conflict_core.features import (
     ALL_FEATURES,
     FeatureParams,

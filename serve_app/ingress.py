@@ -298,7 +298,8 @@ class Ingress:
     async def sync_events_route(self, request: Request) -> Response:
         payload = parse_json(await self._read_body(request), max_bytes=self.max_bytes)
         records = parse_event_records(payload, max_items=self.options.max_events_per_request)
-        from conflict_core.events_io import insert_event_frame, validate_records
+        from conflict_core.events.store_writes import insert_event_frame
+        from conflict_core.events.validation import validate_records
 
         try:
             table = validate_records(records, source="request body")

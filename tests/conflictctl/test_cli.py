@@ -33,7 +33,7 @@ def test_logged_feature_parity_counts_predictions_served_the_offline_features(
 ) -> None:
     import shutil
 
-    from conflict_core.events_io import load_events
+    from conflict_core.events.store_reads import load_events
     from conflict_core.features import ALL_FEATURES, TARGET_COLUMNS, compute_features
     from conflict_core.store import make_engine, make_session_factory
     from conflictctl.pipeline_commands import logged_feature_parity

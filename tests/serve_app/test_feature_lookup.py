@@ -15,7 +15,8 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core import db
-from conflict_core.events_io import insert_event_frame, load_events
+from conflict_core.events.store_reads import load_events
+from conflict_core.events.store_writes import insert_event_frame
 from conflict_core.features import ALL_FEATURES, FeatureParams, compute_features, feature_arrays
 from conflict_core.store import SyncLog, make_engine, make_session_factory, session_scope
 from serve_app import event_window, feature_lookup
