@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+# Longest identifiers the store holds: event, user, device and entity ids can be file paths
+# or URLs in real exports; entity types are names of kinds of things.
+IDENTIFIER_MAX_LENGTH = 512
+ENTITY_TYPE_MAX_LENGTH = 128
+RESOLUTION_TYPE_MAX_LENGTH = 64
+
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "event_id",
     "user_id",

@@ -1,16 +1,15 @@
 """Writing sync events into the store.
 
 * :func:`import_events` loads a Parquet or CSV file in the import format
-  (:mod:`conflict_core.schema`) all-or-nothing: the whole file is validated first, streaming
-  chunk by chunk, and only then inserted in one transaction. Events whose ``event_id`` is
-  already stored are skipped, so re-importing a file is harmless.
+  (:mod:`conflict_core.schema`) all-or-nothing: chunk by chunk, each validated and staged,
+  then inserted in one transaction. Events whose ``event_id`` is already stored are
+  skipped, so re-importing a file is harmless.
 * :func:`insert_event_frame` writes already-validated events into an open session.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -24,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core.errors import StoreError
+from conflict_core.events.bulk_load import DEFAULT_RESOLUTION_TYPE, load_chunks
 from conflict_core.events.readers import DEFAULT_CHUNK_ROWS, Progress, iter_event_chunks
 from conflict_core.schema import (
     EVENT_SCHEMA,
@@ -32,14 +32,10 @@ from conflict_core.schema import (
 )
 from conflict_core.store import ConflictResolution, SyncLog
 
-DEFAULT_RESOLUTION_TYPE = "unspecified"
-
 _SYNC_TABLE = cast(Table, SyncLog.__table__)
 _RESOLUTION_TABLE = cast(Table, ConflictResolution.__table__)
 # Rows per executemany call: bounds the driver-side parameter copies, not the transaction.
 _STATEMENT_ROWS = 10_000
-# SQLite page cache during an import, in KiB (a negative cache_size means KiB).
-_SQLITE_IMPORT_CACHE_KIB = -65_536
 
 
 @dataclass(frozen=True)
@@ -127,25 +123,6 @@ def insert_event_frame(session: Session, table: pa.Table | pd.DataFrame) -> tupl
     return inserted, events.num_rows - inserted
 
 
-@contextmanager
-def _bulk_load_cache(session: Session) -> Iterator[None]:
-    """On SQLite, a larger page cache while importing, restored afterwards.
-
-    Index maintenance for a large import touches pages all over the user, entity and time
-    indexes; the default 2 MB cache makes that disk-bound (roughly 1.5x slower at 1M rows).
-    """
-    connection = session.connection()
-    if connection.dialect.name != "sqlite":
-        yield
-        return
-    previous = int(connection.exec_driver_sql("PRAGMA cache_size").scalar_one())
-    connection.exec_driver_sql(f"PRAGMA cache_size={_SQLITE_IMPORT_CACHE_KIB}")
-    try:
-        yield
-    finally:
-        connection.exec_driver_sql(f"PRAGMA cache_size={previous}")
-
-
 def import_events(
     target: sessionmaker[Session] | Engine,
     path: Path,
@@ -153,20 +130,15 @@ def import_events(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: Progress | None = None,
 ) -> ImportResult:
-    """Import a Parquet or CSV event file, all or nothing.
+    """Import a Parquet or CSV event file, all or nothing, in one streaming pass.
 
-    The file is read twice: a first streaming pass validates every row without touching the
-    store (a bad file never takes the write lock), a second pass inserts chunk by chunk in a
-    single transaction that is rolled back on any error. ``progress`` receives the rows of
-    each inserted chunk.
+    Each chunk is validated and staged (:mod:`conflict_core.events.bulk_load`); the events
+    move into the store in one transaction only once the whole file has validated, so a bad
+    file leaves the store untouched. ``progress`` receives the rows of each staged chunk.
     """
     path = Path(path)
-    rows_read = sum(chunk.num_rows for chunk in iter_event_chunks(path, chunk_rows=chunk_rows))
-    factory = target if isinstance(target, sessionmaker) else sessionmaker(target)
-    inserted = 0
-    with factory.begin() as session, _bulk_load_cache(session):
-        for chunk in iter_event_chunks(path, chunk_rows=chunk_rows):
-            inserted += _insert_chunk(session, chunk)
-            if progress is not None:
-                progress(chunk.num_rows)
+    engine = target if isinstance(target, Engine) else target.kw["bind"]
+    if not isinstance(engine, Engine):
+        raise TypeError(f"expected an Engine or a sessionmaker bound to one, got {type(engine).__name__}")
+    rows_read, inserted = load_chunks(engine, iter_event_chunks(path, chunk_rows=chunk_rows), progress=progress)
     return ImportResult(path=path, rows_read=rows_read, inserted=inserted, skipped_existing=rows_read - inserted)

@@ -82,6 +82,18 @@ def _blank_as_null(values: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(pc.utf8_length(values), 0), pa.scalar(None, pa.string()), values)
 
 
+def _absent_as_null(raw: pa.Array) -> pa.Array:
+    """An optional column's empty or whitespace-only text cells as nulls.
+
+    Exports write "absent" as an empty string (or a padded one) in a text column of any
+    format, Parquet included; for an optional column that is the same as a null.
+    """
+    if not _is_text(raw.type):
+        return raw
+    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(raw)), 0)
+    return pc.if_else(blank, pa.scalar(None, raw.type), raw)
+
+
 def _require_present(values: pa.Array) -> None:
     missing = _first_true(pc.is_null(values))
     if missing is not None:
@@ -311,8 +323,12 @@ def _validate_chunk(chunk: pa.Table, *, source: str, first_row: int, seen_ids: s
     for position, field in enumerate(EVENT_SCHEMA):
         if field.name in chunk.column_names:
             raw = chunk.column(field.name).combine_chunks()
+            if pa.types.is_dictionary(raw.type):  # pandas categoricals written to Parquet
+                raw = raw.dictionary_decode()
         else:
             raw = pa.nulls(chunk.num_rows)
+        if field.name not in REQUIRED_COLUMNS:
+            raw = _absent_as_null(raw)
         parse = _PARSERS[field.name]
         try:
             columns[field.name] = parse(raw, column=field.name, required=field.name in REQUIRED_COLUMNS)

@@ -185,3 +185,92 @@ def test_insert_event_frame_from_pandas(session_factory: sessionmaker[Session]) 
     with session_factory.begin() as session:
         assert insert_event_frame(session, frame) == (0, 4)
     assert _counts(session_factory) == (4, 1)
+
+
+# --------------------------------------------------------------------------- exports as they come
+
+LONG_ID = "s3://exports/tenant-7/" + "branch/" * 70  # 512 characters
+
+
+def test_empty_strings_in_optional_columns_mean_absent(session_factory: sessionmaker[Session], tmp_path: Path) -> None:
+    events = _events(6)
+    for event in events:  # the way exports write "no resolution" and "no version"
+        if event["resolved_at"] is None:
+            event["resolution_type"], event["resolved_at"] = "", ""
+        event["server_version"] = "  "
+    frame = pd.DataFrame(events)
+    frame["resolved_at"] = [value if value == "" else value.isoformat() for value in frame["resolved_at"]]
+    frame["resolution_type"] = frame["resolution_type"].astype("category")  # a dictionary column
+    source = tmp_path / "export.parquet"
+    frame.to_parquet(source)
+
+    assert import_events(session_factory, source).inserted == 6
+    stored = load_events(_engine(session_factory)).sort_values("event_id")
+    assert stored["resolution_type"].fillna("absent").tolist() == [
+        "server_wins" if event["resolved_at"] else "absent" for event in _events(6)
+    ]
+    assert stored["server_version"].isna().all()
+
+
+def test_whitespace_csv_cells_in_optional_columns_mean_absent(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    events = [_event(1, resolution_type=" ", resolved_at=" ", base_version=" ")]
+    assert import_events(session_factory, _write_csv(tmp_path / "events.csv", events)).inserted == 1
+    assert load_events(_engine(session_factory))["base_version"].isna().all()
+
+
+def test_an_empty_required_cell_is_still_an_error(session_factory: sessionmaker[Session], tmp_path: Path) -> None:
+    source = _write_csv(tmp_path / "events.csv", [_event(0), _event(1, user_id="")])
+    with pytest.raises(ImportFormatError) as caught:
+        import_events(session_factory, source)
+    assert (caught.value.row, caught.value.column) == (2, "user_id")
+    assert _counts(session_factory) == (0, 0)
+
+
+def test_identifiers_up_to_512_characters_and_entity_types_up_to_128(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    assert len(LONG_ID) == 512
+    event = _event(0, event_id=LONG_ID, user_id=LONG_ID, device_id=LONG_ID, entity_id=LONG_ID, entity_type="t" * 128)
+    assert import_events(session_factory, _write_parquet(tmp_path / "long.parquet", [event])).inserted == 1
+    stored = load_events(_engine(session_factory)).iloc[0]
+    assert (stored["event_id"], stored["entity_id"], stored["entity_type"]) == (LONG_ID, LONG_ID, "t" * 128)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "limit"), [("entity_id", LONG_ID + "x", 512), ("entity_type", "t" * 129, 128)]
+)
+def test_identifiers_beyond_the_store_are_refused_by_row(
+    session_factory: sessionmaker[Session], tmp_path: Path, column: str, value: str, limit: int
+) -> None:
+    source = _write_csv(tmp_path / "events.csv", [_event(0), _event(1, **{column: value})])
+    with pytest.raises(ImportFormatError) as caught:
+        import_events(session_factory, source)
+    assert (caught.value.row, caught.value.column) == (2, column)
+    assert f"longer than {limit} characters" in caught.value.problem
+    assert _counts(session_factory) == (0, 0)
+
+
+def test_reimport_attaches_resolutions_only_to_new_syncs(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    unresolved = _event(0, resolution_type=None, resolved_at=None)
+    import_events(session_factory, _write_parquet(tmp_path / "first.parquet", [unresolved]))
+    # The same event id arrives again, now with a resolution, next to a new resolved conflict.
+    resolved_again = _event(0)
+    result = import_events(session_factory, _write_parquet(tmp_path / "second.parquet", [resolved_again, _event(6)]))
+
+    assert (result.inserted, result.skipped_existing) == (1, 1)
+    stored = load_events(_engine(session_factory)).set_index("event_id")
+    assert pd.isna(stored.loc["evt-000", "resolution_type"])
+    assert stored.loc["evt-006", "resolution_type"] == "server_wins"
+    assert _counts(session_factory) == (2, 1)
+
+
+def test_field_names_needing_json_escapes_round_trip(session_factory: sessionmaker[Session], tmp_path: Path) -> None:
+    names = ['say "hi"', "back\\slash", "tab\there", "naïve ✓", "line\nbreak"]
+    events = [_event(0, changed_fields=names), _event(1, changed_fields=[]), _event(2, changed_fields=names[:1])]
+    import_events(session_factory, _write_parquet(tmp_path / "events.parquet", events))
+    stored = load_events(_engine(session_factory)).sort_values("event_id")
+    assert stored["changed_fields"].tolist() == [names, [], names[:1]]
