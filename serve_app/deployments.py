@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Mapping
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import numpy as np
@@ -107,11 +108,18 @@ class FeatureLookup:
         outcome = await self._infer(np.concatenate(matrices) if len(matrices) > 1 else matrices[0])
         if "probabilities" not in outcome:
             return [{"features": m, **outcome} for m in matrices]
-        probabilities, version = outcome["probabilities"], outcome["model_version"]
+        probabilities, version, cuts = outcome["probabilities"], outcome["model_version"], outcome.get("thresholds")
         answers, start = [], 0
         for matrix in matrices:
             end = start + len(matrix)
-            answers.append({"features": matrix, "model_version": version, "probabilities": probabilities[start:end]})
+            answers.append(
+                {
+                    "features": matrix,
+                    "model_version": version,
+                    "probabilities": probabilities[start:end],
+                    "thresholds": cuts,
+                }
+            )
             start = end
         return answers
 
@@ -171,7 +179,12 @@ class ModelInference:
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
     async def predict(self, matrices: list[np.ndarray]) -> list[dict[str, Any]]:
-        """Per request: ``{"model_version", "probabilities"}`` or ``{"unavailable": reason}``."""
+        """Per request: ``{"model_version", "probabilities", "thresholds", "factors", "feature_params"}``
+        or ``{"unavailable": reason}``.
+
+        ``thresholds`` are the model's ``(fetch_first, warn_user)`` cut points, or None;
+        ``factors`` per item the features that raise its risk most.
+        """
         started = time.perf_counter()
         tags = {"deployment": "ModelInference"}
         self.metrics.batch_size.observe(len(matrices), tags=tags)
@@ -179,13 +192,22 @@ class ModelInference:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         try:
-            version, probabilities = self.holder.predict(np.concatenate(matrices))
+            scored = self.holder.score(np.concatenate(matrices))
         except ModelUnavailable as exc:
             return [{"unavailable": exc.reason.value}] * len(matrices)
         self.metrics.inference_latency.observe((time.perf_counter() - started) * 1000)
         bounds = np.cumsum([0, *(len(m) for m in matrices)])
+        thresholds = scored.thresholds
+        cuts = None if thresholds is None else (thresholds.fetch_first, thresholds.warn_user)
+        params = asdict(scored.feature_params)
         return [
-            {"model_version": version, "probabilities": probabilities[bounds[i] : bounds[i + 1]]}
+            {
+                "model_version": scored.version,
+                "probabilities": scored.probabilities[bounds[i] : bounds[i + 1]],
+                "thresholds": cuts,
+                "factors": scored.factors[bounds[i] : bounds[i + 1]],
+                "feature_params": params,
+            }
             for i in range(len(matrices))
         ]
 

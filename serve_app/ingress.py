@@ -37,7 +37,14 @@ from serve_app.heuristics import (
 )
 from serve_app.metrics import ServeMetrics
 from serve_app.prediction_log import PredictionLogWriter, is_outage, spooled_records
-from serve_app.rendering import feature_rows, features_json, iso_utc, prediction_ids, render_predictions
+from serve_app.rendering import (
+    feature_rows,
+    features_json,
+    iso_utc,
+    item_reasons,
+    prediction_ids,
+    render_predictions,
+)
 from serve_app.schemas import (
     NUL_ESCAPE,
     PredictItem,
@@ -192,8 +199,13 @@ class Ingress:
             probabilities = await self._heuristics(feature_rows(values, len(items)))
         # The features' JSON text serves both the response and the log record.
         features = ["{}"] * len(items) if values is None else features_json(values)
-        responses = self._respond(items, features, probabilities, model_version, reason, now)
-        return Response(render_predictions(responses, features, single), media_type="application/json")
+        # A model's own cost-aware cut points apply to its probabilities; the heuristics keep the bands.
+        cuts = scored.get("thresholds") if model_version != HEURISTIC_VERSION else None
+        medium, high = cuts if cuts is not None else (self.medium, self.high)
+        responses = self._respond(items, features, probabilities, model_version, reason, now, medium, high)
+        factors = scored.get("factors") if model_version != HEURISTIC_VERSION else None
+        explained = item_reasons(items, values, factors, scored.get("feature_params"))
+        return Response(render_predictions(responses, features, single, explained), media_type="application/json")
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=8)
     async def _score(self, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -237,6 +249,8 @@ class Ingress:
         model_version: str,
         reason: FallbackReason | None,
         now: dt.datetime,
+        medium: float,
+        high: float,
     ) -> list[dict[str, Any]]:
         predicted_at = iso_utc(now)
         responses, records = [], []
@@ -245,7 +259,6 @@ class Ingress:
         # Enum lookups and uuid.UUID objects cost more than the rest of this loop; per level once.
         labels: dict[RiskLevel, tuple[str, str]] = {}
         ids = prediction_ids(len(items))
-        medium, high = self.medium, self.high
         for item, item_features, probability, prediction_id in zip(items, features, probabilities, ids, strict=True):
             probability = float(probability)
             level = risk_level(probability, medium_threshold=medium, high_threshold=high)

@@ -14,19 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import numpy as np
 import pandas as pd
 from sklearn.inspection import permutation_importance
 from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core import registry
+from conflict_core.decision import cost_thresholds, policy_comparison
 from conflict_core.errors import ArtifactIntegrityError
-from conflict_core.features import ALL_FEATURES, SEED_FEATURES
+from conflict_core.features import ALL_FEATURES, SEED_FEATURES, FeatureParams
 from conflict_core.settings import Settings
 from conflict_core.store import session_scope
-from training import tune
+from training import selection, tune
 from training.evaluate import classification_metrics
 from training.extract import LABEL, load_training_set
-from training.report import plot_curves, plot_importances, write_report
+from training.report import decision_section, plot_curves, plot_importances, selection_section, write_report
+from training.selection import SEED_CONFIG
 from training.train import (
     calibrate,
     check_training_data,
@@ -83,8 +86,9 @@ def train_and_register(
     frame, manifest = load_training_set(training_set)
     check_training_data(frame, min_samples=settings.min_training_samples, min_positives=settings.min_training_positives)
     split = time_split(frame)
-    features = list(ALL_FEATURES)
-    threshold = settings.risk_medium_threshold
+    all_features = list(ALL_FEATURES)
+    feature_params = dict(manifest.get("feature_params") or asdict(FeatureParams()))
+    selection_notes: list[str] = []
     version = registry.new_version(now)
     out_dir = settings.models_dir / version
     out_dir.mkdir(parents=True, exist_ok=False)
@@ -98,7 +102,7 @@ def train_and_register(
     if sweep == "ray":
         results = tune.sweep_with_ray(
             n,
-            features,
+            all_features,
             split.fit,
             split.calibration,
             storage_path=settings.data_dir / "tune",
@@ -106,22 +110,53 @@ def train_and_register(
             cpus_per_trial=settings.job_task_cpus,
         )
     elif sweep == "local":
-        results = tune.sweep_local(tune.sample_configs(n), features, split.fit, split.calibration)
+        results = tune.sweep_local(tune.sample_configs(n), all_features, split.fit, split.calibration)
     else:
         raise ValueError(f"sweep must be 'ray' or 'local', got {sweep!r}")
-    config, scores = tune.best_config(results)
-    progress(f"best: {config['model']} (validation PR-AUC {scores[tune.METRIC]:.4f})")
+    seed_scores = fit_candidate(SEED_CONFIG, list(SEED_FEATURES), split.fit, split.calibration)[1]
+    choice = selection.choose_on_validation(results, seed_scores)
+    config, scores = choice.config, choice.scores
+    progress(f"chosen: {config['model']} (validation PR-AUC {scores[tune.METRIC]:.4f}); {choice.reason}")
 
-    estimator, _ = fit_candidate(config, features, split.fit, split.calibration)
-    model = calibrate(estimator, split.calibration, features)
     y_holdout = split.holdout[LABEL].to_numpy()
-    proba = model.predict_proba(split.holdout[features])[:, 1]
-
     baseline = seed_baseline().fit(split.train[list(SEED_FEATURES)], split.train[LABEL])
     baseline_proba = baseline.predict_proba(split.holdout[list(SEED_FEATURES)])[:, 1]
+    features = selection.columns_for(config, all_features)
+    if selection.is_seed(config):
+        model, proba = _seed_model(baseline, split)
+    else:
+        estimator, _ = fit_candidate(config, features, split.fit, split.calibration)
+        model = calibrate(estimator, split.calibration, features)
+        proba = model.predict_proba(split.holdout[features])[:, 1]
+        reference = selection.ranking_scores(y_holdout, baseline_proba)
+        chosen = selection.ranking_scores(y_holdout, proba)
+        if not selection.not_worse(chosen, reference, roc="roc_auc", pr="pr_auc"):
+            selection_notes.append(
+                f"{config['model']} lost to the seed baseline on the holdout (ROC-AUC {chosen['roc_auc']:.4f} vs "
+                f"{reference['roc_auc']:.4f}, PR-AUC {chosen['pr_auc']:.4f} vs {reference['pr_auc']:.4f}); "
+                "the seed baseline is shipped instead"
+            )
+            progress(selection_notes[-1])
+            config, features = dict(SEED_CONFIG), list(SEED_FEATURES)
+            model, proba = _seed_model(baseline, split)
+
+    costs = settings.decision_costs()
+    thresholds = cost_thresholds(costs)
+    threshold = thresholds.fetch_first  # from here on the model recommends acting on the sync
+    decision_policy = {
+        "thresholds": thresholds.to_dict(),
+        "costs": costs.to_dict(),
+        "holdout_cost_per_decision": policy_comparison(
+            y_holdout, proba, thresholds=thresholds, fixed=settings.fixed_thresholds(), costs=costs
+        ),
+    }
     holdout_metrics = {
         version: classification_metrics(y_holdout, proba, threshold),
         SEED_BASELINE: classification_metrics(y_holdout, baseline_proba, threshold),
+    }
+    intervals = {
+        version: selection.bootstrap_intervals(y_holdout, proba),
+        SEED_BASELINE: selection.bootstrap_intervals(y_holdout, baseline_proba),
     }
     scores_by_model = {version: proba, "seed baseline": baseline_proba}
 
@@ -160,6 +195,11 @@ def train_and_register(
             "algorithm": config["model"],
             "params": config,
             "threshold": threshold,
+            "decision_thresholds": thresholds.to_dict(),
+            # What the served model's reasons compare against, and the windows its features use.
+            "feature_reference": {c: float(split.train[c].median()) for c in features},
+            "feature_params": feature_params,
+            "decision_costs": costs.to_dict(),
             "training_set": manifest["snapshot"],
         },
         artifact_path,
@@ -186,6 +226,12 @@ def train_and_register(
         plots=plots,
         gate_reason=decision.reason,
         split=split_info,
+        sections={
+            "Never worse than the seed baseline": selection_section(
+                holdout_metrics, intervals, reason=choice.reason, notes=selection_notes
+            ),
+            "Recommendations (cost-aware thresholds)": decision_section(decision_policy),
+        },
     )
 
     with session_scope(session_factory) as session:
@@ -193,11 +239,15 @@ def train_and_register(
             session,
             version=version,
             algorithm=config["model"],
-            params={k: v for k, v in config.items()},
+            params={**config, "feature_params": feature_params},
             metrics={
                 "holdout": _headline(holdout_metrics[version]),
                 "seed_baseline_holdout": _headline(holdout_metrics[SEED_BASELINE]),
                 "threshold": threshold,
+                "decision": decision_policy,
+                "holdout_intervals": intervals,
+                "holdout_positives": int(y_holdout.sum()),
+                "selection": {"reason": choice.reason, "notes": selection_notes},
                 "validation": scores,
                 "feature_means": {c: float(split.train[c].mean()) for c in features},
             },
@@ -229,6 +279,12 @@ def train_and_register(
         notes=notes,
     )
     return result
+
+
+def _seed_model(baseline: Any, split: Any) -> tuple[Any, np.ndarray]:
+    """The seed baseline as a shippable model: Platt-calibrated, so its ranking is unchanged."""
+    model = calibrate(baseline, split.calibration, list(SEED_FEATURES), method="sigmoid")
+    return model, model.predict_proba(split.holdout[list(SEED_FEATURES)])[:, 1]
 
 
 def _rows_and_span(part: pd.DataFrame) -> str:
