@@ -20,6 +20,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from conflict_core.features import FeatureParams
 from serve_app.feature_lookup import OnlineFeatureLookup
 from serve_app.heuristics import FallbackReason, heuristic_probabilities
 from serve_app.inference import ModelHolder, ModelUnavailable
@@ -86,11 +87,13 @@ class FeatureLookup:
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         configure_batching(self.score, user_config)
 
-    async def _features(self, requests: list[list[dict[str, Any]]]) -> list[np.ndarray]:
+    async def _features(self, requests: list[list[dict[str, Any]]]) -> tuple[list[np.ndarray], FeatureParams]:
         started = time.perf_counter()
         self.metrics.batch_size.observe(len(requests), tags=self._tags)
         self.metrics.batch_items.observe(sum(len(r) for r in requests), tags=self._tags)
-        result = await asyncio.wait_for(asyncio.to_thread(self.core.compute_many, requests), self.lookup_timeout_s)
+        result = await asyncio.wait_for(
+            asyncio.to_thread(self.core.compute_many_with_params, requests), self.lookup_timeout_s
+        )
         self.metrics.lookup_latency.observe((time.perf_counter() - started) * 1000)
         return result
 
@@ -104,8 +107,15 @@ class FeatureLookup:
 
         Raises when the features cannot be computed (the ingress answers ``feature_lookup_failed``).
         """
-        matrices = await self._features(requests)
+        matrices, used = await self._features(requests)
         outcome = await self._infer(np.concatenate(matrices) if len(matrices) > 1 else matrices[0])
+        wanted = outcome.get("feature_params")
+        if wanted is not None and FeatureParams(**wanted) != used:
+            # The served model was trained with other windows (it was just published): from now
+            # on compute with its parameters, and answer this batch with them too.
+            await asyncio.to_thread(self.core.use_params, FeatureParams(**wanted))
+            matrices, used = await self._features(requests)
+            outcome = await self._infer(np.concatenate(matrices) if len(matrices) > 1 else matrices[0])
         if "probabilities" not in outcome:
             return [{"features": m, **outcome} for m in matrices]
         probabilities, version, cuts = outcome["probabilities"], outcome["model_version"], outcome.get("thresholds")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from conflict_core.store import session_scope
 from training import selection, tune
 from training.evaluate import classification_metrics
 from training.extract import LABEL, load_training_set
+from training.feature_search import ParamsResult, search_section
 from training.report import decision_section, plot_curves, plot_importances, selection_section, write_report
 from training.selection import SEED_CONFIG
 from training.train import (
@@ -76,12 +77,15 @@ def train_and_register(
     activated_by: str = "gate",
     now: dt.datetime | None = None,
     progress: Callable[[str], None] = lambda message: None,
+    feature_search: Sequence[ParamsResult] | None = None,
 ) -> TrainingResult:
     """Train, evaluate, write the artifact and report, register, and let the gate decide.
 
     ``sweep`` is ``"ray"`` (Ray Tune) or ``"local"`` (the same configurations in-process).
     An activation is recorded in the registry only; publishing it to the serve config is the
     caller's next step (:func:`training.publishing.publish_active_model`).
+    ``feature_search`` (from :func:`training.feature_search.search`; ``training_set`` is its
+    winner's) is reported and registered with the model.
     """
     frame, manifest = load_training_set(training_set)
     check_training_data(frame, min_samples=settings.min_training_samples, min_positives=settings.min_training_positives)
@@ -231,6 +235,7 @@ def train_and_register(
                 holdout_metrics, intervals, reason=choice.reason, notes=selection_notes
             ),
             "Recommendations (cost-aware thresholds)": decision_section(decision_policy),
+            **({"Feature parameters (searched)": search_section(feature_search)} if feature_search else {}),
         },
     )
 
@@ -248,6 +253,7 @@ def train_and_register(
                 "holdout_intervals": intervals,
                 "holdout_positives": int(y_holdout.sum()),
                 "selection": {"reason": choice.reason, "notes": selection_notes},
+                "feature_search": [result.to_dict() for result in feature_search or ()],
                 "validation": scores,
                 "feature_means": {c: float(split.train[c].mean()) for c in features},
             },
