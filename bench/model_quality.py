@@ -47,7 +47,9 @@ def _row(name: str, metrics: dict[str, float], intervals: dict[str, Any], positi
     return f"| {name} | " + " | ".join(cells) + f" | {positives} of {samples} |"
 
 
-def _train(settings: Settings, training_set: Path, num_samples: int, searched: Any = None) -> dict[str, Any]:
+def _train(
+    settings: Settings, training_set: Path, num_samples: int, searched: Any = None, seed_set: Path | None = None
+) -> dict[str, Any]:
     engine = make_engine(settings.database_url)
     try:
         result = train_and_register(
@@ -57,6 +59,7 @@ def _train(settings: Settings, training_set: Path, num_samples: int, searched: A
             sweep="local",
             num_samples=num_samples,
             feature_search=searched,
+            seed_training_set=seed_set,
         )
         with make_session_factory(engine)() as session:
             row = registry.get(session, result.version)
@@ -118,7 +121,9 @@ def run_profile(profile: str, root: Path, args: argparse.Namespace) -> list[str]
     finally:
         if args.ray:
             ray.shutdown()
-    learned = _train(settings, Path(searched[0].training_set), args.num_samples, searched)
+    learned = _train(
+        settings, Path(searched[0].training_set), args.num_samples, searched, seed_set=fixed_set
+    )  # the seed baseline stays the original system: seed features with the fixed parameters
     print(
         f"[{profile}] learned params ({searched[0].label}) trained ({time.perf_counter() - started:.0f} s)", flush=True
     )

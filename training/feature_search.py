@@ -129,6 +129,13 @@ def search(
     return sorted(results, key=lambda result: -result.val_pr_auc)
 
 
+def default_training_set(results: Sequence[ParamsResult]) -> Path | None:
+    """The training set extracted with the fixed default parameters, if they were a candidate:
+    the seed baseline on it is the original system the shipped model must never lose to."""
+    default = label(FeatureParams())
+    return next((Path(r.training_set) for r in results if r.label == default), None)
+
+
 def search_section(results: Sequence[ParamsResult]) -> list[str]:
     """The report's table of feature parameters tried, the winner first."""
     rows = [

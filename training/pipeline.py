@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core import registry
 from conflict_core.decision import cost_thresholds, policy_comparison
-from conflict_core.errors import ArtifactIntegrityError
+from conflict_core.errors import ArtifactIntegrityError, TrainingDataError
 from conflict_core.features import ALL_FEATURES, SEED_FEATURES, FeatureParams
 from conflict_core.settings import Settings
 from conflict_core.store import session_scope
@@ -32,6 +32,7 @@ from training.feature_search import ParamsResult, search_section
 from training.report import decision_section, plot_curves, plot_importances, selection_section, write_report
 from training.selection import SEED_CONFIG
 from training.train import (
+    TimeSplit,
     calibrate,
     check_training_data,
     fit_candidate,
@@ -78,6 +79,7 @@ def train_and_register(
     now: dt.datetime | None = None,
     progress: Callable[[str], None] = lambda message: None,
     feature_search: Sequence[ParamsResult] | None = None,
+    seed_training_set: Path | None = None,
 ) -> TrainingResult:
     """Train, evaluate, write the artifact and report, register, and let the gate decide.
 
@@ -85,7 +87,9 @@ def train_and_register(
     An activation is recorded in the registry only; publishing it to the serve config is the
     caller's next step (:func:`training.publishing.publish_active_model`).
     ``feature_search`` (from :func:`training.feature_search.search`; ``training_set`` is its
-    winner's) is reported and registered with the model.
+    winner's) is reported and registered with the model. ``seed_training_set`` holds the same
+    events with the fixed default feature parameters: the seed baseline, which the shipped model
+    never loses to, is then the original system on its own features (and is shipped as such).
     """
     frame, manifest = load_training_set(training_set)
     check_training_data(frame, min_samples=settings.min_training_samples, min_positives=settings.min_training_positives)
@@ -117,17 +121,24 @@ def train_and_register(
         results = tune.sweep_local(tune.sample_configs(n), all_features, split.fit, split.calibration)
     else:
         raise ValueError(f"sweep must be 'ray' or 'local', got {sweep!r}")
-    seed_scores = fit_candidate(SEED_CONFIG, list(SEED_FEATURES), split.fit, split.calibration)[1]
+    seed_split, seed_feature_params = split, feature_params
+    if seed_training_set is not None:
+        seed_frame, seed_manifest = load_training_set(seed_training_set)
+        seed_split = _aligned_split(seed_frame, split)
+        seed_feature_params = dict(seed_manifest.get("feature_params") or asdict(FeatureParams()))
+    seed_scores = fit_candidate(SEED_CONFIG, list(SEED_FEATURES), seed_split.fit, seed_split.calibration)[1]
     choice = selection.choose_on_validation(results, seed_scores)
     config, scores = choice.config, choice.scores
     progress(f"chosen: {config['model']} (validation PR-AUC {scores[tune.METRIC]:.4f}); {choice.reason}")
 
     y_holdout = split.holdout[LABEL].to_numpy()
-    baseline = seed_baseline().fit(split.train[list(SEED_FEATURES)], split.train[LABEL])
-    baseline_proba = baseline.predict_proba(split.holdout[list(SEED_FEATURES)])[:, 1]
+    baseline = seed_baseline().fit(seed_split.train[list(SEED_FEATURES)], seed_split.train[LABEL])
+    baseline_proba = baseline.predict_proba(seed_split.holdout[list(SEED_FEATURES)])[:, 1]
     features = selection.columns_for(config, all_features)
+    model_split = split  # the rows (and feature parameters) of the shipped model
     if selection.is_seed(config):
-        model, proba = _seed_model(baseline, split)
+        model, proba = _seed_model(baseline, seed_split)
+        model_split, feature_params = seed_split, seed_feature_params
     else:
         estimator, _ = fit_candidate(config, features, split.fit, split.calibration)
         model = calibrate(estimator, split.calibration, features)
@@ -142,7 +153,8 @@ def train_and_register(
             )
             progress(selection_notes[-1])
             config, features = dict(SEED_CONFIG), list(SEED_FEATURES)
-            model, proba = _seed_model(baseline, split)
+            model, proba = _seed_model(baseline, seed_split)
+            model_split, feature_params = seed_split, seed_feature_params
 
     costs = settings.decision_costs()
     thresholds = cost_thresholds(costs)
@@ -201,7 +213,7 @@ def train_and_register(
             "threshold": threshold,
             "decision_thresholds": thresholds.to_dict(),
             # What the served model's reasons compare against, and the windows its features use.
-            "feature_reference": {c: float(split.train[c].median()) for c in features},
+            "feature_reference": {c: float(model_split.train[c].median()) for c in features},
             "feature_params": feature_params,
             "decision_costs": costs.to_dict(),
             "training_set": manifest["snapshot"],
@@ -210,7 +222,7 @@ def train_and_register(
     )
     sha = registry.sha256_file(artifact_path)
     plots = plot_curves(out_dir, y_holdout, scores_by_model)
-    plots["importances"] = plot_importances(out_dir, _importances(model, split.holdout, features))
+    plots["importances"] = plot_importances(out_dir, _importances(model, model_split.holdout, features))
     split_info = {
         "training set": manifest["snapshot"],
         "fit rows (oldest)": _rows_and_span(split.fit),
@@ -255,7 +267,7 @@ def train_and_register(
                 "selection": {"reason": choice.reason, "notes": selection_notes},
                 "feature_search": [result.to_dict() for result in feature_search or ()],
                 "validation": scores,
-                "feature_means": {c: float(split.train[c].mean()) for c in features},
+                "feature_means": {c: float(model_split.train[c].mean()) for c in features},
             },
             feature_columns=features,
             train_samples=len(split.train),
@@ -285,6 +297,21 @@ def train_and_register(
         notes=notes,
     )
     return result
+
+
+def _aligned_split(frame: pd.DataFrame, split: TimeSplit) -> TimeSplit:
+    """``frame`` (the same events, other feature parameters) cut exactly where ``split`` was."""
+    by_event = frame.set_index("event_id")
+    parts = []
+    for part in (split.fit, split.calibration, split.holdout):
+        missing = part["event_id"][~part["event_id"].isin(by_event.index)]
+        if len(missing):
+            raise TrainingDataError(
+                f"the seed training set lacks {len(missing)} events of the training set (e.g. {missing.iloc[0]!r}); "
+                "both must be extracted from the same events and window"
+            )
+        parts.append(by_event.loc[part["event_id"]].reset_index())
+    return TimeSplit(fit=parts[0], calibration=parts[1], holdout=parts[2])
 
 
 def _seed_model(baseline: Any, split: Any) -> tuple[Any, np.ndarray]:

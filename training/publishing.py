@@ -80,7 +80,7 @@ def train_and_publish(
     from training.pipeline import train_and_register
 
     with locks.job_lock(session_factory, retrain.LOCK_NAME, ttl=dt.timedelta(hours=6)):
-        searched = None
+        searched, seed_training_set = None, None
         if search_feature_params:
             events = events_dir or settings.events_dir
             searched = feature_search.search(
@@ -94,12 +94,14 @@ def train_and_publish(
                 progress=progress,
             )
             training_set = Path(searched[0].training_set)
+            seed_training_set = feature_search.default_training_set(searched)
             progress(f"feature params: {searched[0].label} won")
         result = train_and_register(
             settings,
             session_factory,
             training_set=training_set or settings.features_dir,
             feature_search=searched,
+            seed_training_set=seed_training_set,
             sweep=sweep,
             num_samples=num_samples,
             activated_by=activated_by,
