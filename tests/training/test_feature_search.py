@@ -87,3 +87,28 @@ def test_the_search_runs_its_extractions_as_ray_tasks(simulated_store: tuple[str
     finally:
         ray.shutdown()
     assert len(results) == len(CANDIDATES) and results[0].val_pr_auc == max(r.val_pr_auc for r in results)
+
+
+def _result(
+    params: FeatureParams, pr: float, roc: float, seed_pr: float, seed_roc: float
+) -> feature_search.ParamsResult:
+    return feature_search.ParamsResult(
+        label=feature_search.label(params),
+        params={},
+        training_set="",
+        config={"model": "hgb"},
+        val_pr_auc=pr,
+        val_roc_auc=roc,
+        seed_val_pr_auc=seed_pr,
+        seed_val_roc_auc=seed_roc,
+        reason="",
+    )
+
+
+def test_a_candidate_losing_to_the_original_seed_on_roc_auc_cannot_win() -> None:
+    default = _result(FeatureParams(), pr=0.35, roc=0.91, seed_pr=0.31, seed_roc=0.90)
+    slow_windows = _result(CANDIDATES[1], pr=0.40, roc=0.88, seed_pr=0.36, seed_roc=0.87)  # better PR, worse ROC
+    hourly = _result(FeatureParams(concurrent_window_minutes=60.0), pr=0.36, roc=0.91, seed_pr=0.31, seed_roc=0.9)
+    ranked = feature_search.rank([slow_windows, default, hourly])
+    assert [r.label for r in ranked] == [hourly.label, default.label, slow_windows.label]
+    assert [r.matches_seed for r in ranked] == [True, True, False]
