@@ -74,7 +74,7 @@ class SyntheticStore:
     event), answering the window's tail query page by page, each page built fresh as a store's is."""
 
     def __init__(self, events: int, now_ms: int, seed: int = 0):
-        from conflict_core.events_io import EVENT_SCHEMA
+        from conflict_core.schema import EVENT_SCHEMA
 
         rng = np.random.default_rng(seed)
         n_users, n_entities = tenant(events)
@@ -205,7 +205,7 @@ def store_read(rows: int) -> dict[str, Any]:
     import pandas as pd
 
     from conflict_core import db
-    from conflict_core.events_io import insert_event_frame
+    from conflict_core.events.store_writes import insert_event_frame
     from conflict_core.store import make_engine, make_session_factory, session_scope, utcnow
     from serve_app.feature_lookup import EventWindow
 

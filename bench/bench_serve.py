@@ -72,7 +72,7 @@ def _seed_store(url: str, n_events: int = 20_000) -> None:
     import pandas as pd
 
     from conflict_core import db
-    from conflict_core.events_io import insert_event_frame
+    from conflict_core.events.store_writes import insert_event_frame
     from conflict_core.store import make_engine, make_session_factory, session_scope
 
     db.upgrade(url)

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+# Longest identifiers the store holds: event, user, device and entity ids can be file paths
+# or URLs in real exports; entity types are names of kinds of things.
+IDENTIFIER_MAX_LENGTH = 512
+ENTITY_TYPE_MAX_LENGTH = 128
+RESOLUTION_TYPE_MAX_LENGTH = 64
+
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "event_id",
     "user_id",
@@ -21,6 +27,19 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 )
 OPTIONAL_COLUMNS: tuple[str, ...] = ("resolution_type", "resolved_at", "base_version", "server_version")
 ALL_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+# The columns stored in ``sync_log``; the resolution columns live in ``conflict_resolution``.
+SYNC_LOG_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "user_id",
+    "device_id",
+    "entity_type",
+    "entity_id",
+    "changed_fields",
+    "synced_at",
+    "conflict",
+    "base_version",
+    "server_version",
+)
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 

@@ -19,6 +19,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from conflict_core.decision import DecisionCosts, DecisionThresholds
+
 DEFAULT_DATA_DIR = Path("data")
 
 
@@ -60,9 +62,18 @@ class Settings(BaseSettings):
         default="http://127.0.0.1:8265", description="Ray dashboard, for Serve deploys and job submission."
     )
 
-    # Risk bands and the operating threshold of the classifier.
+    # Risk bands of the heuristics (and of models trained before cost-aware thresholds).
     risk_medium_threshold: float = Field(default=0.2, gt=0, lt=1)
     risk_high_threshold: float = Field(default=0.5, gt=0, lt=1)
+
+    # What the recommendations weigh: each model's sync_now / fetch_first / warn_user thresholds
+    # minimise the expected cost per decision on its calibrated probabilities (conflict_core.decision).
+    cost_manual_resolution: float = Field(default=10.0, gt=0, description="A conflict a person resolves by hand.")
+    cost_extra_fetch: float = Field(default=0.5, ge=0, description="One extra fetch before a sync.")
+    cost_user_interruption: float = Field(default=2.0, ge=0, description="Interrupting the user with a warning.")
+    fetch_first_avoids_fraction: float = Field(
+        default=0.6, ge=0, le=1, description="Share of conflicts a fetch before the sync avoids."
+    )
 
     # Training and the activation gate.
     training_days_back: int = Field(default=90, gt=0)
@@ -141,6 +152,18 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite", "postgresql")):
             raise ValueError(f"expected a sqlite:// or postgresql:// URL, got {value!r}")
         return absolute_database_url(value)
+
+    def decision_costs(self) -> DecisionCosts:
+        return DecisionCosts(
+            manual_resolution=self.cost_manual_resolution,
+            extra_fetch=self.cost_extra_fetch,
+            user_interruption=self.cost_user_interruption,
+            fetch_avoids_fraction=self.fetch_first_avoids_fraction,
+        )
+
+    def fixed_thresholds(self) -> DecisionThresholds:
+        """The heuristics' bands (``risk_medium_threshold`` / ``risk_high_threshold``)."""
+        return DecisionThresholds(self.risk_medium_threshold, self.risk_high_threshold, "fixed")
 
     @model_validator(mode="after")
     def _ordered_thresholds(self) -> Settings:

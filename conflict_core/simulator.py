@@ -40,10 +40,12 @@ import bisect
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from conflict_core.errors import ConfigurationError
 from conflict_core.schema import EVENT_SCHEMA, TIMESTAMP
@@ -61,14 +63,41 @@ _PROGRESS_EVERY = 50_000
 _REGION_OFFSETS = np.array([-8.0, -5.0, -3.0, 0.0, 1.0, 2.0, 5.5, 8.0, 9.0])
 
 
-@dataclass(frozen=True)
-class EntityType:
+def _positive_sum(weights: tuple[float, ...]) -> tuple[float, ...]:
+    if not sum(weights) > 0:
+        raise ValueError("weights must have a positive sum")
+    return weights
+
+
+Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Weights = Annotated[tuple[Weight, ...], Field(min_length=1), AfterValidator(_positive_sum)]
+Weights3 = Annotated[tuple[Weight, Weight, Weight], AfterValidator(_positive_sum)]
+_FROZEN = ConfigDict(frozen=True, extra="forbid", strict=True, arbitrary_types_allowed=True)
+
+
+class EntityType(BaseModel):
     """An entity type: its name, its editable fields and how often each field is edited."""
 
-    name: str
-    fields: tuple[str, ...]
-    field_weights: tuple[float, ...]
-    share: float
+    model_config = _FROZEN
+
+    name: str = Field(min_length=1)
+    fields: tuple[str, ...] = Field(min_length=1, max_length=16)
+    field_weights: Weights
+    share: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+    def __init__(self, name: str, fields: tuple[str, ...], field_weights: tuple[float, ...], share: float):
+        try:
+            super().__init__(name=name, fields=fields, field_weights=field_weights, share=share)
+        except ValidationError as exc:
+            raise _configuration_error(exc, f"EntityType({name!r})") from None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EntityType:
+        if len(set(self.fields)) != len(self.fields):
+            raise ValueError(f"fields of {self.name!r} must be distinct, got {self.fields}")
+        if len(self.field_weights) != len(self.fields):
+            raise ValueError(f"{len(self.fields)} field_weights are needed for {self.name!r}")
+        return self
 
 
 DEFAULT_ENTITY_TYPES: tuple[EntityType, ...] = (
@@ -121,64 +150,102 @@ def default_start(days: int, today: dt.date | None = None) -> dt.datetime:
     return midnight - dt.timedelta(days=days)
 
 
-@dataclass(frozen=True)
-class SimulationConfig:
+def _distinct_types(types: tuple[EntityType, ...]) -> tuple[EntityType, ...]:
+    names = [t.name for t in types]
+    if len(set(names)) != len(names):
+        raise ValueError(f"entity type names must be distinct, got {names}")
+    if not sum(t.share for t in types) > 0:
+        raise ValueError("entity type shares must have a positive sum")
+    return types
+
+
+Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+GapHours = Annotated[float, Field(gt=0, le=720)]  # up to 30 days
+
+
+class SimulationConfig(BaseModel):
     """What to simulate. Everything but the first five fields is a behavioural knob.
 
     ``start`` defaults to midnight UTC ``days`` days before today, fixed when the config
-    is built; pass it explicitly for output that does not depend on the calendar.
+    is built; pass it explicitly for output that does not depend on the calendar. Every
+    field is validated by its declared type and bounds; a bad value raises
+    :class:`ConfigurationError` naming the field, what was expected and what was given.
     """
 
-    users: int = 200
-    entities: int = 2000
-    days: int = 90
-    seed: int = 0
+    model_config = _FROZEN
+
+    users: int = Field(default=200, ge=1, le=1_000_000)
+    entities: int = Field(default=2000, ge=1, le=100_000_000)
+    days: int = Field(default=90, ge=1, le=_MAX_DAYS)
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
     start: dt.datetime | None = None
 
     # Mean users per team; a team's members share its entities and mostly its timezone.
-    team_size: int = 8
-    device_count_weights: tuple[float, float, float] = (0.45, 0.40, 0.15)
-    primary_device_share: float = 0.75
+    team_size: int = Field(default=8, ge=1, le=10_000)
+    # None: equal teams. A Pareto shape: team sizes are heavy-tailed (a few very large teams),
+    # the smaller the shape the heavier the tail.
+    team_size_pareto_shape: Annotated[float, Field(gt=0.1, le=10)] | None = None
+    device_count_weights: Weights3 = (0.45, 0.40, 0.15)
+    primary_device_share: Share = 0.75
     # Mean edits per user on a working day; per-user rates are log-normal with this sigma.
-    edits_per_user_day: float = 16.0
-    activity_sigma: float = 1.0
-    weekend_activity: float = 0.15
-    shift_hours: float = 8.5
-    off_hours_share: float = 0.10
-    edits_per_session: float = 4.0
-    edit_spacing_seconds: float = 90.0
+    edits_per_user_day: Annotated[float, Field(gt=0, le=10_000, allow_inf_nan=False)] = 16.0
+    activity_sigma: Annotated[float, Field(ge=0, le=3)] = 1.0
+    weekend_activity: Share = 0.15
+    shift_hours: Annotated[float, Field(ge=1, le=16)] = 8.5
+    off_hours_share: Share = 0.10
+    edits_per_session: Annotated[float, Field(ge=1, le=1_000)] = 4.0
+    edit_spacing_seconds: Annotated[float, Field(gt=0, le=86_400)] = 90.0
     # Share of edits in a session that return to the entity of the previous edit.
-    repeat_entity_share: float = 0.35
+    repeat_entity_share: Share = 0.35
     # Weights of changing 1, 2, 3, ... fields in one edit.
-    fields_per_edit_weights: tuple[float, ...] = (0.65, 0.25, 0.10)
+    fields_per_edit_weights: Weights = (0.65, 0.25, 0.10)
     # Popularity of the k-th entity of a team is proportional to k ** -exponent.
-    entity_zipf_exponent: float = 1.0
-    cross_team_share: float = 0.05
-    entity_types: tuple[EntityType, ...] = DEFAULT_ENTITY_TYPES
+    entity_zipf_exponent: Annotated[float, Field(ge=0, le=5)] = 1.0
+    cross_team_share: Share = 0.05
+    entity_types: Annotated[tuple[EntityType, ...], Field(min_length=1), AfterValidator(_distinct_types)] = (
+        DEFAULT_ENTITY_TYPES
+    )
 
     # Mean offline episodes per device-day, scaled per user by a log-normal factor; each
     # episode is short, medium or long with these shares and median lengths.
-    offline_episodes_per_day: float = 2.5
-    offline_sigma: float = 1.0
-    offline_gap_shares: tuple[float, float, float] = (0.70, 0.25, 0.05)
-    offline_gap_median_hours: tuple[float, float, float] = (0.25, 2.5, 30.0)
+    offline_episodes_per_day: Annotated[float, Field(ge=0, le=1_000)] = 2.5
+    offline_sigma: Annotated[float, Field(ge=0, le=3)] = 1.0
+    offline_gap_shares: Weights3 = (0.70, 0.25, 0.05)
+    offline_gap_median_hours: tuple[
+        Annotated[float, Field(gt=0, le=720)],
+        Annotated[float, Field(gt=0, le=720)],
+        Annotated[float, Field(gt=0, le=720)],
+    ] = (0.25, 2.5, 30.0)
     # Mean delay from an online edit to its push, and from opening the app to the first edit.
-    push_delay_seconds: float = 4.0
-    open_fetch_seconds: float = 30.0
+    push_delay_seconds: Annotated[float, Field(gt=0, le=3_600)] = 4.0
+    open_fetch_seconds: Annotated[float, Field(gt=0, le=3_600)] = 30.0
 
     # Weights of RESOLUTION_TYPES; manual merges take hours, the others minutes.
-    resolution_weights: tuple[float, float, float] = (0.45, 0.35, 0.20)
-    auto_resolution_median_minutes: float = 3.0
-    manual_resolution_median_hours: float = 3.0
-    max_resolution_lag_hours: float = 48.0
+    resolution_weights: Weights3 = (0.45, 0.35, 0.20)
+    auto_resolution_median_minutes: Annotated[float, Field(gt=0, le=24 * 60)] = 3.0
+    manual_resolution_median_hours: Annotated[float, Field(gt=0, le=24 * 7)] = 3.0
+    max_resolution_lag_hours: Annotated[float, Field(ge=1, le=24 * 29)] = 48.0
 
-    def __post_init__(self) -> None:
-        _check_int(self, "days", 1, _MAX_DAYS)
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _configuration_error(exc, "SimulationConfig") from None
+
+    @field_validator("start")
+    @classmethod
+    def _aware_utc(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("a timezone-aware datetime is required")
+        return value.astimezone(dt.UTC)
+
+    @model_validator(mode="after")
+    def _default_start(self) -> SimulationConfig:
         if self.start is None:
             object.__setattr__(self, "start", default_start(self.days))
-        elif isinstance(self.start, dt.datetime) and self.start.tzinfo is not None:
-            object.__setattr__(self, "start", self.start.astimezone(dt.UTC))
-        validate_config(self)
+        return self
 
     @property
     def start_at(self) -> dt.datetime:
@@ -191,103 +258,72 @@ class SimulationConfig:
         return self.start_at + dt.timedelta(days=self.days)
 
 
-def _fail(name: str, expected: str, got: object) -> ConfigurationError:
-    return ConfigurationError(f"SimulationConfig.{name}: expected {expected}, got {got!r}")
+def _configuration_error(exc: ValidationError, owner: str) -> ConfigurationError:
+    """The first problem pydantic found, as ``Owner.field: expected ..., got ...``."""
+    first = exc.errors()[0]
+    name = ".".join(str(part) for part in first["loc"])
+    expected = first["msg"].removeprefix("Value error, ")
+    expected = expected[0].lower() + expected[1:]
+    where = f"{owner}.{name}" if name else owner
+    return ConfigurationError(f"{where}: expected {expected}, got {first.get('input')!r}")
 
 
-def _check_int(config: SimulationConfig, name: str, low: int, high: int) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
-        raise _fail(name, f"an integer in [{low}, {high}]", value)
+@dataclass(frozen=True)
+class TempoProfile:
+    """A kind of team's sync tempo: knob values and how many entities each user brings."""
+
+    description: str
+    entities_per_user: int
+    knobs: dict[str, Any]
 
 
-def _check_float(config: SimulationConfig, name: str, low: float, high: float, *, open_low: bool = False) -> None:
-    value = getattr(config, name)
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
-    ok = ok and (low < value if open_low else low <= value) and value <= high
-    if not ok:
-        bound = "(" if open_low else "["
-        raise _fail(name, f"a number in {bound}{low}, {high}]", value)
+TEMPO_PROFILES: dict[str, TempoProfile] = {
+    "fast": TempoProfile(
+        "field-service crews: devices sync every few minutes, small single-entity syncs, equal teams",
+        entities_per_user=10,
+        knobs={},
+    ),
+    "slow": TempoProfile(
+        "engineering-style teams: devices sync days apart (mostly offline, syncing when they reconnect), "
+        "large multi-entity syncs, heavy-tailed team sizes, many more entities per person",
+        entities_per_user=1000,
+        knobs={
+            "team_size": 10,
+            "team_size_pareto_shape": 1.2,
+            "edits_per_user_day": 5.0,
+            "edits_per_session": 8.0,
+            "edit_spacing_seconds": 600.0,
+            "repeat_entity_share": 0.1,
+            "entity_zipf_exponent": 0.3,
+            "offline_episodes_per_day": 48.0,
+            "offline_gap_shares": (0.05, 0.35, 0.6),
+            "offline_gap_median_hours": (8.0, 36.0, 96.0),
+            "manual_resolution_median_hours": 12.0,
+            "max_resolution_lag_hours": 120.0,
+        },
+    ),
+}
 
 
-def _check_weights(config: SimulationConfig, name: str, length: int | None = None) -> None:
-    value = getattr(config, name)
-    ok = isinstance(value, tuple) and len(value) > 0 and (length is None or len(value) == length)
-    ok = ok and all(isinstance(w, int | float) and np.isfinite(w) and w >= 0 for w in value)
-    ok = ok and sum(value) > 0
-    if not ok:
-        size = f"{length} " if length is not None else ""
-        raise _fail(name, f"a tuple of {size}non-negative weights with a positive sum", value)
-
-
-def validate_config(config: SimulationConfig) -> None:
-    """Raise :class:`ConfigurationError` naming the first field with an unusable value."""
-    _check_int(config, "users", 1, 1_000_000)
-    _check_int(config, "entities", 1, 100_000_000)
-    _check_int(config, "days", 1, _MAX_DAYS)
-    _check_int(config, "seed", 0, 2**63 - 1)
-    start = config.start
-    if not isinstance(start, dt.datetime) or start.tzinfo is None:
-        raise _fail("start", "a timezone-aware datetime", start)
-    _check_int(config, "team_size", 1, 10_000)
-    _check_weights(config, "device_count_weights", 3)
-    _check_float(config, "primary_device_share", 0.0, 1.0)
-    _check_float(config, "edits_per_user_day", 0.0, 10_000.0, open_low=True)
-    _check_float(config, "activity_sigma", 0.0, 3.0)
-    _check_float(config, "weekend_activity", 0.0, 1.0)
-    _check_float(config, "shift_hours", 1.0, 16.0)
-    _check_float(config, "off_hours_share", 0.0, 1.0)
-    _check_float(config, "edits_per_session", 1.0, 1_000.0)
-    _check_float(config, "edit_spacing_seconds", 0.0, 86_400.0, open_low=True)
-    _check_float(config, "repeat_entity_share", 0.0, 1.0)
-    _check_weights(config, "fields_per_edit_weights")
-    _check_float(config, "entity_zipf_exponent", 0.0, 5.0)
-    _check_float(config, "cross_team_share", 0.0, 1.0)
-    _check_entity_types(config)
-    _check_float(config, "offline_episodes_per_day", 0.0, 1_000.0)
-    _check_float(config, "offline_sigma", 0.0, 3.0)
-    _check_weights(config, "offline_gap_shares", 3)
-    medians = config.offline_gap_median_hours
-    if not (
-        isinstance(medians, tuple)
-        and len(medians) == 3
-        and all(isinstance(m, int | float) and 0 < m <= 24 * 30 for m in medians)
-    ):
-        raise _fail("offline_gap_median_hours", "three numbers in (0, 720] hours", medians)
-    _check_float(config, "push_delay_seconds", 0.0, 3_600.0, open_low=True)
-    _check_float(config, "open_fetch_seconds", 0.0, 3_600.0, open_low=True)
-    _check_weights(config, "resolution_weights", len(RESOLUTION_TYPES))
-    _check_float(config, "auto_resolution_median_minutes", 0.0, 24 * 60.0, open_low=True)
-    _check_float(config, "manual_resolution_median_hours", 0.0, 24 * 7.0, open_low=True)
-    _check_float(config, "max_resolution_lag_hours", 1.0, 24 * 29.0)
-
-
-def _check_entity_types(config: SimulationConfig) -> None:
-    types = config.entity_types
-    expected = "a non-empty tuple of EntityType with distinct names, 1-16 distinct fields each"
-    if not isinstance(types, tuple) or not types or not all(isinstance(t, EntityType) for t in types):
-        raise _fail("entity_types", expected, types)
-    if len({t.name for t in types}) != len(types):
-        raise _fail("entity_types", expected, [t.name for t in types])
-    for entity_type in types:
-        fields = entity_type.fields
-        if not 1 <= len(fields) <= MAX_FIELDS_PER_TYPE or len(set(fields)) != len(fields):
-            raise _fail(f"entity_types[{entity_type.name!r}].fields", expected, fields)
-        weights = entity_type.field_weights
-        if len(weights) != len(fields) or any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise _fail(
-                f"entity_types[{entity_type.name!r}].field_weights",
-                f"{len(fields)} non-negative weights with a positive sum",
-                weights,
-            )
-        if not entity_type.share >= 0:
-            raise _fail(
-                f"entity_types[{entity_type.name!r}].share",
-                "a non-negative number",
-                entity_type.share,
-            )
-    if sum(t.share for t in types) <= 0:
-        raise _fail("entity_types", "shares with a positive sum", [t.share for t in types])
+def profile_config(
+    profile: str,
+    *,
+    users: int = 200,
+    entities: int | None = None,
+    days: int = 90,
+    seed: int = 0,
+    start: dt.datetime | None = None,
+    **knobs: Any,
+) -> SimulationConfig:
+    """A config of the named tempo profile; ``entities`` defaults to the profile's per-user share."""
+    if profile not in TEMPO_PROFILES:
+        raise ConfigurationError(f"profile: expected one of {sorted(TEMPO_PROFILES)}, got {profile!r}")
+    chosen = TEMPO_PROFILES[profile]
+    if entities is None:
+        entities = users * chosen.entities_per_user if isinstance(users, int) else 1
+    return SimulationConfig(
+        users=users, entities=entities, days=days, seed=seed, start=start, **{**chosen.knobs, **knobs}
+    )
 
 
 def simulation_size_for_events(n_events: int, *, days: int = 90, seed: int = 0) -> SimulationConfig:
@@ -338,7 +374,11 @@ def _mean_one_lognormal(rng: np.random.Generator, sigma: float, size: int) -> Fl
 def _build_population(config: SimulationConfig, rng: np.random.Generator) -> _Population:
     n_users, n_entities = config.users, config.entities
     n_teams = max(1, min(round(n_users / config.team_size), n_entities))
-    user_team = rng.permutation(n_users).astype(np.int64) % n_teams
+    if config.team_size_pareto_shape is None:
+        user_team = rng.permutation(n_users).astype(np.int64) % n_teams
+    else:  # heavy-tailed team sizes: a few large teams, many small ones
+        weights = rng.pareto(config.team_size_pareto_shape, n_teams) + 1.0
+        user_team = rng.choice(n_teams, size=n_users, p=weights / weights.sum()).astype(np.int64)
     team_region = rng.integers(0, len(_REGION_OFFSETS), n_teams)
     own_region = rng.random(n_users) < 0.85
     user_region = np.where(own_region, team_region[user_team], rng.integers(0, len(_REGION_OFFSETS), n_users))
@@ -796,7 +836,6 @@ def simulate(config: SimulationConfig, progress: Callable[[int], None] | None = 
     ``progress`` is called with the number of events produced so far every 50,000 events
     and once at the end. The same config always gives the same table.
     """
-    validate_config(config)
     rng = np.random.default_rng(config.seed)
     pop = _build_population(config, rng)
     edits = _generate_edits(config, pop, rng)
@@ -821,7 +860,9 @@ __all__ = [
     "RESOLUTION_TYPES",
     "SimulationConfig",
     "default_start",
+    "TEMPO_PROFILES",
+    "TempoProfile",
+    "profile_config",
     "simulate",
     "simulation_size_for_events",
-    "validate_config",
 ]

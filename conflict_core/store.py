@@ -41,6 +41,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from conflict_core.schema import ENTITY_TYPE_MAX_LENGTH, IDENTIFIER_MAX_LENGTH, RESOLUTION_TYPE_MAX_LENGTH
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -80,11 +82,11 @@ class SyncLog(Base):
     __tablename__ = "sync_log"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(String(128), unique=True)
-    user_id: Mapped[str] = mapped_column(String(128))
-    device_id: Mapped[str] = mapped_column(String(128))
-    entity_type: Mapped[str] = mapped_column(String(64))
-    entity_id: Mapped[str] = mapped_column(String(128))
+    event_id: Mapped[str] = mapped_column(String(IDENTIFIER_MAX_LENGTH), unique=True)
+    user_id: Mapped[str] = mapped_column(String(IDENTIFIER_MAX_LENGTH))
+    device_id: Mapped[str] = mapped_column(String(IDENTIFIER_MAX_LENGTH))
+    entity_type: Mapped[str] = mapped_column(String(ENTITY_TYPE_MAX_LENGTH))
+    entity_id: Mapped[str] = mapped_column(String(IDENTIFIER_MAX_LENGTH))
     changed_fields: Mapped[list[str]] = mapped_column(JSON)
     base_version: Mapped[int | None] = mapped_column(Integer)
     server_version: Mapped[int | None] = mapped_column(Integer)
@@ -105,7 +107,7 @@ class ConflictResolution(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     sync_id: Mapped[int] = mapped_column(ForeignKey("sync_log.id", ondelete="CASCADE"), unique=True)
-    resolution_type: Mapped[str] = mapped_column(String(64))
+    resolution_type: Mapped[str] = mapped_column(String(RESOLUTION_TYPE_MAX_LENGTH))
     resolved_at: Mapped[dt.datetime]
 
     sync: Mapped[SyncLog] = relationship(back_populates="resolution")
@@ -120,11 +122,11 @@ class PredictionLog(Base):
     prediction_id: Mapped[str] = mapped_column(String(64), unique=True)
     model_type: Mapped[str] = mapped_column(String(64), default="conflict_predictor")
     model_version: Mapped[str] = mapped_column(String(64))
-    sync_id: Mapped[str | None] = mapped_column(String(128), index=True)
-    user_id: Mapped[str] = mapped_column(String(128))
-    device_id: Mapped[str] = mapped_column(String(128))
-    entity_type: Mapped[str] = mapped_column(String(64))
-    entity_id: Mapped[str] = mapped_column(String(128))
+    sync_id: Mapped[str | None] = mapped_column(String(IDENTIFIER_MAX_LENGTH), index=True)
+    user_id: Mapped[str] = mapped_column(String(IDENTIFIER_MAX_LENGTH))
+    device_id: Mapped[str] = mapped_column(String(IDENTIFIER_MAX_LENGTH))
+    entity_type: Mapped[str] = mapped_column(String(ENTITY_TYPE_MAX_LENGTH))
+    entity_id: Mapped[str] = mapped_column(String(IDENTIFIER_MAX_LENGTH))
     predicted_conflict: Mapped[bool] = mapped_column(Boolean)
     probability: Mapped[float] = mapped_column(Float)
     risk_level: Mapped[str] = mapped_column(String(16))
@@ -140,7 +142,7 @@ class PredictionLog(Base):
     actual_conflict_occurred: Mapped[bool | None] = mapped_column(Boolean)
     prediction_correct: Mapped[bool | None] = mapped_column(Boolean)
     outcome_status: Mapped[str | None] = mapped_column(String(16))
-    linked_event_id: Mapped[str | None] = mapped_column(String(128))
+    linked_event_id: Mapped[str | None] = mapped_column(String(IDENTIFIER_MAX_LENGTH))
     outcome_at: Mapped[dt.datetime | None]
 
 

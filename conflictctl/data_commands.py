@@ -47,8 +47,16 @@ def db_current(app: AppContext) -> None:
 
 
 @click.command("simulate")
+@click.option(
+    "--profile",
+    type=click.Choice(["fast", "slow"]),
+    default="fast",
+    show_default=True,
+    help="sync tempo: fast (syncs minutes apart) or slow (syncs days apart, large multi-entity syncs, "
+    "heavy-tailed team sizes)",
+)
 @click.option("--users", type=int, default=200, show_default=True)
-@click.option("--entities", type=int, default=2000, show_default=True)
+@click.option("--entities", type=int, default=None, help="default: 10 per user (fast) or 1,000 per user (slow)")
 @click.option("--days", type=int, default=90, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--end", "end", help="end of the simulated period (ISO 8601, UTC; default: today 00:00 UTC)")
@@ -58,19 +66,27 @@ def db_current(app: AppContext) -> None:
 @click.option("--store/--no-store", default=True, show_default=True, help="write the events into the store")
 @pass_app
 def simulate_command(
-    app: AppContext, users: int, entities: int, days: int, seed: int, end: str | None, out: Path | None, store: bool
+    app: AppContext,
+    profile: str,
+    users: int,
+    entities: int | None,
+    days: int,
+    seed: int,
+    end: str | None,
+    out: Path | None,
+    store: bool,
 ) -> None:
     """Simulate sync history whose conflicts follow from stale bases and overlapping fields."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from conflict_core import db
-    from conflict_core.events_io import insert_event_frame
-    from conflict_core.simulator import SimulationConfig, simulate
+    from conflict_core.events.store_writes import insert_event_frame
+    from conflict_core.simulator import profile_config, simulate
 
     end_at = parse_utc(end) or dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    config = SimulationConfig(
-        users=users, entities=entities, days=days, seed=seed, start=end_at - dt.timedelta(days=days)
+    config = profile_config(
+        profile, users=users, entities=entities, days=days, seed=seed, start=end_at - dt.timedelta(days=days)
     )
     with progress_bar(None, "simulating", "events") as bar:
         table = simulate(config, progress=lambda n: bar.update(n - bar.n))
@@ -84,7 +100,8 @@ def simulate_command(
             inserted, skipped = insert_event_frame(session, table)
     rate = pc.mean(table["conflict"].cast("double")).as_py() or 0.0
     click.echo(
-        f"simulated {table.num_rows:,} sync events from {config.start_at:%Y-%m-%d} to {config.end_at:%Y-%m-%d}, "
+        f"simulated {table.num_rows:,} sync events ({profile} tempo) "
+        f"from {config.start_at:%Y-%m-%d} to {config.end_at:%Y-%m-%d}, "
         f"conflict rate {rate:.2%}"
         + (f"; store: {inserted:,} inserted, {skipped:,} already there" if store else "")
         + (f"; written to {out}" if out else "")
@@ -103,7 +120,7 @@ def events_group() -> None:
 def events_import(app: AppContext, paths: tuple[Path, ...], chunk_rows: int) -> None:
     """Import Parquet or CSV files in the import format; each file is all or nothing."""
     from conflict_core import db
-    from conflict_core.events_io import import_events
+    from conflict_core.events.store_writes import import_events
 
     db.upgrade(app.settings.database_url)
     for path in paths:
@@ -122,7 +139,7 @@ def events_import(app: AppContext, paths: tuple[Path, ...], chunk_rows: int) -> 
 @pass_app
 def events_export(app: AppContext, since: str | None, until: str | None, out: Path | None) -> None:
     """Write stored events as date-partitioned Parquet (date=YYYY-MM-DD/) for the Ray Data jobs."""
-    from conflict_core.events_io import export_events
+    from conflict_core.events.export import export_events
 
     out_dir = out or app.settings.events_dir
     with progress_bar(None, "exporting") as bar:

@@ -39,8 +39,13 @@ def _advance(bar: Any, done: int, total: int) -> None:
 @click.command("train")
 @click.option("--num-samples", type=int, help="sweep size (default: settings)")
 @click.option("--local-sweep", is_flag=True, help="run the sweep in this process, not on Ray Tune")
+@click.option(
+    "--search-feature-params",
+    is_flag=True,
+    help="also search the feature windows: one extraction per candidate, train on the best",
+)
 @pass_app
-def train_command(app: AppContext, num_samples: int | None, local_sweep: bool) -> None:
+def train_command(app: AppContext, num_samples: int | None, local_sweep: bool, search_feature_params: bool) -> None:
     """Train, report and register a model; the gate decides its activation (what the jobs.train Ray Job does)."""
     from conflict_core import db
     from ray_control.instance import connect
@@ -58,6 +63,7 @@ def train_command(app: AppContext, num_samples: int | None, local_sweep: bool) -
         activated_by="conflictctl train",
         apply=applier(app.settings.dashboard_url),
         progress=click.echo,
+        search_feature_params=search_feature_params,
     )
     click.echo(json.dumps(summary, indent=2, default=str))
 

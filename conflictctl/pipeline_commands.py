@@ -53,7 +53,7 @@ def logged_feature_parity(engine: Any) -> tuple[int, int]:
     import pandas as pd
     from sqlalchemy import select
 
-    from conflict_core.events_io import load_events
+    from conflict_core.events.store_reads import load_events
     from conflict_core.features import ALL_FEATURES, TARGET_COLUMNS, compute_features
     from conflict_core.store import PredictionLog
 
@@ -144,7 +144,8 @@ def _simulate_history(app: AppContext, plan: RunPlan) -> SimulatedDay:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from conflict_core.events_io import export_events, import_events
+    from conflict_core.events.export import export_events
+    from conflict_core.events.store_writes import import_events
     from conflict_core.simulator import SimulationConfig, simulate
 
     settings = app.settings

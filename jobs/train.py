@@ -17,6 +17,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num-samples", type=int, default=None, help="sweep size (default: settings)")
     parser.add_argument("--local-sweep", action="store_true", help="run the sweep in this process, not on Ray Tune")
     parser.add_argument("--activated-by", default="gate:jobs.train", help="recorded on activation")
+    parser.add_argument(
+        "--search-feature-params",
+        action="store_true",
+        help="extract one training set per candidate feature parameter set (Ray tasks) and train on the best",
+    )
+    parser.add_argument("--events-dir", help="exported events, for the search (default: <data-dir>/events)")
+    parser.add_argument("--days-back", type=int, default=None, help="target window of the search (default: settings)")
     args = parser.parse_args(argv)
     settings = settings_from(args)
 
@@ -40,6 +47,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             activated_by=args.activated_by,
             apply=applier(settings.dashboard_url),
             progress=lambda message: print(message, flush=True),
+            search_feature_params=args.search_feature_params,
+            events_dir=Path(args.events_dir) if args.events_dir else None,
+            days_back=args.days_back,
         )
     finally:
         engine.dispose()

@@ -19,6 +19,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from conflict_core.features import FeatureParams
 from serve_app.feature_lookup import OnlineFeatureLookup
 from serve_app.heuristics import FallbackReason, heuristic_probabilities
 from serve_app.inference import CANARY, SHADOW, ModelUnavailable, Variants, split_answer
@@ -85,11 +86,13 @@ class FeatureLookup:
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         configure_batching(self.score, user_config)
 
-    async def _features(self, requests: list[list[dict[str, Any]]]) -> list[np.ndarray]:
+    async def _features(self, requests: list[list[dict[str, Any]]]) -> tuple[list[np.ndarray], FeatureParams]:
         started = time.perf_counter()
         self.metrics.batch_size.observe(len(requests), tags=self._tags)
         self.metrics.batch_items.observe(sum(len(r) for r in requests), tags=self._tags)
-        result = await asyncio.wait_for(asyncio.to_thread(self.core.compute_many, requests), self.lookup_timeout_s)
+        result = await asyncio.wait_for(
+            asyncio.to_thread(self.core.compute_many_with_params, requests), self.lookup_timeout_s
+        )
         self.metrics.lookup_latency.observe((time.perf_counter() - started) * 1000)
         return result
 
@@ -103,11 +106,17 @@ class FeatureLookup:
 
         Raises when the features cannot be computed (the ingress answers ``feature_lookup_failed``).
         """
-        matrices = await self._features(requests)
-        matrix = np.concatenate(matrices) if len(matrices) > 1 else matrices[0]
+        matrices, used = await self._features(requests)
         # The user ids route a canary's rows (sticky per user); plain strings, cheap to send.
         users = [item["user_id"] for request in requests for item in request]
-        outcome = await self._infer(matrix, users)
+        outcome = await self._infer(np.concatenate(matrices) if len(matrices) > 1 else matrices[0], users)
+        wanted = outcome.get("feature_params")
+        if wanted is not None and FeatureParams(**wanted) != used:
+            # The served model was trained with other windows (it was just published): from now
+            # on compute with its parameters, and answer this batch with them too.
+            await asyncio.to_thread(self.core.use_params, FeatureParams(**wanted))
+            matrices, used = await self._features(requests)
+            outcome = await self._infer(np.concatenate(matrices) if len(matrices) > 1 else matrices[0], users)
         if "probabilities" not in outcome:
             return [{"features": m, **outcome} for m in matrices]
         bounds = np.cumsum([0, *(len(m) for m in matrices)]).tolist()
@@ -181,7 +190,10 @@ class ModelInference:
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
     async def predict(self, requests: list[np.ndarray | tuple[np.ndarray, list[str]]]) -> list[dict[str, Any]]:
         """Per request (a matrix, or a matrix and its rows' user ids): the answer of
-        :meth:`serve_app.inference.Variants.predict` for its rows, or ``{"unavailable": reason}``."""
+        :meth:`serve_app.inference.Variants.predict` for its rows — ``model_version``,
+        ``probabilities``, the model's decision ``thresholds``, per item the ``factors`` that
+        raise its risk most, its ``feature_params`` and the challenger's part — or
+        ``{"unavailable": reason}``."""
         started = time.perf_counter()
         tags = {"deployment": "ModelInference"}
         matrices = [r[0] if isinstance(r, tuple) else r for r in requests]

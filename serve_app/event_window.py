@@ -1,7 +1,7 @@
 """The store's recent events in memory, indexed by user and entity: what online features read.
 
 :class:`EventWindow` is loaded once and then refreshed by tailing new ``sync_log`` rows in
-ingest order (:func:`conflict_core.events_io.tail_events`), so a prediction never waits for the
+ingest order (:func:`conflict_core.events.store_reads.tail_events`), so a prediction never waits for the
 store. Rows older than the lookback are dropped in compactions, once enough of them piled up.
 """
 
@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from sqlalchemy.engine import Engine
 
 from conflict_core.errors import ConflictPredictorError
-from conflict_core.events_io import tail_events
+from conflict_core.events.store_reads import tail_events
 from conflict_core.features import HISTORY_COLUMNS
 from conflict_core.store import utcnow
 from serve_app.window_index import KeyPositions, coalesce_chunks, row_keys, take_rows

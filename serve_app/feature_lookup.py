@@ -22,13 +22,14 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from sqlalchemy.engine import Engine
 
-from conflict_core.events_io import load_events
+from conflict_core.events.store_reads import load_events
 from conflict_core.features import (
     ALL_FEATURES,
     FeatureParams,
@@ -107,7 +108,8 @@ class OnlineFeatureLookup:
         self.max_staleness_s = max_staleness_s
         self.window = EventWindow(engine, params.lookback.to_pytimedelta())
         self.index_rebuild_rows = index_rebuild_rows
-        self._user_index: tuple[UserHistoryIndex, int] | None = None  # and the window generation it indexes
+        # The index, the window generation it indexes and the parameters it counts with.
+        self._user_index: tuple[UserHistoryIndex, int, FeatureParams] | None = None
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -133,6 +135,24 @@ class OnlineFeatureLookup:
             self.window.last_error = f"{type(exc).__name__}: {exc}"
             return False
 
+    def use_params(self, params: FeatureParams) -> None:
+        """Compute with ``params`` (the served model's) from now on.
+
+        The window only ever grows: when ``params`` look further back than it holds, a window
+        with their lookback is loaded and swapped in, so it covers every model served so far.
+        """
+        if params == self.params:
+            return
+        with self._refresh_lock:
+            lookback = params.lookback.to_pytimedelta()
+            if lookback > self.window.lookback:
+                window = EventWindow(self.engine, lookback)
+                window.refresh()
+                self.window = window  # one assignment: readers see the old or the new
+            self.params = params
+            self._maybe_rebuild_index()
+        log.info("feature parameters now %s (window lookback %s)", params, self.window.lookback)
+
     def _maybe_rebuild_index(self) -> None:
         """Rebuild the user index when it is missing, renumbered, too far behind or near its horizon."""
         table, generation = self.window.snapshot()
@@ -141,16 +161,17 @@ class OnlineFeatureLookup:
         current = self._user_index
         now_ms = _epoch_ms(utcnow())
         if current is not None:
-            index, indexed_generation = current
+            index, indexed_generation, indexed_params = current
             behind = table.num_rows - index.rows
             if (
-                indexed_generation == generation
+                indexed_params == self.params
+                and indexed_generation == generation
                 and behind <= max(self.index_rebuild_rows, index.rows // 10)
                 and now_ms < index.latest_ms - _INDEX_HORIZON_MS // 2
             ):
                 return
         index = UserHistoryIndex(table, self.params, now_ms=now_ms, horizon_ms=_INDEX_HORIZON_MS)
-        self._user_index = (index, generation)  # one assignment: readers see the old or the new
+        self._user_index = (index, generation, self.params)  # one assignment: readers see the old or the new
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.refresh_interval_s):
@@ -189,56 +210,78 @@ class OnlineFeatureLookup:
         that reach further back (a client-supplied past ``at``) are answered from the store,
         so one such item does not slow the others batched with it.
         """
+        return self.compute_with_params(items, now)[0]
+
+    def compute_with_params(
+        self, items: Sequence[dict[str, Any]], now: dt.datetime | None = None
+    ) -> tuple[np.ndarray, FeatureParams]:
+        """:meth:`compute` and the parameters it used (one read: a concurrent switch does not mix them)."""
         now = now or utcnow()
         self._check_fresh()
-        lookback = self.params.lookback.to_pytimedelta()
-        covered = self.window.covered_since
+        params, window = self.params, self.window
+        lookback = params.lookback.to_pytimedelta()
+        covered = window.covered_since
         if covered is not None and min(i.get("at") or now for i in items) - lookback >= covered:
-            return self._from_window(items, now)
+            return self._from_window(items, now, params, window), params
         if covered is None:
-            return self._from_store(items, now)
+            return self._from_store(items, now, params), params
         old = np.fromiter(((i.get("at") or now) - lookback < covered for i in items), dtype=bool, count=len(items))
         matrix = np.empty((len(items), len(FEATURE_NAMES)), dtype=np.float64)
-        matrix[old] = self._from_store([i for i, o in zip(items, old, strict=True) if o], now)
+        matrix[old] = self._from_store([i for i, o in zip(items, old, strict=True) if o], now, params)
         if not old.all():
-            matrix[~old] = self._from_window([i for i, o in zip(items, old, strict=True) if not o], now)
-        return matrix
+            rest = [i for i, o in zip(items, old, strict=True) if not o]
+            matrix[~old] = self._from_window(rest, now, params, window)
+        return matrix, params
 
-    def _from_window(self, items: Sequence[dict[str, Any]], now: dt.datetime) -> np.ndarray:
+    def _from_window(
+        self, items: Sequence[dict[str, Any]], now: dt.datetime, params: FeatureParams, window: EventWindow
+    ) -> np.ndarray:
         targets = self.targets_table(items, now)
         users, entities = _keys(items)
         # Each side from only what it needs: the user side from the index over the window,
         # the entity side from the requested entities' events.
-        arrays = self._user_side(items, users, targets)
-        arrays |= feature_arrays(self.window.history((), entities), targets, self.params, side="entity")
+        arrays = self._user_side(items, users, targets, params, window)
+        arrays |= feature_arrays(window.history((), entities), targets, params, side="entity")
         return _matrix(arrays)
 
-    def _from_store(self, items: Sequence[dict[str, Any]], now: dt.datetime) -> np.ndarray:
+    def _from_store(self, items: Sequence[dict[str, Any]], now: dt.datetime, params: FeatureParams) -> np.ndarray:
         users, entities = _keys(items)
-        earliest = min(i.get("at") or now for i in items) - self.params.lookback.to_pytimedelta()
+        earliest = min(i.get("at") or now for i in items) - params.lookback.to_pytimedelta()
         history = load_events(self.engine, since=earliest, user_ids=users, entity_keys=entities)
-        return _matrix(feature_arrays(history, self.targets_table(items, now), self.params))
+        return _matrix(feature_arrays(history, self.targets_table(items, now), params))
 
-    def _user_side(self, items: Sequence[dict[str, Any]], users: list[str], targets: pa.Table) -> dict[str, np.ndarray]:
+    def _user_side(
+        self,
+        items: Sequence[dict[str, Any]],
+        users: list[str],
+        targets: pa.Table,
+        params: FeatureParams,
+        window: EventWindow,
+    ) -> dict[str, np.ndarray]:
         t_ms = targets.column("synced_at").combine_chunks().cast(pa.int64()).to_numpy()
         counts: UserCounts | None = None
         current = self._user_index
-        if current is not None:
-            index, generation = current
+        if current is not None and current[2] == params and window is self.window:
+            index, generation, _ = current
             indexed = index.counts([i["user_id"] for i in items], t_ms)
-            added = None if indexed is None else self.window.added_since(users, index.rows, generation)
+            added = None if indexed is None else window.added_since(users, index.rows, generation)
             if indexed is not None and added is not None:
-                counts = indexed.plus(user_side_counts(added, targets, self.params)) if added.num_rows else indexed
-        if counts is None:  # no index yet, or the targets or the rows moved past it
-            return feature_arrays(self.window.history(users, ()), targets, self.params, side="user")
-        return user_side_features(counts, t_ms, self.params)
+                counts = indexed.plus(user_side_counts(added, targets, params)) if added.num_rows else indexed
+        if counts is None:  # no index yet (or not for these parameters), or the targets or rows moved past it
+            return feature_arrays(window.history(users, ()), targets, params, side="user")
+        return user_side_features(counts, t_ms, params)
 
     def compute_many(self, requests: Sequence[Sequence[dict[str, Any]]]) -> list[np.ndarray]:
         """:meth:`compute` over several requests at once; one matrix per request."""
+        return self.compute_many_with_params(requests)[0]
+
+    def compute_many_with_params(
+        self, requests: Sequence[Sequence[dict[str, Any]]]
+    ) -> tuple[list[np.ndarray], FeatureParams]:
         flat = [item for request in requests for item in request]
-        matrix = self.compute(flat)
+        matrix, params = self.compute_with_params(flat)
         bounds = np.cumsum([0, *(len(r) for r in requests)])
-        return [matrix[bounds[i] : bounds[i + 1]] for i in range(len(requests))]
+        return [matrix[bounds[i] : bounds[i + 1]] for i in range(len(requests))], params
 
     def status(self) -> dict[str, Any]:
         loaded_at = self.window.loaded_at
@@ -246,4 +289,6 @@ class OnlineFeatureLookup:
             "rows": self.window.rows,
             "age_s": None if loaded_at is None else round(time.monotonic() - loaded_at, 3),
             "last_error": self.window.last_error,
+            "lookback_s": self.window.lookback.total_seconds(),
+            "feature_params": asdict(self.params),
         }

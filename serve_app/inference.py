@@ -18,14 +18,17 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from conflict_core.decision import DecisionThresholds
 from conflict_core.errors import ArtifactFormatError, ArtifactIntegrityError, ConflictPredictorError
+from conflict_core.explain import contributions, top_factors
+from conflict_core.features import FeatureParams
 from conflict_core.registry import load_artifact
 from serve_app.feature_lookup import FEATURE_NAMES
 from serve_app.heuristics import FallbackReason
@@ -50,13 +53,30 @@ class LoadedModel:
     feature_columns: tuple[str, ...]
     column_index: np.ndarray  # positions of feature_columns within FEATURE_NAMES
     compiled: CompiledModel | None = None  # the same function as flat arrays, checked at load
+    # The model's own sync_now / fetch_first / warn_user cut points (None: trained before they
+    # existed; the ingress then applies the configured fixed bands).
+    thresholds: DecisionThresholds | None = None
+    # Typical value of each of feature_columns (training medians): a factor's contribution is
+    # the drop in probability when it is set back to this. None: the model gives no reasons.
+    reference: np.ndarray | None = None
+    feature_params: FeatureParams = field(default_factory=FeatureParams)
 
-    def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
+    def _proba(self, columns: np.ndarray) -> np.ndarray:
         if self.compiled is not None:
-            return np.clip(self.compiled.predict_proba(matrix[:, self.column_index]), 0.0, 1.0)
-        frame = pd.DataFrame(matrix[:, self.column_index], columns=list(self.feature_columns))
+            return np.clip(self.compiled.predict_proba(columns), 0.0, 1.0)
+        frame = pd.DataFrame(columns, columns=list(self.feature_columns))
         probabilities = np.asarray(self.estimator.predict_proba(frame))[:, 1]
         return np.clip(probabilities.astype(np.float64), 0.0, 1.0)
+
+    def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
+        return self._proba(matrix[:, self.column_index])
+
+    def predict_with_factors(self, matrix: np.ndarray) -> tuple[np.ndarray, list[list[str]]]:
+        """Probabilities and, per item, the features that raise its risk most (none without a reference)."""
+        if self.reference is None:
+            return self.predict_proba(matrix), [[] for _ in range(len(matrix))]
+        probabilities, contribution = contributions(self._proba, matrix[:, self.column_index], self.reference)
+        return probabilities, top_factors(contribution, self.feature_columns)
 
 
 def load_model(version: str, artifact_path: str, artifact_sha256: str) -> LoadedModel:
@@ -74,8 +94,24 @@ def load_model(version: str, artifact_path: str, artifact_sha256: str) -> Loaded
     if unknown:
         raise ModelUnavailable(FallbackReason.ARTIFACT_LOAD_FAILED, f"artifact needs unknown features {unknown}")
     index = np.array([FEATURE_NAMES.index(c) for c in columns], dtype=np.int64)
+    stored = artifact.get("decision_thresholds")
+    typical = artifact.get("feature_reference")
+    try:
+        thresholds = None if stored is None else DecisionThresholds.from_dict(stored)
+        reference = None if typical is None else np.array([float(typical[c]) for c in columns], dtype=np.float64)
+        params = FeatureParams(**artifact.get("feature_params", {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelUnavailable(FallbackReason.ARTIFACT_LOAD_FAILED, f"artifact's decision metadata: {exc}") from exc
     return LoadedModel(
-        version, artifact_sha256, artifact["estimator"], columns, index, _compiled(version, artifact, columns)
+        version,
+        artifact_sha256,
+        artifact["estimator"],
+        columns,
+        index,
+        _compiled(version, artifact, columns),
+        thresholds,
+        reference,
+        params,
     )
 
 
@@ -101,6 +137,17 @@ def _compiled(version: str, artifact: dict[str, Any], columns: tuple[str, ...]) 
         log.warning("model %s: compiled form differs by %.3g, served through scikit-learn", version, difference)
         return None
     return compiled
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One batch scored by one model: what the ingress needs to answer and explain."""
+
+    version: str
+    probabilities: np.ndarray
+    thresholds: DecisionThresholds | None
+    factors: list[list[str]]  # per item, the features raising its risk most
+    feature_params: FeatureParams
 
 
 @dataclass(frozen=True)
@@ -176,10 +223,25 @@ class ModelHolder:
             self.configure(*named)
 
     def predict(self, matrix: np.ndarray) -> tuple[str, np.ndarray]:
+        version, probabilities, _ = self.predict_with_thresholds(matrix)
+        return version, probabilities
+
+    def predict_with_thresholds(self, matrix: np.ndarray) -> tuple[str, np.ndarray, DecisionThresholds | None]:
+        """The version, its probabilities and its decision thresholds, all from the same model."""
+        model = self._current()
+        return model.version, model.predict_proba(matrix), model.thresholds
+
+    def score(self, matrix: np.ndarray) -> Scored:
+        """Probabilities with everything the answer needs from the same model (one read of it)."""
+        model = self._current()
+        probabilities, factors = model.predict_with_factors(matrix)
+        return Scored(model.version, probabilities, model.thresholds, factors, model.feature_params)
+
+    def _current(self) -> LoadedModel:
         serving = self._serving  # one read: a concurrent swap does not affect this call
         if serving.model is None:
             raise serving.unavailable or ModelUnavailable(FallbackReason.NO_ACTIVE_MODEL)
-        return serving.model.version, serving.model.predict_proba(matrix)
+        return serving.model
 
     def status(self) -> dict[str, Any]:
         serving = self._serving
@@ -188,6 +250,7 @@ class ModelHolder:
             "model_version": None if model is None else model.version,
             "artifact_sha256": None if model is None else model.sha256,
             "feature_columns": None if model is None else list(model.feature_columns),
+            "decision_thresholds": None if model is None or model.thresholds is None else model.thresholds.to_dict(),
             "loaded": model is not None,
             "unavailable_reason": None if unavailable is None else unavailable.reason.value,
         }
@@ -302,8 +365,16 @@ class Variants:
         Raises :class:`ModelUnavailable` when the champion cannot answer.
         """
         plan = self._challenger  # one read: a concurrent reconfigure does not affect this call
-        version, probabilities = self.champion.predict(matrix)
-        answer: dict[str, Any] = {"model_version": version, "probabilities": probabilities}
+        scored = self.champion.score(matrix)
+        version, probabilities = scored.version, scored.probabilities
+        thresholds = scored.thresholds
+        answer: dict[str, Any] = {
+            "model_version": version,
+            "probabilities": probabilities,
+            "thresholds": None if thresholds is None else (thresholds.fetch_first, thresholds.warn_user),
+            "factors": scored.factors,
+            "feature_params": asdict(scored.feature_params),
+        }
         if plan is None or plan.model.version == version:
             return answer
         try:
@@ -312,7 +383,12 @@ class Variants:
             elif user_ids is not None:
                 rows = canary_rows(user_ids, plan.percent)
                 if rows.any():
-                    probabilities[rows] = plan.model.predict_proba(matrix[rows])
+                    challenger_probabilities, challenger_factors = plan.model.predict_with_factors(matrix[rows])
+                    probabilities[rows] = challenger_probabilities
+                    factors = list(scored.factors)
+                    for position, row_factors in zip(np.flatnonzero(rows), challenger_factors, strict=True):
+                        factors[position] = row_factors
+                    answer["factors"] = factors
                 answer["challenger_rows"] = rows
             else:
                 return answer
@@ -333,7 +409,7 @@ class Variants:
         return {**self.champion.status(), "challenger": challenger, "challenger_problem": self.challenger_problem}
 
 
-_ROW_KEYS = ("probabilities", "shadow_probabilities", "challenger_rows")
+_ROW_KEYS = ("probabilities", "shadow_probabilities", "challenger_rows", "factors")
 
 
 def split_answer(answer: Mapping[str, Any], bounds: Sequence[int]) -> list[dict[str, Any]]:

@@ -38,7 +38,14 @@ from serve_app.heuristics import (
 from serve_app.inference import CHALLENGER, CHAMPION, split_answer
 from serve_app.metrics import ServeMetrics
 from serve_app.prediction_log import PredictionLogWriter, is_outage, spooled_records
-from serve_app.rendering import feature_rows, features_json, iso_utc, prediction_ids, render_predictions
+from serve_app.rendering import (
+    feature_rows,
+    features_json,
+    iso_utc,
+    item_reasons,
+    prediction_ids,
+    render_predictions,
+)
 from serve_app.schemas import (
     NUL_ESCAPE,
     PredictItem,
@@ -214,8 +221,13 @@ class Ingress:
         # The features' JSON text serves both the response and the log record.
         features = ["{}"] * len(items) if values is None else features_json(values)
         rollout = None if reason is not None or "challenger_version" not in scored else scored
-        responses = self._respond(items, features, probabilities, model_version, reason, now, rollout)
-        return Response(render_predictions(responses, features, single), media_type="application/json")
+        # A model's own cost-aware cut points apply to its probabilities; the heuristics keep the bands.
+        cuts = scored.get("thresholds") if model_version != HEURISTIC_VERSION else None
+        medium, high = cuts if cuts is not None else (self.medium, self.high)
+        responses = self._respond(items, features, probabilities, model_version, reason, now, medium, high, rollout)
+        factors = scored.get("factors") if model_version != HEURISTIC_VERSION else None
+        explained = item_reasons(items, values, factors, scored.get("feature_params"))
+        return Response(render_predictions(responses, features, single, explained), media_type="application/json")
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=8)
     async def _score(self, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -255,6 +267,8 @@ class Ingress:
         model_version: str,
         reason: FallbackReason | None,
         now: dt.datetime,
+        medium: float,
+        high: float,
         rollout: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Response bodies and log records; ``rollout`` is the challenger's part of the answer, if any
@@ -266,7 +280,6 @@ class Ingress:
         # Enum lookups and uuid.UUID objects cost more than the rest of this loop; per level once.
         labels: dict[RiskLevel, tuple[str, str]] = {}
         ids = prediction_ids(len(items))
-        medium, high = self.medium, self.high
         champion_variant = None if reason is not None else CHAMPION
         challenger_version = None if rollout is None else rollout["challenger_version"]
         shadow = None if rollout is None or "shadow_probabilities" not in rollout else rollout["shadow_probabilities"]
@@ -340,7 +353,8 @@ class Ingress:
     async def sync_events_route(self, request: Request) -> Response:
         payload = parse_json(await self._read_body(request), max_bytes=self.max_bytes)
         records = parse_event_records(payload, max_items=self.options.max_events_per_request)
-        from conflict_core.events_io import insert_event_frame, validate_records
+        from conflict_core.events.store_writes import insert_event_frame
+        from conflict_core.events.validation import validate_records
 
         try:
             table = validate_records(records, source="request body")

@@ -11,9 +11,13 @@ import datetime as dt
 import json
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from conflict_core import explain
+from conflict_core.features import FeatureParams
 from serve_app.feature_lookup import FEATURE_NAMES
+from serve_app.schemas import PredictItem
 
 
 def iso_utc(moment: dt.datetime) -> str:
@@ -43,21 +47,49 @@ def features_json(values: list[list[float]]) -> list[str]:
     return [_FEATURES_JSON % tuple(row) for row in values]
 
 
-def render_predictions(responses: list[dict[str, Any]], features: list[str], single: bool) -> bytes:
+def item_reasons(
+    items: Sequence[PredictItem],
+    values: list[list[float]] | None,
+    factors: list[list[str]] | None,
+    feature_params: dict[str, Any] | None,
+) -> list[list[str]]:
+    """Each item's top risk factors in words (none when the heuristics answered)."""
+    if values is None or factors is None:
+        return [[] for _ in items]
+    params = FeatureParams(**(feature_params or {}))
+    return [
+        explain.reasons(
+            names,
+            dict(zip(FEATURE_NAMES, row, strict=True)),
+            entity_type=item.entity_type,
+            changed_fields=item.changed_fields,
+            params=params,
+        )
+        if names
+        else []
+        for item, row, names in zip(items, values, factors, strict=True)
+    ]
+
+
+def render_predictions(
+    responses: list[dict[str, Any]], features: list[str], single: bool, reasons: list[list[str]] | None = None
+) -> bytes:
     """The bytes ``JSONResponse`` renders for these responses (compact, ``ensure_ascii=False``), with
-    ``features_used`` taken from ``features``, each item's features as JSON text."""
+    ``features_used`` taken from ``features``, each item's features as JSON text, and ``reasons``."""
     first = responses[0]
     versions: dict[str, str] = {}  # a canary answers some rows with the challenger's version
     predicted_at = json.dumps(first["predicted_at"])
     parts = []
-    for body, features_json in zip(responses, features, strict=True):
+    explained = reasons if reasons is not None else [[] for _ in responses]
+    for body, features_json, why in zip(responses, features, explained, strict=True):
         model_version = versions.get(body["model_version"])
         if model_version is None:
             model_version = versions[body["model_version"]] = json.dumps(body["model_version"], ensure_ascii=False)
         text = (
             f'{{"prediction_id":"{body["prediction_id"]}","probability":{body["probability"]!r},'
             f'"risk_level":"{body["risk_level"]}","recommendation":"{body["recommendation"]}",'
-            f'"model_version":{model_version},"features_used":{features_json},"predicted_at":{predicted_at}'
+            f'"model_version":{model_version},"features_used":{features_json},"predicted_at":{predicted_at},'
+            f'"reasons":{json.dumps(why, ensure_ascii=False, separators=(",", ":")) if why else "[]"}'
         )
         if "sync_id" in body:
             text += ',"sync_id":' + json.dumps(body["sync_id"], ensure_ascii=False)

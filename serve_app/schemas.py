@@ -15,10 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from conflict_core.errors import ConflictPredictorError
-from conflict_core.events_io import EARLIEST_INSTANT, LATEST_INSTANT
+from conflict_core.events.validation import EARLIEST_INSTANT, LATEST_INSTANT
+from conflict_core.schema import ENTITY_TYPE_MAX_LENGTH, IDENTIFIER_MAX_LENGTH
 
-Text = Annotated[str, Field(min_length=1, max_length=128)]
-EntityType = Annotated[str, Field(min_length=1, max_length=64)]
+Text = Annotated[str, Field(min_length=1, max_length=IDENTIFIER_MAX_LENGTH)]
+EntityType = Annotated[str, Field(min_length=1, max_length=ENTITY_TYPE_MAX_LENGTH)]
 FieldName = Annotated[str, Field(min_length=1, max_length=128)]
 
 

@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core import db
-from conflict_core.events_io import export_events, insert_event_frame
+from conflict_core.events.export import export_events
+from conflict_core.events.store_writes import insert_event_frame
 from conflict_core.features import FeatureParams
 from conflict_core.simulator import SimulationConfig, simulate
 from conflict_core.store import make_engine, make_session_factory

@@ -8,26 +8,31 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import joblib
+import numpy as np
 import pandas as pd
 from sklearn.inspection import permutation_importance
 from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core import registry
-from conflict_core.errors import ArtifactIntegrityError
-from conflict_core.features import ALL_FEATURES, SEED_FEATURES
+from conflict_core.decision import cost_thresholds, policy_comparison
+from conflict_core.errors import ArtifactIntegrityError, TrainingDataError
+from conflict_core.features import ALL_FEATURES, SEED_FEATURES, FeatureParams
 from conflict_core.settings import Settings
 from conflict_core.store import session_scope
-from training import tune
+from training import selection, tune
 from training.evaluate import classification_metrics
 from training.extract import LABEL, load_training_set
-from training.report import plot_curves, plot_importances, write_report
+from training.feature_search import ParamsResult, search_section
+from training.report import decision_section, plot_curves, plot_importances, selection_section, write_report
+from training.selection import SEED_CONFIG
 from training.train import (
+    TimeSplit,
     calibrate,
     check_training_data,
     fit_candidate,
@@ -75,6 +80,8 @@ def train_and_register(
     now: dt.datetime | None = None,
     progress: Callable[[str], None] = lambda message: None,
     rollout_mode: str = "activate",
+    feature_search: Sequence[ParamsResult] | None = None,
+    seed_training_set: Path | None = None,
 ) -> TrainingResult:
     """Train, evaluate, write the artifact and report, register, and let the gate decide.
 
@@ -84,12 +91,17 @@ def train_and_register(
     ``rollout_mode``: what a candidate that passes the gate becomes while a scorable model is
     active: ``"activate"`` (the active model at once), ``"shadow"`` or ``"canary"``
     (``rollout_canary_percent``) — see :func:`begin_rollout`. The first model is activated.
+    ``feature_search`` (from :func:`training.feature_search.search`; ``training_set`` is its
+    winner's) is reported and registered with the model. ``seed_training_set`` holds the same
+    events with the fixed default feature parameters: the seed baseline, which the shipped model
+    never loses to, is then the original system on its own features (and is shipped as such).
     """
     frame, manifest = load_training_set(training_set)
     check_training_data(frame, min_samples=settings.min_training_samples, min_positives=settings.min_training_positives)
     split = time_split(frame)
-    features = list(ALL_FEATURES)
-    threshold = settings.risk_medium_threshold
+    all_features = list(ALL_FEATURES)
+    feature_params = dict(manifest.get("feature_params") or asdict(FeatureParams()))
+    selection_notes: list[str] = []
     version = registry.new_version(now)
     out_dir = settings.models_dir / version
     out_dir.mkdir(parents=True, exist_ok=False)
@@ -103,7 +115,7 @@ def train_and_register(
     if sweep == "ray":
         results = tune.sweep_with_ray(
             n,
-            features,
+            all_features,
             split.fit,
             split.calibration,
             storage_path=settings.data_dir / "tune",
@@ -111,22 +123,61 @@ def train_and_register(
             cpus_per_trial=settings.job_task_cpus,
         )
     elif sweep == "local":
-        results = tune.sweep_local(tune.sample_configs(n), features, split.fit, split.calibration)
+        results = tune.sweep_local(tune.sample_configs(n), all_features, split.fit, split.calibration)
     else:
         raise ValueError(f"sweep must be 'ray' or 'local', got {sweep!r}")
-    config, scores = tune.best_config(results)
-    progress(f"best: {config['model']} (validation PR-AUC {scores[tune.METRIC]:.4f})")
+    seed_split, seed_feature_params = split, feature_params
+    if seed_training_set is not None:
+        seed_frame, seed_manifest = load_training_set(seed_training_set)
+        seed_split = _aligned_split(seed_frame, split)
+        seed_feature_params = dict(seed_manifest.get("feature_params") or asdict(FeatureParams()))
+    seed_scores = fit_candidate(SEED_CONFIG, list(SEED_FEATURES), seed_split.fit, seed_split.calibration)[1]
+    choice = selection.choose_on_validation(results, seed_scores)
+    config, scores = choice.config, choice.scores
+    progress(f"chosen: {config['model']} (validation PR-AUC {scores[tune.METRIC]:.4f}); {choice.reason}")
 
-    estimator, _ = fit_candidate(config, features, split.fit, split.calibration)
-    model = calibrate(estimator, split.calibration, features)
     y_holdout = split.holdout[LABEL].to_numpy()
-    proba = model.predict_proba(split.holdout[features])[:, 1]
+    baseline = seed_baseline().fit(seed_split.train[list(SEED_FEATURES)], seed_split.train[LABEL])
+    baseline_proba = baseline.predict_proba(seed_split.holdout[list(SEED_FEATURES)])[:, 1]
+    features = selection.columns_for(config, all_features)
+    model_split = split  # the rows (and feature parameters) of the shipped model
+    if selection.is_seed(config):
+        model, proba = _seed_model(baseline, seed_split)
+        model_split, feature_params = seed_split, seed_feature_params
+    else:
+        estimator, _ = fit_candidate(config, features, split.fit, split.calibration)
+        model = calibrate(estimator, split.calibration, features)
+        proba = model.predict_proba(split.holdout[features])[:, 1]
+        reference = selection.ranking_scores(y_holdout, baseline_proba)
+        chosen = selection.ranking_scores(y_holdout, proba)
+        if not selection.not_worse(chosen, reference, roc="roc_auc", pr="pr_auc"):
+            selection_notes.append(
+                f"{config['model']} lost to the seed baseline on the holdout (ROC-AUC {chosen['roc_auc']:.4f} vs "
+                f"{reference['roc_auc']:.4f}, PR-AUC {chosen['pr_auc']:.4f} vs {reference['pr_auc']:.4f}); "
+                "the seed baseline is shipped instead"
+            )
+            progress(selection_notes[-1])
+            config, features = dict(SEED_CONFIG), list(SEED_FEATURES)
+            model, proba = _seed_model(baseline, seed_split)
+            model_split, feature_params = seed_split, seed_feature_params
 
-    baseline = seed_baseline().fit(split.train[list(SEED_FEATURES)], split.train[LABEL])
-    baseline_proba = baseline.predict_proba(split.holdout[list(SEED_FEATURES)])[:, 1]
+    costs = settings.decision_costs()
+    thresholds = cost_thresholds(costs)
+    threshold = thresholds.fetch_first  # from here on the model recommends acting on the sync
+    decision_policy = {
+        "thresholds": thresholds.to_dict(),
+        "costs": costs.to_dict(),
+        "holdout_cost_per_decision": policy_comparison(
+            y_holdout, proba, thresholds=thresholds, fixed=settings.fixed_thresholds(), costs=costs
+        ),
+    }
     holdout_metrics = {
         version: classification_metrics(y_holdout, proba, threshold),
         SEED_BASELINE: classification_metrics(y_holdout, baseline_proba, threshold),
+    }
+    intervals = {
+        version: selection.bootstrap_intervals(y_holdout, proba),
+        SEED_BASELINE: selection.bootstrap_intervals(y_holdout, baseline_proba),
     }
     scores_by_model = {version: proba, "seed baseline": baseline_proba}
 
@@ -165,13 +216,18 @@ def train_and_register(
             "algorithm": config["model"],
             "params": config,
             "threshold": threshold,
+            "decision_thresholds": thresholds.to_dict(),
+            # What the served model's reasons compare against, and the windows its features use.
+            "feature_reference": {c: float(model_split.train[c].median()) for c in features},
+            "feature_params": feature_params,
+            "decision_costs": costs.to_dict(),
             "training_set": manifest["snapshot"],
         },
         artifact_path,
     )
     sha = registry.sha256_file(artifact_path)
     plots = plot_curves(out_dir, y_holdout, scores_by_model)
-    plots["importances"] = plot_importances(out_dir, _importances(model, split.holdout, features))
+    plots["importances"] = plot_importances(out_dir, _importances(model, model_split.holdout, features))
     split_info = {
         "training set": manifest["snapshot"],
         "fit rows (oldest)": _rows_and_span(split.fit),
@@ -191,6 +247,13 @@ def train_and_register(
         plots=plots,
         gate_reason=decision.reason,
         split=split_info,
+        sections={
+            "Never worse than the seed baseline": selection_section(
+                holdout_metrics, intervals, reason=choice.reason, notes=selection_notes
+            ),
+            "Recommendations (cost-aware thresholds)": decision_section(decision_policy),
+            **({"Feature parameters (searched)": search_section(feature_search)} if feature_search else {}),
+        },
     )
 
     with session_scope(session_factory) as session:
@@ -198,13 +261,18 @@ def train_and_register(
             session,
             version=version,
             algorithm=config["model"],
-            params={k: v for k, v in config.items()},
+            params={**config, "feature_params": feature_params},
             metrics={
                 "holdout": _headline(holdout_metrics[version]),
                 "seed_baseline_holdout": _headline(holdout_metrics[SEED_BASELINE]),
                 "threshold": threshold,
+                "decision": decision_policy,
+                "holdout_intervals": intervals,
+                "holdout_positives": int(y_holdout.sum()),
+                "selection": {"reason": choice.reason, "notes": selection_notes},
+                "feature_search": [result.to_dict() for result in feature_search or ()],
                 "validation": scores,
-                "feature_means": {c: float(split.train[c].mean()) for c in features},
+                "feature_means": {c: float(model_split.train[c].mean()) for c in features},
             },
             feature_columns=features,
             train_samples=len(split.train),
@@ -258,6 +326,27 @@ def begin_rollout(settings: Settings, session: Session, version: str, *, mode: s
     else:
         raise ValueError(f"rollout mode must be 'activate', 'shadow' or 'canary', got {mode!r}")
     return mode
+
+
+def _aligned_split(frame: pd.DataFrame, split: TimeSplit) -> TimeSplit:
+    """``frame`` (the same events, other feature parameters) cut exactly where ``split`` was."""
+    by_event = frame.set_index("event_id")
+    parts = []
+    for part in (split.fit, split.calibration, split.holdout):
+        missing = part["event_id"][~part["event_id"].isin(by_event.index)]
+        if len(missing):
+            raise TrainingDataError(
+                f"the seed training set lacks {len(missing)} events of the training set (e.g. {missing.iloc[0]!r}); "
+                "both must be extracted from the same events and window"
+            )
+        parts.append(by_event.loc[part["event_id"]].reset_index())
+    return TimeSplit(fit=parts[0], calibration=parts[1], holdout=parts[2])
+
+
+def _seed_model(baseline: Any, split: Any) -> tuple[Any, np.ndarray]:
+    """The seed baseline as a shippable model: Platt-calibrated, so its ranking is unchanged."""
+    model = calibrate(baseline, split.calibration, list(SEED_FEATURES), method="sigmoid")
+    return model, model.predict_proba(split.holdout[list(SEED_FEATURES)])[:, 1]
 
 
 def _rows_and_span(part: pd.DataFrame) -> str:

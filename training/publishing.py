@@ -86,17 +86,44 @@ def train_and_publish(
     activated_by: str,
     apply: Apply | None = None,
     progress: Callable[[str], None] = lambda message: None,
+    search_feature_params: bool = False,
+    events_dir: Path | None = None,
+    days_back: int | None = None,
 ) -> dict[str, Any]:
     """The training job: train, register and gate under the retrain's lock (a manual training
-    and the weekly retrain never gate and activate at once), then publish an activation."""
-    from training import retrain
+    and the weekly retrain never gate and activate at once), then publish an activation.
+
+    ``search_feature_params``: first learn the feature windows from the exported events
+    (:func:`training.feature_search.search`, Ray tasks unless ``sweep`` is local) and train on
+    the winner's training set.
+    """
+    from training import feature_search, retrain
+    from training.extract import latest_event_time
     from training.pipeline import train_and_register
 
     with locks.job_lock(session_factory, retrain.LOCK_NAME, ttl=dt.timedelta(hours=6)):
+        searched, seed_training_set = None, None
+        if search_feature_params:
+            events = events_dir or settings.events_dir
+            searched = feature_search.search(
+                events,
+                settings.features_dir / "search",
+                end=latest_event_time(events),
+                days_back=days_back or settings.training_days_back,
+                num_samples=num_samples or settings.sweep_num_samples,
+                use_ray=sweep == "ray",
+                task_cpus=settings.job_task_cpus,
+                progress=progress,
+            )
+            training_set = Path(searched[0].training_set)
+            seed_training_set = feature_search.default_training_set(searched)
+            progress(f"feature params: {searched[0].label} won")
         result = train_and_register(
             settings,
             session_factory,
             training_set=training_set or settings.features_dir,
+            feature_search=searched,
+            seed_training_set=seed_training_set,
             sweep=sweep,
             num_samples=num_samples,
             activated_by=activated_by,

@@ -84,6 +84,63 @@ def _row(name: str, m: Mapping[str, Any]) -> str:
     )
 
 
+def _interval(metrics: Mapping[str, Any], intervals: Mapping[str, tuple[float, float]], key: str) -> str:
+    low, high = intervals.get(key, (float("nan"), float("nan")))
+    return f"{metrics[key]:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def selection_section(
+    holdout_metrics: Mapping[str, Mapping[str, Any]],
+    intervals: Mapping[str, Mapping[str, tuple[float, float]]],
+    *,
+    reason: str,
+    notes: Sequence[str],
+) -> list[str]:
+    """The shipped model next to the seed baseline, with 95% bootstrap intervals and positives."""
+    rows = [
+        f"| {name} | {_interval(m, intervals[name], 'roc_auc')} | {_interval(m, intervals[name], 'pr_auc')} | "
+        f"{_interval(m, intervals[name], 'brier')} | {_interval(m, intervals[name], 'ece')} | "
+        f"{m['positives']} of {m['samples']} |"
+        for name, m in holdout_metrics.items()
+        if name in intervals
+    ]
+    return [
+        f"Selection: {reason}.",
+        *(f"- {note}" for note in notes),
+        "",
+        "| model | ROC-AUC [95% CI] | PR-AUC [95% CI] | Brier [95% CI] | ECE [95% CI] | holdout positives |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Intervals: percentile bootstrap over resampled holdout rows (300 rounds).",
+    ]
+
+
+def decision_section(policy: Mapping[str, Any]) -> list[str]:
+    """The model's sync_now / fetch_first / warn_user thresholds, the costs, and what they save."""
+    t, costs, cost = policy["thresholds"], policy["costs"], policy["holdout_cost_per_decision"]
+    fetch = (
+        f"`fetch_first` from p = {t['fetch_first']:.4f}, "
+        if t["fetch_first"] < t["warn_user"]
+        else "never `fetch_first`, "
+    )
+    warn = f"`warn_user` from p = {t['warn_user']:.4f}" if t["warn_user"] <= 1 else "never `warn_user`"
+    return [
+        f"`sync_now` below p = {t['fetch_first']:.4f}, {fetch}{warn} "
+        "(the actions of least expected cost on calibrated probabilities).",
+        "",
+        f"Costs: a conflict resolved by hand {costs['manual_resolution']:g}, an extra fetch {costs['extra_fetch']:g}, "
+        f"interrupting the user {costs['user_interruption']:g}; a fetch first avoids "
+        f"{costs['fetch_avoids_fraction']:.0%} of conflicts.",
+        "",
+        "| policy on the holdout | mean cost per decision |",
+        "|---|---|",
+        f"| this model's cost-aware thresholds | {cost['cost_aware']:.4f} |",
+        f"| fixed bands (heuristics') on this model | {cost['fixed_bands']:.4f} |",
+        f"| always sync_now | {cost['always_sync_now']:.4f} |",
+    ]
+
+
 def write_report(
     out_dir: Path,
     *,
@@ -96,6 +153,7 @@ def write_report(
     plots: Mapping[str, str],
     gate_reason: str,
     split: Mapping[str, Any],
+    sections: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
     """Write ``report.md`` (and ``metrics.json``) into ``out_dir``; return the report path."""
     candidate = holdout_metrics[version]
@@ -118,6 +176,7 @@ def write_report(
         "",
         f"Precision, recall and F1 at the operating threshold {candidate['threshold']:.2f}.",
         "",
+        *(line for title, body in (sections or {}).items() for line in (f"## {title}", "", *body, "")),
         "### Confusion matrix of the candidate",
         "",
         "| | predicted no conflict | predicted conflict |",

@@ -104,7 +104,7 @@ class RetrainSummary:
 
 def export_step(settings: Settings, engine: Engine, *, now: dt.datetime) -> dict[str, Any]:
     """Export the events the extraction reads (training window plus feature history)."""
-    from conflict_core.events_io import export_events
+    from conflict_core.events.export import export_events
     from training.extract import ExtractionWindow
 
     window = ExtractionWindow.days_back(settings.training_days_back, end=now)

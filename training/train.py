@@ -91,6 +91,8 @@ def seed_baseline() -> Pipeline:
 
 def build_estimator(config: Mapping[str, Any], feature_columns: Sequence[str]) -> Pipeline:
     """A pipeline for one sweep configuration (``config["model"]`` is ``logreg`` or ``hgb``)."""
+    if config["model"] == "seed":
+        return seed_baseline()
     class_weight = config.get("class_weight") or None
     if config["model"] == "logreg":
         l1_ratio = float(config.get("l1_ratio", 0.0))
@@ -115,7 +117,7 @@ def build_estimator(config: Mapping[str, Any], feature_columns: Sequence[str]) -
             random_state=0,
         )
         return Pipeline([("log", _log_counts()), ("model", model)])
-    raise ValueError(f"unknown model family {config['model']!r}; expected 'logreg' or 'hgb'")
+    raise ValueError(f"unknown model family {config['model']!r}; expected 'logreg', 'hgb' or 'seed'")
 
 
 def violates_monotonicity(estimator: Pipeline, feature_columns: Sequence[str]) -> list[str]:
@@ -148,13 +150,16 @@ def fit_candidate(
     }
 
 
-def calibrate(estimator: Pipeline, calibration: pd.DataFrame, feature_columns: Sequence[str]) -> CalibratedClassifierCV:
+def calibrate(
+    estimator: Pipeline, calibration: pd.DataFrame, feature_columns: Sequence[str], *, method: str | None = None
+) -> CalibratedClassifierCV:
     """Map scores to probabilities on later, unseen data.
 
     Isotonic regression when the slice has enough conflicts to support it, Platt scaling
-    otherwise; both are non-decreasing, so monotone models stay monotone.
+    otherwise (or ``method`` when given); both are non-decreasing, so monotone models stay
+    monotone, and Platt scaling is strictly increasing, so it keeps the ranking exactly.
     """
-    method = "isotonic" if int(calibration[LABEL].sum()) >= 200 else "sigmoid"
+    method = method or ("isotonic" if int(calibration[LABEL].sum()) >= 200 else "sigmoid")
     calibrated = CalibratedClassifierCV(FrozenEstimator(estimator), method=method)
     calibrated.fit(calibration[list(feature_columns)], calibration[LABEL])
     return calibrated

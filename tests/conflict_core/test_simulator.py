@@ -15,6 +15,7 @@ from conflict_core.simulator import (
     RESOLUTION_TYPES,
     EntityType,
     SimulationConfig,
+    profile_config,
     simulate,
     simulation_size_for_events,
 )
@@ -172,12 +173,20 @@ def test_size_for_events_scales_users_and_entities() -> None:
         ({"off_hours_share": 1.5}, "off_hours_share"),
         ({"device_count_weights": (0.0, 0.0, 0.0)}, "device_count_weights"),
         ({"offline_gap_median_hours": (1.0, 2.0)}, "offline_gap_median_hours"),
-        ({"entity_types": (EntityType("task", ("a", "a"), (1.0, 1.0), 1.0),)}, "entity_types"),
+        ({"entity_types": ()}, "entity_types"),
+        ({"team_size_pareto_shape": 0.0}, "team_size_pareto_shape"),
+        ({"unknown_knob": 1}, "unknown_knob"),
     ],
 )
 def test_bad_config_names_the_field(changes: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigurationError, match=field) as raised:
         SimulationConfig(**changes)
+    assert "expected" in str(raised.value) and "got" in str(raised.value)
+
+
+def test_bad_entity_type_names_the_field() -> None:
+    with pytest.raises(ConfigurationError, match=r"EntityType\('task'\).*distinct") as raised:
+        EntityType("task", ("a", "a"), (1.0, 1.0), 1.0)
     assert "expected" in str(raised.value) and "got" in str(raised.value)
 
 
@@ -196,3 +205,53 @@ def test_syncing_after_a_long_gap_conflicts_far_more_often(small_table: pa.Table
     after_long_gap = frame["conflict"][gap_hours > 8].mean()
     after_short_gap = frame["conflict"][gap_hours < 0.5].mean()
     assert after_long_gap > 5 * after_short_gap
+
+
+def _tempo(table: pa.Table) -> dict[str, float]:
+    frame = table.select(["device_id", "synced_at", "conflict", "user_id"]).to_pandas()
+    syncs = frame.groupby(["device_id", "synced_at"]).size()
+    gaps = frame.drop_duplicates(["device_id", "synced_at"]).sort_values(["device_id", "synced_at"])
+    hours = gaps.groupby("device_id")["synced_at"].diff().dt.total_seconds() / 3600
+    return {
+        "gap_hours": float(hours.median()),
+        "rows_per_sync": float(syncs.mean()),
+        "conflict_rate": float(frame["conflict"].mean()),
+    }
+
+
+@pytest.fixture(scope="module")
+def slow_table() -> pa.Table:
+    return simulate(profile_config("slow", users=80, days=60, seed=5, start=START))
+
+
+def test_slow_profile_syncs_days_apart_in_large_syncs(small_table: pa.Table, slow_table: pa.Table) -> None:
+    fast, slow = _tempo(small_table), _tempo(slow_table)
+    assert fast["gap_hours"] < 1.0
+    assert slow["gap_hours"] > 24.0  # days apart
+    assert slow["rows_per_sync"] > 4 * fast["rows_per_sync"]  # large multi-entity syncs
+    assert 0.005 <= slow["conflict_rate"] <= 0.12, slow["conflict_rate"]
+    _replay(slow_table)  # conflicts still follow from the protocol
+
+
+def test_slow_profile_team_sizes_are_heavy_tailed() -> None:
+    config = profile_config("slow", users=2000, days=1, seed=2, start=START)
+    assert config.entities == 2000 * 1000
+    import numpy as np
+
+    from conflict_core.simulator import _build_population
+
+    sizes = np.bincount(_build_population(config, np.random.default_rng(0)).user_team)
+    equal = np.bincount(
+        _build_population(profile_config("fast", users=2000, days=1, start=START), np.random.default_rng(0)).user_team
+    )
+    assert equal.max() - equal.min() <= 1
+    assert sizes.max() > 8 * np.median(sizes[sizes > 0])
+
+
+def test_fast_profile_is_todays_default() -> None:
+    assert profile_config("fast", users=40, entities=400, days=21, seed=7, start=START) == SMALL
+
+
+def test_unknown_profile_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="profile: expected one of"):
+        profile_config("medium")

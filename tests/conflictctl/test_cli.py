@@ -33,7 +33,7 @@ def test_logged_feature_parity_counts_predictions_served_the_offline_features(
 ) -> None:
     import shutil
 
-    from conflict_core.events_io import load_events
+    from conflict_core.events.store_reads import load_events
     from conflict_core.features import ALL_FEATURES, TARGET_COLUMNS, compute_features
     from conflict_core.store import make_engine, make_session_factory
     from conflictctl.pipeline_commands import logged_feature_parity
@@ -64,3 +64,21 @@ def test_serve_up_refuses_no_wait_without_a_cluster_to_deploy_onto(monkeypatch: 
     result = CliRunner().invoke(main, ["serve-up", "--no-wait"])
     assert result.exit_code == 2
     assert "--no-wait needs a running Ray cluster" in result.output
+
+
+def test_simulate_slow_profile_writes_slow_tempo_events(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from conflictctl.main import main
+
+    monkeypatch.setenv("CONFLICT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    out = tmp_path / "slow.parquet"
+    args = ["simulate", "--profile", "slow", "--users", "30", "--days", "20", "--end", "2026-01-01", "--no-store"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "(slow tempo)" in result.output
+    table = pq.read_table(out)
+    assert table.num_rows > 0 and pc.count_distinct(table["entity_id"]).as_py() > 30 * 10

@@ -15,7 +15,8 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core import db
-from conflict_core.events_io import insert_event_frame, load_events
+from conflict_core.events.store_reads import load_events
+from conflict_core.events.store_writes import insert_event_frame
 from conflict_core.features import ALL_FEATURES, FeatureParams, compute_features, feature_arrays
 from conflict_core.store import SyncLog, make_engine, make_session_factory, session_scope
 from serve_app import event_window, feature_lookup
@@ -70,7 +71,7 @@ def _items(n: int, seed: int = 1) -> list[dict[str, Any]]:
     ]
 
 
-def _from_store(url: str, items: list[dict[str, Any]]) -> np.ndarray:
+def _from_store(url: str, items: list[dict[str, Any]], params: FeatureParams = FeatureParams()) -> np.ndarray:
     """The reference: the whole store as history, pandas targets, the shared definitions."""
     targets = pd.DataFrame(
         {
@@ -81,7 +82,7 @@ def _from_store(url: str, items: list[dict[str, Any]]) -> np.ndarray:
             "synced_at": pd.to_datetime([i["at"] for i in items], utc=True),
         }
     )
-    return compute_features(load_events(make_engine(url)), targets)[list(ALL_FEATURES)].to_numpy(np.float64)
+    return compute_features(load_events(make_engine(url)), targets, params)[list(ALL_FEATURES)].to_numpy(np.float64)
 
 
 def test_window_features_equal_the_whole_store_computation(sqlite_url: str) -> None:
@@ -99,7 +100,7 @@ def test_user_index_with_rows_added_after_it_equals_the_whole_store(sqlite_url: 
     items = _items(60, seed=3)
     np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)
     assert lookup._user_index is not None
-    index, _ = lookup._user_index
+    index, _, _ = lookup._user_index
     assert index.rows == 400
     # New syncs and conflicts of known and new users, below the rebuild threshold: the index
     # stays, the rows after it are counted from the window.
@@ -121,8 +122,8 @@ def test_user_index_is_not_used_across_a_compaction(sqlite_url: str) -> None:
     lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0)
     items = _items(30, seed=6)
     lookup.compute(items)
-    index, generation = lookup._user_index or (None, None)
-    assert index is not None
+    assert lookup._user_index is not None
+    index, generation, params = lookup._user_index
     lookup.window.compact_min_rows = 0
     lookup.window.lookback = dt.timedelta(days=10)  # as if twenty days had passed
     lookup.window.refresh()
@@ -132,7 +133,9 @@ def test_user_index_is_not_used_across_a_compaction(sqlite_url: str) -> None:
     expected = feature_arrays(
         lookup.window.history(sorted({i["user_id"] for i in items}), ()), lookup.targets_table(items, NOW), side="user"
     )
-    got = lookup._user_side(items, sorted({i["user_id"] for i in items}), lookup.targets_table(items, NOW))
+    got = lookup._user_side(
+        items, sorted({i["user_id"] for i in items}), lookup.targets_table(items, NOW), params, lookup.window
+    )
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name])
 
@@ -290,3 +293,37 @@ def test_refreshing_an_empty_window_reports_no_error(tmp_path: Any) -> None:
         assert lookup.status()["last_error"] is None
     finally:
         lookup.close()
+
+
+SLOW_TEMPO = FeatureParams(
+    concurrent_window_minutes=3 * 24 * 60, history_window_days=45.0, hours_since_cap=1440.0, prior_strength=2.0
+)
+
+
+def test_non_default_parameters_online_equal_offline(sqlite_url: str) -> None:
+    _store(sqlite_url, _events(500, span_days=60))
+    lookup = OnlineFeatureLookup(sqlite_url, params=SLOW_TEMPO, refresh_interval_s=0)
+    items = _items(60, seed=8)
+    online = lookup.compute(items)
+    np.testing.assert_allclose(online, _from_store(sqlite_url, items, SLOW_TEMPO), rtol=0, atol=1e-12)
+    assert not np.allclose(online, _from_store(sqlite_url, items))  # the parameters matter
+
+
+def test_switching_to_a_models_longer_parameters_grows_the_window_and_stays_exact(sqlite_url: str) -> None:
+    _store(sqlite_url, _events(500, span_days=60))
+    lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0)
+    items = _items(40, seed=9)
+    np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)
+    rows_before = lookup.window.rows
+
+    lookup.use_params(SLOW_TEMPO)
+
+    assert lookup.window.lookback == SLOW_TEMPO.lookback.to_pytimedelta() and lookup.window.rows > rows_before
+    matrix, used = lookup.compute_with_params(items)
+    assert used == SLOW_TEMPO
+    np.testing.assert_allclose(matrix, _from_store(sqlite_url, items, SLOW_TEMPO), rtol=0, atol=1e-12)
+    assert lookup._user_index is not None and lookup._user_index[2] == SLOW_TEMPO
+    # Back to a shorter model: the window keeps covering the longest lookback served.
+    lookup.use_params(FeatureParams())
+    assert lookup.window.lookback == SLOW_TEMPO.lookback.to_pytimedelta()
+    np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)

@@ -368,3 +368,21 @@ def test_logging_survives_a_store_outage_without_loss(graph: Graph, client: http
         assert synced == 210
     finally:
         engine.dispose()
+
+
+def test_a_models_own_thresholds_decide_the_recommendation(graph: Graph, client: httpx.Client) -> None:
+    # Cut points that put every probability in the middle band: fetch_first from 0, warn_user at 1.
+    cuts = _artifact(graph.models, "v_test_cuts")
+    path = Path(cuts["artifact_path"])
+    artifact = joblib.load(path)
+    artifact["decision_thresholds"] = {"fetch_first": 0.0, "warn_user": 1.0, "source": "costs"}
+    joblib.dump(artifact, path)
+    cuts["artifact_sha256"] = sha256_file(path)
+    graph.deploy(cuts)
+    try:
+        predictions = client.post("/v1/predict", json=[dict(ITEM, entity_id=f"t{i}") for i in range(10)]).json()
+        assert {(p["model_version"], p["risk_level"], p["recommendation"]) for p in predictions["predictions"]} == {
+            ("v_test_cuts", "medium", "fetch_first")
+        }
+    finally:
+        graph.deploy(graph.v1)

@@ -23,6 +23,7 @@ def _responses(values: list[list[float]] | None, n: int, *, sync: bool, reason: 
             "model_version": 'v_"ünïcode"',
             "features_used": {} if values is None else dict(zip(FEATURE_NAMES, values[i], strict=True)),
             "predicted_at": "2026-01-01T00:00:00.000Z",
+            "reasons": [f'{i} other people synced this "task" in the last 5 minutes', "ünïcode\u2028"][: i % 3],
         }
         if sync:
             body["sync_id"] = f'sync-{i}-"quoted"\\-é-\u2028'
@@ -45,7 +46,8 @@ def test_render_matches_json_response(single: bool, with_features: bool, sync: b
     responses = _responses(values, n, sync=sync, reason=reason)
     expected = JSONResponse(responses[0] if single else {"predictions": responses}).body
     features = ["{}"] * n if values is None else features_json(values)
-    assert render_predictions(responses, features, single) == expected
+    reasons = [body["reasons"] for body in responses]
+    assert render_predictions(responses, features, single, reasons) == expected
 
 
 def test_prediction_ids_are_time_ordered_version_7_uuids() -> None:

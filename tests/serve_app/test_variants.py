@@ -63,11 +63,15 @@ def test_raising_the_percent_keeps_every_canary_user_in_the_canary() -> None:
     assert small.any() and np.all(large[small])
 
 
+# What the champion's answer carries; a challenger adds its version and its rows or shadow scores.
+CHAMPION_KEYS = {"model_version", "probabilities", "thresholds", "factors", "feature_params"}
+
+
 def test_without_a_challenger_only_the_champion_scores(models: dict[str, dict[str, Any]]) -> None:
     variants = Variants()
     variants.configure(models["v1"])
     answer = variants.predict(MATRIX, USERS)
-    assert set(answer) == {"model_version", "probabilities"} and answer["model_version"] == "v1"
+    assert set(answer) == CHAMPION_KEYS and answer["model_version"] == "v1"
 
 
 def test_shadow_returns_the_champions_answer_and_carries_the_challengers(models: dict[str, dict[str, Any]]) -> None:
@@ -109,7 +113,7 @@ def test_a_challenger_that_fails_verification_leaves_the_champion_serving(
     variants = Variants()
     variants.configure({**models["v1"], "challenger": bad})
     assert variants.challenger is None and "sha256" in (variants.challenger_problem or "")
-    assert set(variants.predict(MATRIX, USERS)) == {"model_version", "probabilities"}
+    assert set(variants.predict(MATRIX, USERS)) == CHAMPION_KEYS
 
 
 def test_a_challenger_that_raises_at_predict_time_never_fails_the_request(models: dict[str, dict[str, Any]]) -> None:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conflict_core.errors import TrainingDataError
-from conflict_core.events_io import load_events
+from conflict_core.events.store_reads import load_events
 from conflict_core.features import ALL_FEATURES, FeatureParams, features_for_request
 from conflict_core.store import make_engine
 from training.extract import (

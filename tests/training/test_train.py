@@ -151,3 +151,26 @@ def test_a_retrain_that_is_not_clearly_better_stays_a_candidate(trained: dict) -
 def test_sampled_configs_cover_both_model_families() -> None:
     assert {c["model"] for c in sample_configs(4)} == {"logreg", "hgb"}
     assert len(ALL_FEATURES) == 7
+
+
+def test_the_shipped_model_never_loses_to_the_seed_baseline(trained: dict) -> None:
+    result = trained["result"]
+    assert result.holdout["roc_auc"] >= result.seed_baseline_holdout["roc_auc"]
+    assert result.holdout["pr_auc"] >= result.seed_baseline_holdout["pr_auc"]
+    text = Path(result.report_path).read_text()
+    assert "## Never worse than the seed baseline" in text and "holdout positives" in text
+    assert "ROC-AUC [95% CI]" in text
+
+
+def test_cost_aware_thresholds_are_stored_with_the_model_and_reported(trained: dict) -> None:
+    from conflict_core.decision import cost_thresholds
+
+    result, settings, factory = trained["result"], trained["settings"], trained["factory"]
+    expected = cost_thresholds(settings.decision_costs()).to_dict()
+    assert _artifact(trained)["decision_thresholds"] == expected
+    with factory() as session:
+        decision = registry.get(session, result.version).metrics["decision"]
+    assert decision["thresholds"] == expected
+    costs = decision["holdout_cost_per_decision"]
+    assert costs["cost_aware"] <= costs["fixed_bands"] and costs["cost_aware"] < costs["always_sync_now"]
+    assert "## Recommendations (cost-aware thresholds)" in Path(result.report_path).read_text()
