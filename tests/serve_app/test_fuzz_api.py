@@ -25,7 +25,8 @@ from schemathesis.python import asgi  # noqa: E402
 
 from tests.serve_app.ingress_harness import IngressApp, build_ingress, outside_serve  # noqa: E402
 
-EXAMPLES_PER_ROUTE_AND_MODE = int(os.environ.get("CONFLICT_FUZZ_EXAMPLES", "2500"))
+# 250 keeps the default test run short; 2500 makes the 10,000 requests of RELIABILITY.md.
+EXAMPLES_PER_ROUTE_AND_MODE = int(os.environ.get("CONFLICT_FUZZ_EXAMPLES", "250"))
 
 
 def check_answer(status: int, body: bytes, where: str) -> None:
@@ -41,34 +42,42 @@ def check_answer(status: int, body: bytes, where: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # generation costs ~0.1 s per request: the 10,000-request run takes ~20 min
 def test_every_route_survives_generated_requests(tmp_path: Path) -> None:
-    ingress, lookup, _ = build_ingress(tmp_path)
-    app = IngressApp(ingress)
     statuses: Counter[tuple[str, int]] = Counter()
-    with outside_serve(), asgi.get_client(app) as client:
-        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-        operations = [result.ok() for result in schema.get_all_operations()]
-        assert {op.path for op in operations} >= {"/v1/predict", "/v1/sync-events", "/v1/models", "/healthz", "/readyz"}
-        for operation in operations:
-            has_body = operation.method.upper() == "POST"  # a GET without parameters has no invalid form
-            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_body else (GenerationMode.POSITIVE,):
-
-                @given(case=operation.as_strategy(generation_mode=mode))
-                @settings(
-                    max_examples=EXAMPLES_PER_ROUTE_AND_MODE,
-                    deadline=None,
-                    database=None,
-                    phases=[Phase.generate, Phase.shrink],
-                    suppress_health_check=list(HealthCheck),
-                )
-                def run(case: Any) -> None:
-                    response = case.call(session=client)
-                    statuses[(case.operation.path, response.status_code)] += 1
-                    check_answer(response.status_code, response.content, f"{case.method} {case.path}")
-
-                run()
+    with outside_serve():
+        ingress, lookup, _ = build_ingress(tmp_path)
+        app = IngressApp(ingress)
+        with asgi.get_client(app) as client:
+            fuzz(app, client, statuses)
         lookup.core.close()
     total = sum(statuses.values())
     print(f"fuzzed {total} requests: {dict(sorted(statuses.items()))}")
     assert not lookup.errors, lookup.errors[:3]
-    assert total >= 10_000 or EXAMPLES_PER_ROUTE_AND_MODE < 2500
+    # Hypothesis stops early only when a route has fewer distinct inputs (the GET routes).
+    assert total >= 4 * EXAMPLES_PER_ROUTE_AND_MODE
+
+
+def fuzz(app: IngressApp, client: Any, statuses: Counter[tuple[str, int]]) -> None:
+    """Every operation of the app's own document, valid and (with a body) invalid requests."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/v1/predict", "/v1/sync-events", "/v1/models", "/healthz", "/readyz"}
+    for operation in operations:
+        has_body = operation.method.upper() == "POST"  # a GET without parameters has no invalid form
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_body else (GenerationMode.POSITIVE,):
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(
+                max_examples=EXAMPLES_PER_ROUTE_AND_MODE,
+                deadline=None,
+                database=None,
+                phases=[Phase.generate],  # a failure is reported as generated; its case goes to the regular tests
+                suppress_health_check=list(HealthCheck),
+            )
+            def run(case: Any) -> None:
+                response = case.call(session=client)
+                statuses[(case.operation.path, response.status_code)] += 1
+                check_answer(response.status_code, response.content, f"{case.method} {case.path}")
+
+            run()
