@@ -170,6 +170,7 @@ class Ingress:
     def _report_log_depth(self, in_memory: int, on_disk: int) -> None:
         self.metrics.log_buffer_depth.set(in_memory, tags={"where": "memory"})
         self.metrics.log_buffer_depth.set(on_disk, tags={"where": "disk"})
+        self.metrics.log_dropped.set(self.writer.dropped)
 
     async def _read_body(self, request: Request) -> bytes:
         return await read_body(request, max_bytes=self.max_bytes, timeout_s=self.body_timeout_s)
@@ -450,6 +451,8 @@ class Ingress:
                 "spool_files": len(spool),
                 "spooled": spooled_records(spool),
                 "rejected": w.rejected,
+                "spill_failures": w.spill_failures,
+                "dropped": w.dropped,
                 "rejected_files": len(w.rejected_files()),
                 "store_available": w.store_available,
                 "last_error": w.last_error,
