@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any, cast
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
@@ -14,7 +15,12 @@ from packaging.utils import canonicalize_name
 
 PROJECT = "conflict-predictor"
 # The image's Python and platform, for the markers (the image is Linux, x86_64, CPython 3.11).
-ENVIRONMENT = {**default_environment(), "python_version": "3.11", "sys_platform": "linux", "platform_system": "Linux"}
+ENVIRONMENT: dict[str, str] = {
+    **cast(dict[str, str], default_environment()),
+    "python_version": "3.11",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+}
 
 
 def closure(root: str) -> dict[str, str]:
@@ -32,7 +38,7 @@ def closure(root: str) -> dict[str, str]:
         for line in dist.requires or []:
             req = Requirement(line)
             if req.marker is not None and not any(
-                req.marker.evaluate({**ENVIRONMENT, "extra": extra}) for extra in (extras or {""})
+                req.marker.evaluate(cast(Any, {**ENVIRONMENT, "extra": extra})) for extra in (extras or {""})
             ):
                 continue
             pending.append((req.name, frozenset(req.extras)))

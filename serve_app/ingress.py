@@ -1,8 +1,10 @@
 """The HTTP ingress: parses requests (Starlette), calls the graph, answers, logs predictions.
 
 Routes: ``POST /v1/predict``, ``POST /v1/sync-events``, ``GET /v1/models``, ``GET /healthz``,
-``GET /readyz``, ``GET /openapi.json`` (:mod:`serve_app.openapi`). A client mistake gets a 4xx JSON body naming the field; a failing
-dependency (store, model) degrades to the heuristics or a 503, never to a 500.
+``GET /readyz``, ``GET /openapi.json`` (:mod:`serve_app.openapi`). A client mistake gets a 4xx
+JSON body naming the field; a failing dependency (store, model) degrades to the heuristics or
+a 503, never to a 500; a failing stage is skipped at once while its circuit is open
+(:mod:`serve_app.circuit`).
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ from serve_app.inference import CHALLENGER, CHAMPION, split_answer
 from serve_app.metrics import ServeMetrics
 from serve_app.openapi import openapi_document
 from serve_app.prediction_log import PredictionLogWriter, is_outage, spooled_records
-from serve_app.request_guard import BODY_READ_TIMEOUT_S, read_body
 from serve_app.rendering import feature_rows, features_json, iso_utc, prediction_ids, render_predictions
+from serve_app.request_guard import BODY_READ_TIMEOUT_S, read_body
 from serve_app.schemas import (
     NUL_ESCAPE,
     PredictItem,
@@ -420,7 +422,10 @@ class Ingress:
         return Response(json.dumps(body, default=str, allow_nan=False), media_type="application/json")
 
     async def openapi_route(self, request: Request) -> Response:
-        limits = {"max_items_per_request": self.max_items, "max_events_per_request": self.options.max_events_per_request}
+        limits = {
+            "max_items_per_request": self.max_items,
+            "max_events_per_request": self.options.max_events_per_request,
+        }
         return JSONResponse(openapi_document(**limits))
 
     async def healthz_route(self, request: Request) -> Response:

@@ -140,8 +140,10 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
 def openapi_document(*, max_items_per_request: int = 500, max_events_per_request: int = 5000) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the prediction API, with this deployment's limits."""
     _, definitions = models_json_schema(
-        [(m, "validation" if m in (PredictItem, PredictBatch, SyncEventIn, SyncEventsBody) else "serialization")
-         for m in _MODELS],
+        [
+            (m, "validation" if m in (PredictItem, PredictBatch, SyncEventIn, SyncEventsBody) else "serialization")
+            for m in _MODELS
+        ],
         ref_template=_REF,
     )
     schemas: dict[str, Any] = definitions["$defs"]

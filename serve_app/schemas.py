@@ -116,7 +116,9 @@ def parse_json(body: bytes, *, max_bytes: int) -> Any:
     try:
         return _DECODER.decode(text)
     except DuplicateKeyError as exc:
-        raise RequestError(400, exc.key or "body", f"the key {exc.key!r} appears more than once in one object") from None
+        raise RequestError(
+            400, exc.key or "body", f"the key {exc.key!r} appears more than once in one object"
+        ) from None
     except ValueError as exc:
         raise RequestError(400, "body", f"not valid JSON: {exc}") from None
     except RecursionError:

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from starlette.requests import Request
@@ -94,7 +94,7 @@ def build_ingress(tmp_path: Path, **args: Any) -> tuple[Any, LookupStandIn, Fall
     db.upgrade(url)
     options = AppArgs(database_url=url, log_spool_dir=str(tmp_path / "spool"), **args).resolved()
     lookup, fallback = LookupStandIn(url), FallbackStandIn()
-    ingress_class: Any = Ingress.func_or_class  # the plain class under @serve.deployment
+    ingress_class: Any = cast(Any, Ingress).func_or_class  # the plain class under @serve.deployment
     ingress = ingress_class(lookup=lookup, inference=InferenceStandIn(), fallback=fallback, options=options)
     return ingress, lookup, fallback
 
@@ -106,7 +106,7 @@ def outside_serve() -> Iterator[None]:
     loop of its first call; each test runs its own loop)."""
     from ray.serve import batching
 
-    score: Any = Ingress.func_or_class._score  # type: ignore[attr-defined]
+    score: Any = cast(Any, Ingress).func_or_class._score
     score.set_max_batch_size.__self__._queue = None
     queue: Any = batching._BatchQueue
     original = queue._warn_if_max_batch_size_exceeds_max_ongoing_requests
@@ -122,8 +122,9 @@ def ingress_client(tmp_path: Path, **args: Any) -> Iterator[tuple[TestClient, An
     with outside_serve():
         ingress, lookup, _ = build_ingress(tmp_path, **args)
         try:
-            with TestClient(IngressApp(ingress), raise_server_exceptions=True) as client:
+            with TestClient(cast(Any, IngressApp(ingress)), raise_server_exceptions=True) as client:
                 yield client, ingress, lookup
+                assert client.portal is not None
                 client.portal.call(ingress.writer.close)
         finally:
             lookup.core.close()

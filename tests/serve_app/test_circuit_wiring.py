@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -81,7 +81,7 @@ def test_feature_lookup_skips_a_dead_inference_and_keeps_its_reason(tmp_path: Pa
     url = f"sqlite:///{tmp_path / 'store.db'}"
     db.upgrade(url)
     inference = HangingInference()
-    lookup_class: Any = FeatureLookup.func_or_class
+    lookup_class: Any = cast(Any, FeatureLookup).func_or_class
     lookup = lookup_class(url, refresh_interval_s=0.0, inference=inference, inference_timeout_s=0.2)
     lookup.inference_circuit = CircuitBreaker("ModelInference", failure_threshold=2, reset_timeout_s=0.5)
     matrix = np.zeros((1, 7))

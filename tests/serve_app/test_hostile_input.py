@@ -109,7 +109,9 @@ def test_a_body_declared_as_something_else_than_json_is_415(client: TestClient, 
     assert error_of(response, 415)["field"] == "content-type"
 
 
-@pytest.mark.parametrize("content_type", [None, "application/json", "application/json; charset=utf-8", "application/vnd.x+json"])
+@pytest.mark.parametrize(
+    "content_type", [None, "application/json", "application/json; charset=utf-8", "application/vnd.x+json"]
+)
 def test_json_content_types_and_none_are_accepted(client: TestClient, content_type: str | None) -> None:
     headers = {} if content_type is None else {"content-type": content_type}
     response = client.post("/v1/predict", content=json.dumps(ITEM).encode(), headers=headers)
@@ -187,7 +189,8 @@ def test_slow_clients_get_408_and_do_not_slow_the_others(tmp_path: Path) -> None
         app = IngressApp(ingress)
         # 200 slowloris clients: a few bytes, then a byte every 0.2 s of a body that never completes.
         slow = [
-            asyncio.create_task(_asgi_request(app, [body[:5]] + [b" "] * 1000, pause_s=0.2, complete=False)) for _ in range(200)
+            asyncio.create_task(_asgi_request(app, [body[:5]] + [b" "] * 1000, pause_s=0.2, complete=False))
+            for _ in range(200)
         ]
         await asyncio.sleep(0.1)
         normal = []

@@ -20,8 +20,8 @@ from conflict_core import registry
 from conflict_core.errors import RegistryError
 from conflict_core.settings import Settings
 from conflict_core.store import make_engine, make_session_factory
-from training import activation, retrain
 from tests.training.test_retrain import NOW, add_model
+from training import activation, retrain
 
 BLOCK_POINTS = ("export", "extract", "train", "train:done", "publish:apply", "retention")
 

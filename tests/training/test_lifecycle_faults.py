@@ -92,7 +92,13 @@ def test_a_retrain_killed_at_any_point_is_recovered_by_the_next_run(
     config_before, artifact_before = settings.serve_config_path.read_text(), sha(artifact)
     marker = tmp_path / "blocked"
     run = child(
-        "retrain", settings, block_at=block_at, marker=str(marker), gate=True, new_version="v_crash", lock_ttl_s=LOCK_TTL_S
+        "retrain",
+        settings,
+        block_at=block_at,
+        marker=str(marker),
+        gate=True,
+        new_version="v_crash",
+        lock_ttl_s=LOCK_TTL_S,
     )
     deadline = time.monotonic() + 120
     while not marker.exists():
