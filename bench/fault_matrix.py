@@ -208,7 +208,7 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float 
 
 
 @contextlib.contextmanager
-def running_app(url: str, work: Path, mode: str) -> Iterator[None]:
+def running_app(url: str, work: Path, mode: str, single_replica: bool = False) -> Iterator[None]:
     import ray
     from bench_serve import _artifact, _wait_http, bench_config
 
@@ -218,6 +218,9 @@ def running_app(url: str, work: Path, mode: str) -> Iterator[None]:
     os.environ.update(serve_env(mode))
     artifact, sha = _artifact(work)
     config = bench_config(REPO / "serve_config.yaml", url, work, artifact, sha)
+    if single_replica:  # the layout before two replicas: what one replica's loss costs with the breakers alone
+        for deployment in config["applications"][0]["deployments"]:
+            deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
     ray.init(
         address="local",
         num_cpus=2,
@@ -364,7 +367,7 @@ def spool_full_row(
     failures = max((s.get("spill_failures") or 0 for s in statuses.values()), default=0)
     logs = Path("/tmp/ray/session_latest/logs")
     lines = 0
-    for path in logs.rglob("*.log"):
+    for path in [*logs.rglob("*.log"), *logs.rglob("*.err")]:
         with contextlib.suppress(OSError):
             lines += path.read_text(errors="replace").count("is unwritable")
     label = f"store down and spool full ({usage.total // 1024} KiB tmpfs)"
@@ -460,6 +463,9 @@ def main() -> None:
     parser.add_argument("--fault-s", type=float, default=20.0, help="load measured from the fault on")
     parser.add_argument("--pg-port", type=int, default=55432)
     parser.add_argument("--mode", default="haproxy", help="serve ingress mode (ray_control.instance.serve_env)")
+    parser.add_argument(
+        "--single-replica", action="store_true", help="one replica of every deployment instead of the shipped layout"
+    )
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="run the soak instead of the rows")
     parser.add_argument("--soak-connections", type=int, default=4)
     a = parser.parse_args()
@@ -485,7 +491,7 @@ def main() -> None:
         url = pg.create_database("conflict")
         _seed_store(url)
         print(f"store {url}; work {work}; rows {rows if not a.soak_minutes else 'soak'}", flush=True)
-        with running_app(url, work, a.mode):
+        with running_app(url, work, a.mode, a.single_replica):
             if a.soak_minutes:
                 results += soak(a.soak_minutes, a.soak_connections, work)
             for row in rows if not a.soak_minutes else []:
