@@ -304,9 +304,10 @@ def test_hot_model_switch_under_load_in_place(graph: Graph, client: httpx.Client
     # Never a fallback, never two versions within one request.
     assert set(versions) <= {"v_test_1:None", "v_test_2:None"}, set(versions)
     assert versions[0] == "v_test_1:None" and versions[-1] == "v_test_2:None"
-    after = [handle.status.remote().result() for _ in range(30)]
+    after = [handle.status.remote().result() for _ in range(60)]
     assert {a["model_version"] for a in after} == {"v_test_2"}
-    assert {a["pid"] for a in after} == pids_before  # reconfigured, not restarted
+    # Reconfigured, not restarted (the load may have added a replica beside them).
+    assert pids_before <= {a["pid"] for a in after}
     graph.deploy(graph.v1)
 
 
