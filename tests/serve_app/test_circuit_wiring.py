@@ -71,7 +71,8 @@ class HangingInference:
         self.predict = Method(self._predict)
         self.hang = True
 
-    async def _predict(self, matrix: np.ndarray) -> dict[str, Any]:
+    async def _predict(self, request: tuple[np.ndarray, list[str]]) -> dict[str, Any]:
+        matrix, _ = request
         if self.hang:
             await asyncio.sleep(30)
         return {"model_version": "v1", "probabilities": np.full(len(matrix), 0.5)}
@@ -90,10 +91,10 @@ def test_feature_lookup_skips_a_dead_inference_and_keeps_its_reason(tmp_path: Pa
         out = []
         for _ in range(6):
             started = time.perf_counter()
-            out.append((await lookup._infer(matrix), time.perf_counter() - started))
+            out.append((await lookup._infer(matrix, ["u1"]), time.perf_counter() - started))
         inference.hang = False
         await asyncio.sleep(0.55)
-        out.append((await lookup._infer(matrix), 0.0))
+        out.append((await lookup._infer(matrix, ["u1"]), 0.0))
         return out
 
     try:
