@@ -110,23 +110,17 @@ def models_show(app: AppContext, version: str) -> None:
 
 
 def _publish(app: AppContext, version: str | None) -> None:
-    from conflict_core import registry
+    """Publish the registry's active model as it is now, under the live config's lock: a
+    concurrent activation may have replaced ``version``, and the config follows the registry."""
     from ray_control.serve_deploy import applier
-    from training.publishing import publish_active_model
+    from training.activation import publish_current
 
-    with app.session_factory() as session:
-        row = registry.get(session, version) if version else None
-        info = (row.version, row.artifact_path, row.artifact_sha256) if row else (None, None, None)
-    published = publish_active_model(
-        app.settings,
-        version=info[0],
-        artifact_path=info[1],
-        artifact_sha256=info[2],
-        apply=applier(app.settings.dashboard_url),
+    published_version, published = publish_current(
+        app.settings, app.session_factory, apply=applier(app.settings.dashboard_url)
     )
     if published.serve_config_updated:
         click.echo(
-            f"{app.settings.serve_config_path} now serves {info[0] or 'the heuristics'}"
+            f"{app.settings.serve_config_path} now serves {published_version or 'the heuristics'}"
             + ("; running app reconfigured" if published.serve_app_reconfigured else "; no running app to reconfigure")
         )
 

@@ -20,6 +20,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from conflict_core.features import FeatureParams
+from serve_app.circuit import CircuitBreaker
 from serve_app.feature_lookup import OnlineFeatureLookup
 from serve_app.heuristics import FallbackReason, heuristic_probabilities
 from serve_app.inference import CANARY, SHADOW, ModelUnavailable, Variants, split_answer
@@ -75,6 +76,8 @@ class FeatureLookup:
         self.inference = inference
         self.lookup_timeout_s = lookup_timeout_s
         self.inference_timeout_s = inference_timeout_s
+        # While inference fails, batches get the stage's fallback reason at once (no timeout wait).
+        self.inference_circuit = CircuitBreaker("ModelInference")
         self.metrics = ServeMetrics()
         self._tags = {"deployment": "FeatureLookup"}
 
@@ -125,15 +128,21 @@ class FeatureLookup:
     async def _infer(self, matrix: np.ndarray, users: list[str]) -> dict[str, Any]:
         if self.inference is None:
             return {"unavailable": FallbackReason.NO_ACTIVE_MODEL.value}
+        circuit = self.inference_circuit
+        if not circuit.allow():
+            return {"unavailable": circuit.last_failure or FallbackReason.INFERENCE_FAILED.value}
         try:
             answer: dict[str, Any] = await asyncio.wait_for(
                 awaited(self.inference.predict.remote((matrix, users))), self.inference_timeout_s
             )
         except TimeoutError:
+            circuit.record_failure(FallbackReason.INFERENCE_TIMEOUT.value)
             return {"unavailable": FallbackReason.INFERENCE_TIMEOUT.value}
         except Exception as exc:
+            circuit.record_failure(FallbackReason.INFERENCE_FAILED.value)
             log.warning("inference failed: %s: %s", type(exc).__name__, exc)
             return {"unavailable": FallbackReason.INFERENCE_FAILED.value}
+        circuit.record_success()
         return answer
 
 

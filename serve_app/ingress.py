@@ -1,8 +1,10 @@
 """The HTTP ingress: parses requests (Starlette), calls the graph, answers, logs predictions.
 
 Routes: ``POST /v1/predict``, ``POST /v1/sync-events``, ``GET /v1/models``, ``GET /healthz``,
-``GET /readyz``. A client mistake gets a 4xx JSON body naming the field; a failing
-dependency (store, model) degrades to the heuristics or a 503, never to a 500.
+``GET /readyz``, ``GET /openapi.json`` (:mod:`serve_app.openapi`). A client mistake gets a 4xx
+JSON body naming the field; a failing dependency (store, model) degrades to the heuristics or
+a 503, never to a 500; a failing stage is skipped at once while its circuit is open
+(:mod:`serve_app.circuit`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from starlette.routing import Match, Route, Router
 from conflict_core.errors import ImportFormatError
 from conflict_core.store import json_safe, make_engine, make_session_factory, session_scope, utcnow
 from serve_app.app import ServingOptions
+from serve_app.circuit import CircuitBreaker
 from serve_app.deployments import awaited, configure_batching
 from serve_app.heuristics import (
     HEURISTIC_VERSION,
@@ -37,6 +40,7 @@ from serve_app.heuristics import (
 )
 from serve_app.inference import CHALLENGER, CHAMPION, split_answer
 from serve_app.metrics import ServeMetrics
+from serve_app.openapi import openapi_document
 from serve_app.prediction_log import PredictionLogWriter, is_outage, spooled_records
 from serve_app.rendering import (
     feature_rows,
@@ -46,6 +50,7 @@ from serve_app.rendering import (
     prediction_ids,
     render_predictions,
 )
+from serve_app.request_guard import BODY_READ_TIMEOUT_S, read_body
 from serve_app.schemas import (
     NUL_ESCAPE,
     PredictItem,
@@ -85,6 +90,10 @@ class Ingress:
         self.inference_timeout_s = options.inference_timeout_s
         # FeatureLookup enforces both limits itself; this one only covers a lost or stuck call.
         self.score_timeout_s = self.lookup_timeout_s + self.inference_timeout_s + 1.0
+        self.body_timeout_s = BODY_READ_TIMEOUT_S
+        # While a stage fails, answer from the heuristics at once instead of waiting out its timeout.
+        self.lookup_circuit = CircuitBreaker("FeatureLookup")
+        self.heuristics_circuit = CircuitBreaker("FallbackHeuristics")
         configure_batching(
             self._score,
             {
@@ -119,6 +128,7 @@ class Ingress:
                 Route("/v1/prediction-log/status", self.log_status_route, methods=["GET"]),
                 Route("/healthz", self.healthz_route, methods=["GET"]),
                 Route("/readyz", self.readyz_route, methods=["GET"]),
+                Route("/openapi.json", self.openapi_route, methods=["GET"]),
             ]
         )
 
@@ -169,18 +179,10 @@ class Ingress:
     def _report_log_depth(self, in_memory: int, on_disk: int) -> None:
         self.metrics.log_buffer_depth.set(in_memory, tags={"where": "memory"})
         self.metrics.log_buffer_depth.set(on_disk, tags={"where": "disk"})
+        self.metrics.log_dropped.set(self.writer.dropped)
 
     async def _read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            raise RequestError(413, "body", f"request body is {declared} bytes, the limit is {self.max_bytes}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise RequestError(413, "body", f"request body exceeds the limit of {self.max_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_body(request, max_bytes=self.max_bytes, timeout_s=self.body_timeout_s)
 
     # ------------------------------------------------------------------------- predict
 
@@ -237,11 +239,16 @@ class Ingress:
         ``probabilities`` or the ``unavailable`` reason.
         """
         flat = requests[0] if len(requests) == 1 else [item for request in requests for item in request]
+        failed = [{"unavailable": FallbackReason.FEATURE_LOOKUP_FAILED.value}] * len(requests)
+        if not self.lookup_circuit.allow():
+            return failed
         try:
             answer = await asyncio.wait_for(awaited(self.lookup.score.remote(flat)), self.score_timeout_s)
         except Exception as exc:
+            self.lookup_circuit.record_failure(FallbackReason.FEATURE_LOOKUP_FAILED.value)
             log.warning("feature lookup failed: %s: %s", type(exc).__name__, exc)
-            return [{"unavailable": FallbackReason.FEATURE_LOOKUP_FAILED.value}] * len(requests)
+            return failed
+        self.lookup_circuit.record_success()
         if len(requests) == 1:
             return [answer]
         features = answer["features"]
@@ -252,12 +259,16 @@ class Ingress:
         return parts
 
     async def _heuristics(self, rows: list[dict[str, float] | None]) -> list[float]:
+        if not self.heuristics_circuit.allow():
+            return heuristic_probabilities(rows)
         try:
             result: list[float] = await asyncio.wait_for(awaited(self.fallback.predict.remote(rows)), 2.0)
-            return result
         except Exception as exc:  # the heuristics are plain Python: answer here rather than fail
+            self.heuristics_circuit.record_failure()
             log.warning("FallbackHeuristics unreachable (%s); computing heuristics in the ingress", exc)
             return heuristic_probabilities(rows)
+        self.heuristics_circuit.record_success()
+        return result
 
     def _respond(
         self,
@@ -424,6 +435,13 @@ class Ingress:
             body["registry_error"] = f"registry unavailable: {type(exc).__name__}"
         return Response(json.dumps(body, default=str, allow_nan=False), media_type="application/json")
 
+    async def openapi_route(self, request: Request) -> Response:
+        limits = {
+            "max_items_per_request": self.max_items,
+            "max_events_per_request": self.options.max_events_per_request,
+        }
+        return JSONResponse(openapi_document(**limits))
+
     async def healthz_route(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -452,6 +470,8 @@ class Ingress:
                 "spool_files": len(spool),
                 "spooled": spooled_records(spool),
                 "rejected": w.rejected,
+                "spill_failures": w.spill_failures,
+                "dropped": w.dropped,
                 "rejected_files": len(w.rejected_files()),
                 "store_available": w.store_available,
                 "last_error": w.last_error,

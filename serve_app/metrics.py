@@ -68,3 +68,7 @@ class ServeMetrics:
             description="Prediction records not yet in the store, where=memory (buffered) or disk (spooled).",
             tag_keys=("where",),
         )
+        self.log_dropped = Gauge(
+            "conflict_prediction_log_dropped",
+            description="Prediction records this replica gave up: store down, spool unwritable, memory bound reached.",
+        )

@@ -197,10 +197,14 @@ def _write_jsonl(directory: Path, lines: list[str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     name = f"predictions-{os.getpid()}-{uuid.uuid4().hex}-n{len(lines)}{SPOOL_SUFFIX}"
     tmp = directory / f".{name}.tmp"
-    with tmp.open("w") as out:
-        out.writelines(line + "\n" for line in lines)
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        with tmp.open("w") as out:
+            out.writelines(line + "\n" for line in lines)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a partial file on a full disk would only keep it full
+        raise
     return tmp.rename(directory / name)
 
 
@@ -255,6 +259,8 @@ class PredictionLogWriter:
         self.written = 0
         self.spilled = 0
         self.rejected = 0
+        self.spill_failures = 0  # spool writes that failed (disk full, unwritable)
+        self.dropped = 0  # records given up: the store was down, the spool unwritable and memory full
         self.last_error: str | None = None
 
     # ---------------------------------------------------------------- the request path
@@ -339,10 +345,13 @@ class PredictionLogWriter:
             await self._replay_spool(spool)  # also the probe that ends an outage when nothing new arrives
             spool = self.spool_files()
         down_long = not self.store_available and time.monotonic() - self._down_since >= self.spill_after_s
+        spilled: Path | None = None
         if self._buffer and down_long and (failed or not attempted and len(self._buffer) >= self.batch_size):
-            spool.append(await self._spill(len(self._buffer)))
+            spilled = await self._spill(len(self._buffer))
         elif len(self._buffer) > self.max_buffer:
-            spool.append(await self._spill(len(self._buffer) - self.max_buffer))
+            spilled = await self._spill(len(self._buffer) - self.max_buffer)
+        if spilled is not None:
+            spool.append(spilled)
         if self._on_depth is not None:
             self._on_depth(len(self._buffer), spooled_records(spool))
 
@@ -383,10 +392,31 @@ class PredictionLogWriter:
         self._backoff_s = 0.0
         self.last_error = None
 
-    async def _spill(self, count: int) -> Path:
-        """Move the ``count`` oldest buffered records to a new spool file; returns it."""
+    async def _spill(self, count: int) -> Path | None:
+        """Move the ``count`` oldest buffered records to a new spool file; returns it.
+
+        When the spool cannot be written (disk full), the records stay in memory up to
+        ``max_buffer``; beyond that the oldest are dropped, counted in ``dropped`` and logged.
+        Files already in the spool are never touched.
+        """
         records = list(itertools.islice(self._buffer, 0, count))
-        path = await asyncio.to_thread(lambda: _write_jsonl(self.spool_dir, [_to_json(r) for r in records]))
+        try:
+            path = await asyncio.to_thread(lambda: _write_jsonl(self.spool_dir, [_to_json(r) for r in records]))
+        except OSError as exc:
+            self.spill_failures += 1
+            self.last_error = f"spool unwritable: {exc}"[:500]
+            overflow = len(self._buffer) - self.max_buffer
+            log.error(
+                "prediction log spool %s is unwritable (%s); %d records stay in memory%s",
+                self.spool_dir,
+                exc,
+                min(len(self._buffer), self.max_buffer),
+                f", dropping the {overflow} oldest" if overflow > 0 else "",
+            )
+            for _ in range(max(0, overflow)):
+                self._buffer.popleft()
+            self.dropped += max(0, overflow)
+            return None
         for _ in records:  # only once the file is complete and named
             self._buffer.popleft()
         self.spilled += count
@@ -460,7 +490,9 @@ class PredictionLogWriter:
         while self._buffer and time.monotonic() < deadline:
             if not await self._write_oldest():
                 break
-        if self._buffer:
-            await self._spill(len(self._buffer))
+        if self._buffer and await self._spill(len(self._buffer)) is None:
+            log.error("prediction log closing with %d records neither stored nor spooled: dropped", len(self._buffer))
+            self.dropped += len(self._buffer)
+            self._buffer.clear()
         if self._engine is not None:
             self._engine.dispose()

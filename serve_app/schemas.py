@@ -84,6 +84,27 @@ def _location(loc: tuple[int | str, ...], prefix: str) -> str:
     return path or "body"
 
 
+class DuplicateKeyError(ValueError):
+    def __init__(self, key: str):
+        super().__init__(f"duplicate key {key!r}")
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members; a repeated key is refused rather than silently taking the last value."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKeyError(key)
+            seen.add(key)
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
 def parse_json(body: bytes, *, max_bytes: int) -> Any:
     if len(body) > max_bytes:
         raise RequestError(413, "body", f"request body is {len(body)} bytes, the limit is {max_bytes}")
@@ -94,7 +115,11 @@ def parse_json(body: bytes, *, max_bytes: int) -> Any:
     except UnicodeDecodeError as exc:
         raise RequestError(400, "body", f"not UTF-8 text: {exc}") from None
     try:
-        return json.loads(text)
+        return _DECODER.decode(text)
+    except DuplicateKeyError as exc:
+        raise RequestError(
+            400, exc.key or "body", f"the key {exc.key!r} appears more than once in one object"
+        ) from None
     except ValueError as exc:
         raise RequestError(400, "body", f"not valid JSON: {exc}") from None
     except RecursionError:
@@ -115,7 +140,7 @@ def parse_predict_body(payload: Any, *, max_items: int, may_hold_nul: bool = Tru
         raw_items, prefix = payload["items"], "items"
         extra = sorted(set(payload) - {"items"})
         if extra:
-            raise RequestError(422, extra[0], "unknown field; a batch body has only 'items'")
+            raise RequestError(422, extra[0] or "body", f"unknown field {extra[0]!r}; a batch body has only 'items'")
     else:
         raw_items = payload
     if not isinstance(raw_items, list):

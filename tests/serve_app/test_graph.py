@@ -128,7 +128,8 @@ class Graph:
             app = serve.status().applications.get("conflict_predictor")
             if app is not None and app.status == "RUNNING":
                 handle = serve.get_deployment_handle("ModelInference", app_name="conflict_predictor")
-                if handle.status.remote().result()["revision"] == revision:
+                # Every replica (the shipped layout runs two), not just the one that answers first.
+                if all(handle.status.remote().result()["revision"] == revision for _ in range(20)):
                     return
             time.sleep(0.3)
         raise AssertionError(f"config revision {revision} not running after {timeout_s}s")
@@ -273,7 +274,7 @@ def test_hot_model_switch_under_load_in_place(graph: Graph, client: httpx.Client
     from ray import serve
 
     handle = serve.get_deployment_handle("ModelInference", app_name="conflict_predictor")
-    pid_before = handle.status.remote().result()["pid"]
+    pids_before = {handle.status.remote().result()["pid"] for _ in range(30)}  # every replica's
     v2 = _artifact(graph.models, "v_test_2", columns=list(ALL_FEATURES)[::-1])
     stop = threading.Event()
     outcomes: list[tuple[int, str]] = []
@@ -303,8 +304,10 @@ def test_hot_model_switch_under_load_in_place(graph: Graph, client: httpx.Client
     # Never a fallback, never two versions within one request.
     assert set(versions) <= {"v_test_1:None", "v_test_2:None"}, set(versions)
     assert versions[0] == "v_test_1:None" and versions[-1] == "v_test_2:None"
-    after = handle.status.remote().result()
-    assert after["model_version"] == "v_test_2" and after["pid"] == pid_before  # reconfigured, not restarted
+    after = [handle.status.remote().result() for _ in range(60)]
+    assert {a["model_version"] for a in after} == {"v_test_2"}
+    # Reconfigured, not restarted (the load may have added a replica beside them).
+    assert pids_before <= {a["pid"] for a in after}
     graph.deploy(graph.v1)
 
 

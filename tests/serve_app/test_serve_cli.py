@@ -207,6 +207,14 @@ def _replicas(details: dict[str, Any]) -> dict[str, set[str]]:
     return {name: {r["replica_id"] for r in d["replicas"]} for name, d in deployments.items()}
 
 
+def _min_replicas(deployment: str) -> int:
+    import yaml
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    (found,) = [d for d in config["applications"][0]["deployments"] if d["name"] == deployment]
+    return int(found["autoscaling_config"]["min_replicas"])
+
+
 def _await_model(version: str, timeout_s: float = 90) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -218,6 +226,18 @@ def _await_model(version: str, timeout_s: float = 90) -> dict[str, Any]:
             pass
         assert time.monotonic() < deadline, f"model {version} not served within {timeout_s}s"
         time.sleep(0.5)
+
+
+def _serving_pids(version: str, replicas: int, timeout_s: float = 90) -> set[int]:
+    """The ModelInference processes that answer with ``version`` (the layout runs several)."""
+    _await_model(version, timeout_s)
+    deadline = time.monotonic() + timeout_s
+    pids: set[int] = set()
+    while len(pids) < replicas and time.monotonic() < deadline:
+        serving = httpx.get(BASE + "/v1/models", timeout=5).json()["serving"] or {}
+        if serving.get("model_version") == version:
+            pids.add(serving["pid"])
+    return pids
 
 
 def _publish_keeps_the_running_app(store: str, address: str, tmp_path: Path) -> None:
@@ -241,7 +261,8 @@ def _publish_keeps_the_running_app(store: str, address: str, tmp_path: Path) -> 
         assert time.monotonic() < deadline, f"redeploy did not finish: {app['status']}"
         time.sleep(0.5)
     before = _replicas(details)
-    pid = _await_model("v_cli")["pid"]
+    replicas = _min_replicas("ModelInference")
+    pids = _serving_pids("v_cli", replicas)
 
     artifact = tmp_path / "model2.joblib"
     rng = np.random.default_rng(1)
@@ -259,7 +280,7 @@ def _publish_keeps_the_running_app(store: str, address: str, tmp_path: Path) -> 
         apply=applier(address),
     )
     assert published.serve_config_updated and published.serve_app_reconfigured
-    assert _await_model("v_cli2")["pid"] == pid  # the same replica process, reconfigured in place
+    assert _serving_pids("v_cli2", replicas) == pids  # the same replica processes, reconfigured in place
     details = client.get_serve_details()
     assert _replicas(details) == before  # no deployment restarted
     kept = details["applications"]["conflict_predictor"]["deployed_app_config"]["args"]

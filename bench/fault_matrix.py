@@ -1,0 +1,515 @@
+"""The fault matrix under load: each row injects one fault into the running prediction app
+while a load generator on 127.0.0.1 sends single-item predictions, and reports what the
+clients saw and what the store kept. Prints one table (fault, measured, figure).
+
+    flock /tmp/conflict-ray.lock .venv/bin/python bench/fault_matrix.py --rows kill_ingress,pg_restart
+
+Rows: kill_ingress, kill_feature_lookup, kill_model_inference, kill_fallback_heuristics
+(``kill -9`` of one replica of that deployment, with the layout serve_config.yaml ships),
+pg_restart (the store's PostgreSQL restarted; prediction logs counted against the client's
+prediction ids), spool_full (the store down and the spool on a 256 KiB tmpfs; needs root).
+``--soak-minutes N`` instead samples replica memory, errors and p95 over N minutes and writes
+a CSV and a PNG.
+
+The store is a PRIVATE PostgreSQL cluster this script creates under a temporary directory
+and runs on ``--pg-port`` (initdb and pg_ctl as the ``postgres`` user via runuser); the
+machine's own PostgreSQL is never touched. Ray is a local instance owned by this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+APP = "conflict_predictor"
+URL = "http://127.0.0.1:8000"
+KILL_ROWS = {
+    "kill_ingress": "Ingress",
+    "kill_feature_lookup": "FeatureLookup",
+    "kill_model_inference": "ModelInference",
+    "kill_fallback_heuristics": "FallbackHeuristics",
+}
+ROWS = (*KILL_ROWS, "pg_restart", "spool_full")
+BODY = {"device_id": "d", "entity_type": "task", "changed_fields": ["title", "status"]}
+
+
+# --------------------------------------------------------------------------- the private store
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of its own under ``root``, on ``port``, run as the postgres user."""
+
+    def __init__(self, root: Path, port: int):
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not bins:
+            raise SystemExit("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
+        self.bin = bins[-1].parent
+        self.root, self.port = root, port
+        self.data = root / "pgdata"
+
+    def _pg(self, *args: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, text=True)
+
+    def init(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.root, "postgres", "postgres")
+        self._pg(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
+        self.start()
+
+    def ctl(self, action: str, *extra: str) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        self._pg(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w",
+            "-m", "fast", action, *extra,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        self.ctl("start")
+
+    def stop(self) -> None:
+        self.ctl("stop")
+
+    def restart(self) -> None:
+        self.ctl("restart")
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+
+# --------------------------------------------------------------------------- the load
+
+
+@dataclass
+class Answer:
+    started: float
+    finished: float
+    status: int  # 0: connection error or client timeout
+    model_version: str | None = None
+    fallback_reason: str | None = None
+    prediction_id: str | None = None
+
+
+@dataclass
+class Load:
+    """``connections`` clients each sending one request after the other until stopped."""
+
+    connections: int
+    timeout_s: float = 10.0
+    answers: list[Answer] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def _client(self, index: int) -> None:
+        import httpx
+
+        n = 0
+        with httpx.Client(base_url=URL, timeout=self.timeout_s) as client:
+            while not self._stop.is_set():
+                n += 1
+                body = {**BODY, "user_id": f"user-{(index * 7919 + n) % 300}", "entity_id": f"task-{n % 2000}"}
+                started = time.monotonic()
+                try:
+                    r = client.post("/v1/predict", json=body)
+                    answer = r.json() if r.status_code == 200 else {}
+                    self.answers.append(
+                        Answer(
+                            started,
+                            time.monotonic(),
+                            r.status_code,
+                            answer.get("model_version"),
+                            answer.get("fallback_reason"),
+                            answer.get("prediction_id"),
+                        )
+                    )
+                except Exception:
+                    self.answers.append(Answer(started, time.monotonic(), 0))
+                    time.sleep(0.05)
+
+    def start(self) -> None:
+        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(self.connections)]
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=self.timeout_s + 5)
+
+    def window(self, start: float, end: float) -> list[Answer]:
+        return [a for a in self.answers if start <= a.started < end]
+
+
+def summarize(answers: list[Answer], seconds: float) -> dict[str, float]:
+    ok = [a for a in answers if a.status == 200]
+    latencies = sorted((a.finished - a.started) * 1000 for a in ok)
+    finished = sorted(a.finished for a in ok)
+    gaps = [b - a for a, b in zip(finished, finished[1:], strict=False)]
+    return {
+        "requests": len(answers),
+        "failed": sum(1 for a in answers if a.status != 200),
+        "heuristic": sum(1 for a in ok if a.model_version == "heuristic_v1"),
+        "answered_per_s": len(ok) / seconds if seconds else 0.0,
+        "p95_ms": latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan"),
+        "longest_gap_s": max(gaps, default=float("nan")),
+    }
+
+
+# --------------------------------------------------------------------------- Ray and the app
+
+
+def replica_actors(deployment: str) -> dict[str, int]:
+    """Alive replica actors of ``deployment``: actor id -> pid."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
+    suffix = f":{APP}:{deployment}"
+    return {
+        a.actor_id: a.pid
+        for a in actors
+        if a.pid is not None and a.class_name.startswith("ServeReplica") and a.class_name.endswith(suffix)
+    }
+
+
+def deployment_healthy(deployment: str) -> bool:
+    from ray import serve
+
+    status = serve.status().applications[APP].deployments[deployment]
+    return str(status.status).endswith("HEALTHY")
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> float | None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        with contextlib.suppress(Exception):
+            if predicate():
+                return time.monotonic() - started
+        time.sleep(interval_s)
+    return None
+
+
+@contextlib.contextmanager
+def running_app(url: str, work: Path, mode: str, single_replica: bool = False) -> Iterator[None]:
+    import ray
+    from bench_serve import _artifact, _wait_http, bench_config
+
+    from ray_control.instance import serve_env
+    from ray_control.serve_deploy import deploy_config
+
+    os.environ.update(serve_env(mode))
+    artifact, sha = _artifact(work)
+    config = bench_config(REPO / "serve_config.yaml", url, work, artifact, sha)
+    if single_replica:  # the layout before two replicas: what one replica's loss costs with the breakers alone
+        for deployment in config["applications"][0]["deployments"]:
+            deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=True,  # the state API (replica pids) is served by the dashboard
+        dashboard_host="127.0.0.1",
+        dashboard_port=8265,
+        log_to_driver=False,
+    )
+    try:
+        deploy_config(config)
+        _wait_http(URL, timeout_s=240)
+        yield
+    finally:
+        from ray import serve
+
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+
+
+# --------------------------------------------------------------------------- the rows
+
+Row = tuple[str, str, str]  # fault, measured, figure
+
+
+def kill_row(name: str, deployment: str, connections: int, warm_s: float, fault_s: float) -> list[Row]:
+    before = replica_actors(deployment)
+    if not before:
+        return [(name, "replicas found", f"none of {deployment}")]
+    load = Load(connections)
+    load.start()
+    time.sleep(warm_s)
+    victim_id, victim_pid = next(iter(before.items()))
+    killed_at = time.monotonic()
+    os.kill(victim_pid, signal.SIGKILL)
+    replaced = wait_for(
+        lambda: len(set(replica_actors(deployment)) - {victim_id}) >= len(before) and deployment_healthy(deployment),
+        timeout_s=120,
+    )
+    time.sleep(max(0.0, fault_s - (time.monotonic() - killed_at)))
+    load.stop()
+    base = summarize(load.window(killed_at - warm_s, killed_at), warm_s)
+    fault = summarize(load.window(killed_at, killed_at + fault_s), fault_s)
+    label = f"kill -9 one of {len(before)} {deployment} replicas"
+    return [
+        (
+            label,
+            f"failed requests in {fault_s:.0f} s after the kill",
+            f"{fault['failed']:.0f} of {fault['requests']:.0f}",
+        ),
+        (label, "answered by the heuristics", f"{fault['heuristic']:.0f} (before: {base['heuristic']:.0f})"),
+        (label, "answered/s before -> after", f"{base['answered_per_s']:.0f} -> {fault['answered_per_s']:.0f}"),
+        (label, "p95 before -> after", f"{base['p95_ms']:.0f} ms -> {fault['p95_ms']:.0f} ms"),
+        (label, "longest time without an answer", f"{fault['longest_gap_s']:.2f} s"),
+        (label, "replacement replica healthy after", "not within 120 s" if replaced is None else f"{replaced:.1f} s"),
+    ]
+
+
+def logged_ids(url: str) -> tuple[int, set[str]]:
+    from sqlalchemy import select
+
+    from conflict_core.store import PredictionLog, make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as c:
+            ids = [row[0] for row in c.execute(select(PredictionLog.prediction_id))]
+    finally:
+        engine.dispose()
+    return len(ids), set(ids)
+
+
+def drained(url: str, expected: set[str], timeout_s: float = 90) -> tuple[int, set[str]]:
+    """The logged ids once every expected id is in (or the time is up)."""
+    rows, ids = logged_ids(url)
+    deadline = time.monotonic() + timeout_s
+    while not expected <= ids and time.monotonic() < deadline:
+        time.sleep(1.0)
+        rows, ids = logged_ids(url)
+    return rows, ids
+
+
+def pg_restart_row(pg: PrivatePostgres, url: str, connections: int, warm_s: float, fault_s: float) -> list[Row]:
+    rows_before, ids_before = logged_ids(url)
+    load = Load(connections)
+    load.start()
+    time.sleep(warm_s)
+    restarted_at = time.monotonic()
+    pg.restart()
+    restart_s = time.monotonic() - restarted_at
+    time.sleep(max(0.0, fault_s - restart_s))
+    load.stop()
+    client_ids = {a.prediction_id for a in load.answers if a.prediction_id}
+    rows, ids = drained(url, client_ids | ids_before)
+    new_ids = ids - ids_before
+    fault = summarize(load.window(restarted_at, restarted_at + fault_s), fault_s)
+    label = "PostgreSQL restarted (pg_ctl restart -m fast)"
+    return [
+        (label, "restart took", f"{restart_s:.1f} s"),
+        (
+            label,
+            f"failed requests in {fault_s:.0f} s from the restart",
+            f"{fault['failed']:.0f} of {fault['requests']:.0f}",
+        ),
+        (label, "answered by the heuristics", f"{fault['heuristic']:.0f}"),
+        (label, "prediction logs lost (client ids not in the store)", f"{len(client_ids - ids)} of {len(client_ids)}"),
+        (label, "prediction logs duplicated", f"{(rows - rows_before) - len(new_ids)}"),
+        (label, "logged ids no client received", f"{len(new_ids - client_ids)}"),
+    ]
+
+
+def spool_status(samples: int = 20) -> dict[str, dict[str, Any]]:
+    """/v1/prediction-log/status of the ingress replicas (requests spread over them)."""
+    import httpx
+
+    seen: dict[str, dict[str, Any]] = {}
+    for _ in range(samples):
+        with contextlib.suppress(Exception):
+            body = httpx.get(URL + "/v1/prediction-log/status", timeout=5).json()
+            seen[f"{body['written']}-{body['spilled']}-{body.get('dropped')}"] = body
+    return seen
+
+
+def spool_full_row(
+    pg: PrivatePostgres, url: str, spool: Path, connections: int, warm_s: float, fault_s: float
+) -> list[Row]:
+    rows_before, ids_before = logged_ids(url)
+    load = Load(connections)
+    load.start()
+    time.sleep(warm_s)
+    stopped_at = time.monotonic()
+    pg.stop()
+    time.sleep(fault_s)
+    usage = shutil.disk_usage(spool)
+    spooled_files = [p.name for p in spool.iterdir() if p.name.endswith(".jsonl")]
+    statuses = spool_status()
+    pg.start()
+    time.sleep(5)
+    load.stop()
+    client_ids = {a.prediction_id for a in load.answers if a.prediction_id}
+    rows, ids = drained(url, client_ids | ids_before, timeout_s=60)
+    fault = summarize(load.window(stopped_at, stopped_at + fault_s), fault_s)
+    dropped = max((s.get("dropped") or 0 for s in statuses.values()), default=0)
+    failures = max((s.get("spill_failures") or 0 for s in statuses.values()), default=0)
+    logs = Path("/tmp/ray/session_latest/logs")
+    lines = 0
+    for path in [*logs.rglob("*.log"), *logs.rglob("*.err")]:
+        with contextlib.suppress(OSError):
+            lines += path.read_text(errors="replace").count("is unwritable")
+    label = f"store down and spool full ({usage.total // 1024} KiB tmpfs)"
+    return [
+        (label, f"failed requests in {fault_s:.0f} s", f"{fault['failed']:.0f} of {fault['requests']:.0f}"),
+        (label, "spool used / spool files while full", f"{usage.used // 1024} KiB / {len(spooled_files)}"),
+        (label, "spill failures / dropped (status route, one replica's max)", f"{failures} / {dropped}"),
+        (label, "'spool ... is unwritable' log lines", f"{lines}"),
+        (label, "client ids not in the store after recovery", f"{len(client_ids - ids)} of {len(client_ids)}"),
+        (label, "prediction logs duplicated", f"{(rows - rows_before) - len(ids - ids_before)}"),
+    ]
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def soak(minutes: float, connections: int, work: Path, sample_s: float = 10.0) -> list[Row]:
+    load = Load(connections)
+    load.start()
+    samples: list[dict[str, Any]] = []
+    deployments = ("Ingress", "FeatureLookup", "ModelInference", "FallbackHeuristics")
+    end = time.monotonic() + minutes * 60
+    last = time.monotonic()
+    while time.monotonic() < end:
+        time.sleep(sample_s)
+        now = time.monotonic()
+        window = summarize(load.window(last, now), now - last)
+        rss = {}
+        for d in deployments:
+            for actor, pid in replica_actors(d).items():
+                mib = rss_mib(pid)
+                if mib is not None:
+                    rss[f"{d}:{actor[:6]}"] = mib
+        samples.append({"t_min": (now - (end - minutes * 60)) / 60, **window, "rss": rss})
+        last = now
+    load.stop()
+    plot = work / "soak.png"
+    _plot_soak(samples, plot)
+    first = samples[len(samples) // 5] if len(samples) >= 5 else samples[0]  # after warm-up
+    growth = {k: (samples[-1]["rss"].get(k, v) - v) / v * 100 for k, v in first["rss"].items() if v}
+    p95s = [s["p95_ms"] for s in samples if s["p95_ms"] == s["p95_ms"]]
+    label = f"soak {minutes:g} min, {connections} connections"
+    return [
+        (label, "errors", f"{sum(s['failed'] for s in samples):.0f} of {sum(s['requests'] for s in samples):.0f}"),
+        (label, "largest replica RSS growth after warm-up", f"{max(growth.values(), default=0):.1f} %"),
+        (label, "p95 per sample: median / max", f"{statistics.median(p95s):.0f} / {max(p95s):.0f} ms"),
+        (label, "plot", str(plot)),
+    ]
+
+
+def _plot_soak(samples: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s["t_min"] for s in samples]
+    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    for name in sorted({k for s in samples for k in s["rss"]}):
+        axes[0].plot(t, [s["rss"].get(name, float("nan")) for s in samples], label=name)
+    axes[0].set_ylabel("replica RSS (MiB)")
+    axes[0].legend(fontsize=6)
+    axes[1].plot(t, [s["p95_ms"] for s in samples])
+    axes[1].set_ylabel("p95 (ms)")
+    axes[2].plot(t, [s["failed"] for s in samples])
+    axes[2].set_ylabel("errors per sample")
+    axes[2].set_xlabel("minutes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def print_table(rows: list[Row]) -> None:
+    widths = [max(len(r[i]) for r in rows + [("fault", "measured", "figure")]) for i in range(3)]
+    line = " | ".join(f"{{:<{w}}}" for w in widths)
+    print(line.format("fault", "measured", "figure"))
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(line.format(*row), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--warm-s", type=float, default=8.0, help="load before the fault (the baseline window)")
+    parser.add_argument("--fault-s", type=float, default=20.0, help="load measured from the fault on")
+    parser.add_argument("--pg-port", type=int, default=55432)
+    parser.add_argument("--mode", default="haproxy", help="serve ingress mode (ray_control.instance.serve_env)")
+    parser.add_argument(
+        "--single-replica", action="store_true", help="one replica of every deployment instead of the shipped layout"
+    )
+    parser.add_argument("--soak-minutes", type=float, default=0.0, help="run the soak instead of the rows")
+    parser.add_argument("--soak-connections", type=int, default=4)
+    a = parser.parse_args()
+    rows = [r for r in a.rows.split(",") if r]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; expected some of {', '.join(ROWS)}")
+
+    from bench_serve import _seed_store
+
+    work = Path(tempfile.mkdtemp(prefix="fault_matrix_"))
+    work.chmod(0o755)
+    spool = work / "spool"
+    spool.mkdir()
+    mounted = False
+    if "spool_full" in rows and not a.soak_minutes:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(spool)], check=True)
+        mounted = True
+    pg = PrivatePostgres(work / "pg", a.pg_port)
+    results: list[Row] = []
+    try:
+        pg.init()
+        url = pg.create_database("conflict")
+        _seed_store(url)
+        print(f"store {url}; work {work}; rows {rows if not a.soak_minutes else 'soak'}", flush=True)
+        with running_app(url, work, a.mode, a.single_replica):
+            if a.soak_minutes:
+                results += soak(a.soak_minutes, a.soak_connections, work)
+            for row in rows if not a.soak_minutes else []:
+                if row in KILL_ROWS:
+                    results += kill_row(row, KILL_ROWS[row], a.connections, a.warm_s, a.fault_s)
+                elif row == "pg_restart":
+                    results += pg_restart_row(pg, url, a.connections, a.warm_s, a.fault_s)
+                elif row == "spool_full":
+                    results += spool_full_row(pg, url, spool, a.connections, a.warm_s, a.fault_s)
+                time.sleep(5)  # let autoscaling and the log writer settle between rows
+    finally:
+        with contextlib.suppress(Exception):
+            pg.stop()
+        if mounted:
+            subprocess.run(["umount", str(spool)], check=False)
+    print()
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
