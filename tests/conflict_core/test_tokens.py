@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -90,7 +90,7 @@ def test_the_migration_goes_down_and_up_again(database_url: str) -> None:
 )
 def test_placeholder_or_short_session_secrets_are_refused(secret: str) -> None:
     with pytest.raises(ValidationError, match="console_session_secret"):
-        Settings(console_session_secret=secret)
+        Settings(console_session_secret=SecretStr(secret))
 
 
 def test_access_control_is_on_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,13 +98,16 @@ def test_access_control_is_on_unless_switched_off(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("CONFLICT_ACCESS_CONTROL_ENABLED", "false")
     assert Settings().access_control_enabled is False
     good = "8f2b6c1d9e4a7b3c5d0e1f2a3b4c5d6e7f8091a2"
-    assert Settings(console_session_secret=good).console_session_secret is not None
+    assert Settings(console_session_secret=SecretStr(good)).console_session_secret is not None
 
 
 def test_secrets_are_not_handed_to_ray_jobs() -> None:
     from conflictctl.scheduler import runtime_env
 
-    settings = Settings(api_token="cp_client-token", console_session_secret="8f2b6c1d9e4a7b3c5d0e1f2a3b4c5d6e7f8091a2")
+    settings = Settings(
+        api_token=SecretStr("cp_client-token"),
+        console_session_secret=SecretStr("8f2b6c1d9e4a7b3c5d0e1f2a3b4c5d6e7f8091a2"),
+    )
     env = runtime_env(settings)["env_vars"]
     assert "CONFLICT_API_TOKEN" not in env and "CONFLICT_CONSOLE_SESSION_SECRET" not in env
     assert env["CONFLICT_ACCESS_CONTROL_ENABLED"] == "True"
