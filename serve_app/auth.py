@@ -4,7 +4,9 @@ Each route needs one scope (``ROUTE_SCOPES``); health and readiness need none. A
 verifies a token against the store once, then trusts the answer for ``ttl_s`` seconds from an
 in-memory cache keyed by the token's sha256: the hot path costs one hash and one dict lookup,
 and a revocation reaches every replica within ``ttl_s``. Unknown tokens are cached too (a
-flood of made-up tokens cannot turn into a flood of store queries beyond one per token).
+flood of made-up tokens cannot turn into a flood of store queries beyond one per token). When
+the store is unreachable, a token it vouched for within ``stale_if_error_s`` stays good, so
+predictions go on through an outage as the rest of the serving path does.
 
 Refusals are JSON naming the problem: no or unknown token 401, revoked token 401, a token
 without the route's scope 403. A refused request never reaches the route, so it is never
@@ -68,6 +70,7 @@ def refusal(status: int, problem: str) -> JSONResponse:
 class _Entry:
     info: TokenInfo | None
     expires: float
+    verified: float  # when the store last answered for this token
 
 
 class TokenGate:
@@ -83,11 +86,12 @@ class TokenGate:
         *,
         enabled: bool = True,
         ttl_s: float = 5.0,
+        stale_if_error_s: float = 600.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
         component: str = "the prediction app",
     ):
-        self.verify, self.enabled, self.ttl_s = verify, enabled, ttl_s
+        self.verify, self.enabled, self.ttl_s, self.stale_if_error_s = verify, enabled, ttl_s, stale_if_error_s
         self.max_entries, self.clock = max_entries, clock
         self.cache: dict[str, _Entry] = {}
         if not enabled:
@@ -103,12 +107,21 @@ class TokenGate:
         now = self.clock()
         entry = self.cache.get(digest)
         if entry is None or entry.expires <= now:
-            info = await asyncio.to_thread(self.verify, token)
+            try:
+                info = await asyncio.to_thread(self.verify, token)
+            except Exception:
+                # The store is down: predictions go on with the heuristics and a spilled log, so a
+                # token it vouched for lately stays good (a revocation cannot be learned meanwhile);
+                # asked again after another cache period.
+                if entry is None or entry.info is None or now - entry.verified > self.stale_if_error_s:
+                    raise
+                entry.expires = now + self.ttl_s
+                return entry.info
             if len(self.cache) >= self.max_entries:
                 self.cache = {k: v for k, v in self.cache.items() if v.expires > now}
                 if len(self.cache) >= self.max_entries:
                     self.cache.clear()
-            entry = self.cache[digest] = _Entry(info, now + self.ttl_s)
+            entry = self.cache[digest] = _Entry(info, now + self.ttl_s, now)
         return entry.info
 
     async def check(self, token: str | None, scope: Scope) -> JSONResponse | None:

@@ -189,12 +189,29 @@ def test_revocation_takes_effect_once_the_cache_period_ends(sqlite_url: str) -> 
     engine.dispose()
 
 
-def test_a_store_outage_during_verification_is_a_503_not_a_500() -> None:
-    def verify(value: str) -> tokens.TokenInfo | None:
-        raise OSError("connection refused")
+def test_a_store_outage_keeps_known_tokens_good_for_a_while_and_refuses_others_with_a_503() -> None:
+    store_up = [True]
+    known = tokens.TokenInfo(id=1, name="device", scopes=frozenset({"predict"}), revoked=False)
 
-    refused = asyncio.run(TokenGate(verify).check("cp_abc", tokens.Scope.READ))
-    assert refused is not None and refused.status_code == 503
+    def verify(value: str) -> tokens.TokenInfo | None:
+        if not store_up[0]:
+            raise OSError("connection refused")
+        return known if value == "cp_known" else None
+
+    now = [0.0]
+    gate = TokenGate(verify, ttl_s=5.0, stale_if_error_s=60.0, clock=lambda: now[0])
+
+    def status(token: str) -> int:
+        refused = asyncio.run(gate.check(token, tokens.Scope.PREDICT))
+        return 200 if refused is None else refused.status_code
+
+    assert status("cp_known") == 200
+    store_up[0] = False
+    now[0] = 30.0
+    assert status("cp_known") == 200  # vouched for 30 s ago: still good through the outage
+    assert status("cp_never_seen") == 503  # not a 500, and not a guess
+    now[0] = 61.0
+    assert status("cp_known") == 503  # the outage outlived what the gate may assume
 
 
 def test_switching_access_control_off_opens_routes_and_warns(
