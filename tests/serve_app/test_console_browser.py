@@ -2,14 +2,15 @@
 colour-coded models list, filtering predictions, a form posted without its CSRF token, log
 out; and, on a local Ray instance, an activation from the console reaching the served app.
 
-Screenshots of each page are saved under ``CONFLICT_TEST_ARTIFACTS`` (default: a pytest tmp
-folder); the path is printed.
+Screenshots of each page are saved under ``CONFLICT_TEST_ARTIFACTS`` (default: the system's
+temporary folder's ``conflict-test-artifacts``), one folder per run; the path is printed.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -55,8 +56,9 @@ def _require_browser() -> None:
 
 
 @pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = Path(os.environ.get("CONFLICT_TEST_ARTIFACTS") or tmp_path_factory.mktemp("artifacts")) / "console"
+def shots() -> Path:
+    root = os.environ.get("CONFLICT_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "conflict-test-artifacts"
+    folder = Path(root) / f"console-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     folder.mkdir(parents=True, exist_ok=True)
     print(f"\nconsole screenshots: {folder}")
     return folder
