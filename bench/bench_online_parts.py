@@ -11,6 +11,9 @@
 3. ``predict_proba`` of the benchmark's model on one row, 300 calls 2 ms apart (as requests
    arrive), with OpenMP's default thread count and with one thread (what ModelInference
    sets): CPU and wall time per call. Idle OpenMP workers spin between calls.
+4. The ingress's bearer-token check (``serve_app.auth.TokenGate``): the first check of a
+   token (a store lookup) and every later one within the cache period (a hash and a dict
+   lookup), per request.
 """
 
 from __future__ import annotations
@@ -130,12 +133,40 @@ def _inference_threads(work: Path) -> None:
         print(f"predict {threads} OpenMP thread(s): {cpu_ms:5.2f} ms CPU, {wall_ms:5.2f} ms wall per call", flush=True)
 
 
+def _token_check(work: Path) -> None:
+    import asyncio
+
+    from conflict_core import tokens
+    from conflict_core.store import make_session_factory
+    from serve_app.auth import TokenGate, store_verifier
+
+    url = f"sqlite:///{work / 'tokens.db'}"
+    db.upgrade(url)
+    engine = make_engine(url)
+    sessions = make_session_factory(engine)
+    with sessions.begin() as session:
+        token = tokens.create(session, name="bench", scopes=["predict"])[1]
+    gate = TokenGate(store_verifier(sessions), ttl_s=3600)
+
+    async def run(n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            assert await gate.check(token, tokens.Scope.PREDICT) is None
+        return (time.perf_counter() - started) / n
+
+    first = asyncio.run(run(1))
+    cached = asyncio.run(run(100_000))
+    print(f"token   first check (store lookup) {first * 1e3:6.2f} ms; cached {cached * 1e6:5.2f} us per request")
+    engine.dispose()
+
+
 def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, {sys.platform}, Python {sys.version.split()[0]}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_parts_") as tmp:
         _lookup(Path(tmp))
         _prediction_log(Path(tmp))
         _inference_threads(Path(tmp))
+        _token_check(Path(tmp))
 
 
 if __name__ == "__main__":

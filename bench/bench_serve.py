@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import random
@@ -56,6 +57,7 @@ for line in io.lines("%s") do n = n + 1; bodies[n] = line end
 local i = 0
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. (os.getenv("CONFLICT_BENCH_TOKEN") or "")
 request = function()
   i = (i %% n) + 1
   return wrk.format(nil, "/v1/predict", nil, bodies[i])
@@ -66,6 +68,27 @@ done = function(summary, latency, requests)
   end
 end
 """
+
+
+@functools.lru_cache(maxsize=1)
+def bench_token() -> str:
+    """This run's ``predict`` token (granted in every store :func:`_seed_store` fills); the graph
+    checks it on every request, cached after the first. wrk's Lua reads it from the environment."""
+    import secrets
+
+    token = "cp_" + secrets.token_urlsafe(32)
+    os.environ["CONFLICT_BENCH_TOKEN"] = token
+    return token
+
+
+def _grant(url: str) -> None:
+    from conflict_core import tokens
+    from conflict_core.store import make_engine, make_session_factory
+
+    engine = make_engine(url)
+    with make_session_factory(engine).begin() as session:
+        session.add(tokens.ApiToken(name="bench", token_sha256=tokens.hash_token(bench_token()), scopes=["predict"]))
+    engine.dispose()
 
 
 def _seed_store(url: str, n_events: int = 20_000) -> None:
@@ -101,6 +124,7 @@ def _seed_store(url: str, n_events: int = 20_000) -> None:
     with session_scope(make_session_factory(engine)) as session:
         insert_event_frame(session, frame)
     engine.dispose()
+    _grant(url)
 
 
 def _artifact(directory: Path) -> tuple[str, str]:
@@ -211,7 +235,8 @@ def _wait_http(url: str, timeout_s: float = 120) -> None:
     body = {"user_id": "u", "device_id": "d", "entity_type": "task", "entity_id": "t", "changed_fields": ["a"]}
     while time.monotonic() < deadline:
         try:
-            if httpx.post(url + "/v1/predict", json=body, timeout=5).status_code == 200:
+            headers = {"Authorization": f"Bearer {bench_token()}"}
+            if httpx.post(url + "/v1/predict", json=body, headers=headers, timeout=5).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

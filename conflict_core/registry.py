@@ -168,13 +168,18 @@ def deactivate(session: Session, version: str) -> ModelVersion:
     return row
 
 
-def rollback(session: Session, *, by: str) -> ModelVersion:
-    """Re-activate the model that was active before the current one."""
+def previously_active(session: Session) -> ModelVersion | None:
+    """The model that was active before the current one (what :func:`rollback` re-activates)."""
     current = active(session)
     query = select(ModelVersion).where(ModelVersion.activated_at.is_not(None), ModelVersion.is_active.is_(False))
     if current is not None and current.activated_at is not None:
         query = query.where(ModelVersion.activated_at < current.activated_at)
-    previous = session.scalars(query.order_by(ModelVersion.activated_at.desc())).first()
+    return session.scalars(query.order_by(ModelVersion.activated_at.desc())).first()
+
+
+def rollback(session: Session, *, by: str) -> ModelVersion:
+    """Re-activate the model that was active before the current one."""
+    previous = previously_active(session)
     if previous is None:
         raise RegistryError("no previously active model to roll back to")
     return activate(session, previous.version, by=by)

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +22,7 @@ from pydantic_settings import (
 from conflict_core.decision import DecisionCosts, DecisionThresholds
 
 DEFAULT_DATA_DIR = Path("data")
+_PLACEHOLDER_WORDS = ("changeme", "change-me", "change_me", "secret", "example", "placeholder", "xxxx", "password")
 
 
 class Settings(BaseSettings):
@@ -61,6 +62,23 @@ class Settings(BaseSettings):
     dashboard_url: str = Field(
         default="http://127.0.0.1:8265", description="Ray dashboard, for Serve deploys and job submission."
     )
+
+    # Access control (see conflict_core.tokens).
+    access_control_enabled: bool = Field(
+        default=True, description="Require a scoped bearer token on every route but health and readiness."
+    )
+    token_cache_ttl_s: float = Field(
+        default=5.0, gt=0, le=300, description="How long a replica trusts a verified token; bounds revocation delay."
+    )
+    api_token: SecretStr | None = Field(
+        default=None, description="The bearer token conflictctl's own clients (predict, traffic, replay) send."
+    )
+    console_session_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs console session cookies (32+ characters, random); none: a random key per "
+        "console process, so sessions end when it restarts.",
+    )
+    console_session_max_age_s: int = Field(default=8 * 3600, gt=0)
 
     # Risk bands of the heuristics (and of models trained before cost-aware thresholds).
     risk_medium_threshold: float = Field(default=0.2, gt=0, lt=1)
@@ -164,6 +182,19 @@ class Settings(BaseSettings):
     def fixed_thresholds(self) -> DecisionThresholds:
         """The heuristics' bands (``risk_medium_threshold`` / ``risk_high_threshold``)."""
         return DecisionThresholds(self.risk_medium_threshold, self.risk_high_threshold, "fixed")
+
+    @field_validator("console_session_secret")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if len(secret) < 32:
+            raise ValueError(f"console_session_secret must be at least 32 characters, got {len(secret)}")
+        lowered = secret.lower()
+        if any(word in lowered for word in _PLACEHOLDER_WORDS) or len(set(secret)) < 10:
+            raise ValueError("console_session_secret looks like a placeholder; generate one: openssl rand -hex 32")
+        return value
 
     @model_validator(mode="after")
     def _ordered_thresholds(self) -> Settings:

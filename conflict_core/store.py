@@ -145,6 +145,12 @@ class PredictionLog(Base):
     linked_event_id: Mapped[str | None] = mapped_column(String(IDENTIFIER_MAX_LENGTH))
     outcome_at: Mapped[dt.datetime | None]
 
+    __table_args__ = (  # newest-first keyset pages of the console (migration api_tokens_console)
+        Index("ix_prediction_log_keyset", "created_at", "id"),
+        Index("ix_prediction_log_version_keyset", "model_version", "created_at", "id"),
+        Index("ix_prediction_log_fallback_keyset", "fallback_reason", "created_at", "id"),
+    )
+
 
 class ModelVersion(Base):
     __tablename__ = "model_registry"

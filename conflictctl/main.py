@@ -46,9 +46,17 @@ def _register() -> None:
         pipeline_commands,
         rollout_commands,
         serve_commands,
+        token_commands,
     )
 
-    for module in (data_commands, model_commands, pipeline_commands, serve_commands, lifecycle_commands):
+    for module in (
+        data_commands,
+        model_commands,
+        pipeline_commands,
+        serve_commands,
+        lifecycle_commands,
+        token_commands,
+    ):
         for command in module.COMMANDS:
             main.add_command(command)
     for command in rollout_commands.MODEL_COMMANDS:

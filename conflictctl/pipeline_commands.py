@@ -223,6 +223,7 @@ def _job_runner(app: AppContext, plan: RunPlan, dashboard: str) -> Callable[...,
 def _jobs_and_serving(app: AppContext, plan: RunPlan, day: SimulatedDay) -> dict[str, Any]:
     """Extract, train, serve and replay the live day, then the lifecycle on simulated time."""
     from conflict_core import serve_config
+    from conflictctl.console_access import PREDICTION_APP, echo_console_login, fill_console_args, issue_run_tokens
     from conflictctl.serve_commands import echo_traffic
     from conflictctl.traffic import replay_events
     from ray_control.instance import local_ray, serve_env
@@ -230,6 +231,7 @@ def _jobs_and_serving(app: AppContext, plan: RunPlan, day: SimulatedDay) -> dict
 
     settings = app.settings
     results: dict[str, Any] = {}
+    run_tokens = results["tokens"] = issue_run_tokens(app)
     with local_ray(dashboard_port=plan.dashboard_port, env=serve_env(settings.serve_ingress_mode)) as dashboard:
         run = _job_runner(app, plan, dashboard)
         _step(f"Ray Job: extract features (dashboard {dashboard})")
@@ -244,15 +246,18 @@ def _jobs_and_serving(app: AppContext, plan: RunPlan, day: SimulatedDay) -> dict
         # The replay compresses a day into seconds: half a second of refresh lag would hide
         # minutes of simulated syncs from the features, so the app tails the store per batch.
         for application in deployed["applications"]:
-            application["args"]["feature_refresh_interval_s"] = 0
+            if application["import_path"] == PREDICTION_APP:
+                application["args"]["feature_refresh_interval_s"] = 0
+        fill_console_args(deployed, settings)
         deploy_config(deployed)
         wait_until_running()
+        echo_console_login(settings, run_tokens)
         replay_until = day.live_start + dt.timedelta(hours=plan.live_hours)
         click.echo(
             f"serving at {settings.serve_url}; devices replay the live day until {replay_until:%Y-%m-%d %H:%M} UTC "
             "(predict each push as of its instant, then record its outcome)"
         )
-        report = replay_events(settings.serve_url, day.live, until=replay_until)
+        report = replay_events(settings.serve_url, day.live, until=replay_until, token=run_tokens.client)
         echo_traffic(report)
         click.echo(
             f"{report['pushes']:,} pushes, {report['recorded_without_prediction']:,} events after "
@@ -277,6 +282,7 @@ def _jobs_and_serving(app: AppContext, plan: RunPlan, day: SimulatedDay) -> dict
 
         if plan.keep_serving:
             click.echo(f"serving at {settings.serve_url} until Ctrl-C")
+            echo_console_login(settings, run_tokens)
             try:
                 while True:
                     time.sleep(3600)
@@ -347,6 +353,12 @@ def _summary(app: AppContext, results: dict[str, Any]) -> None:
             + f" ({retraining['gate_reason']})"
         )
     click.echo(f"active model     {active.version if active else 'none (heuristics answer)'}")
+    console = app.settings.serve_url.rstrip("/") + "/admin/"
+    click.echo(
+        f"console          {console} while the app runs (--keep-serving, or conflictctl serve-up); "
+        "log in with this admin token:"
+    )
+    click.echo(f"                 {results['tokens'].admin}")
 
 
 COMMANDS = [run_command]

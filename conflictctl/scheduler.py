@@ -29,13 +29,12 @@ from pydantic import ValidationError as PydanticValidationError
 
 from conflict_core.errors import ConfigurationError
 from conflict_core.settings import Settings
+from ray_control.jobs import WORKING_DIR_EXCLUDES, runtime_env  # noqa: F401 (what a scheduled job runs with)
 
 log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_SCHEDULES = PROJECT_DIR / "configs" / "schedules.yaml"
-# Never uploaded with the job's working directory: data, environments, history, caches.
-WORKING_DIR_EXCLUDES = [".git/", ".venv/", "data/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/", ".mypy_cache/"]
 
 
 @dataclass(frozen=True)
@@ -145,24 +144,6 @@ def entrypoint(schedule: Schedule, *, python: str | None = None) -> str:
     """``<venv python> -m <module> <args>``: the scheduler's own interpreter, since a bare
     ``python`` on the cluster may not be the project's environment."""
     return shlex.join([python or sys.executable, "-m", schedule.module, *schedule.args])
-
-
-def runtime_env(settings: Settings, project_dir: Path = PROJECT_DIR) -> dict[str, Any]:
-    """The job's working directory (the project, without data) and the settings it must see.
-
-    Every setting goes along as its ``CONFLICT_*`` variable (a scheduled retrain needs the
-    task CPU share, the gate, the alert webhook ... exactly as the scheduler was configured),
-    with paths made absolute because the job runs in an unpacked copy of the working directory.
-    """
-    env_vars: dict[str, str] = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, Path):
-            value = value.resolve()
-        env_vars[f"CONFLICT_{name.upper()}"] = str(value)
-    env_vars["CONFLICT_DATABASE_URL"] = env_vars["DATABASE_URL"] = settings.database_url  # absolute already
-    return {"working_dir": str(project_dir), "excludes": WORKING_DIR_EXCLUDES, "env_vars": env_vars}
 
 
 def submission_id(schedule: Schedule, at: dt.datetime) -> str:

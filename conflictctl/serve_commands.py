@@ -57,6 +57,9 @@ def serve_up(app: AppContext, config_path: str | None, wait: bool) -> None:
         else serve_config.ensure_live(settings.serve_config_template, settings.serve_config_path)
     )
     config = load_config(path, app.settings.database_url)
+    from conflictctl.console_access import fill_console_args
+
+    fill_console_args(config, app.settings)
     ray_instance: contextlib.AbstractContextManager[str]
     if address:
         import ray
@@ -123,7 +126,11 @@ def predict(
     }
     if sync_id:
         item["sync_id"] = sync_id
-    response = httpx.post(app.settings.serve_url.rstrip("/") + "/v1/predict", json=item, timeout=10)
+    from conflictctl.client_auth import bearer_headers, client_token
+
+    with client_token(app, ["predict"], "conflictctl predict") as token:
+        url = app.settings.serve_url.rstrip("/") + "/v1/predict"
+        response = httpx.post(url, json=item, headers=bearer_headers(token), timeout=10)
     click.echo(json.dumps(response.json(), indent=2))
     if response.status_code >= 400:
         raise SystemExit(1)
@@ -147,15 +154,18 @@ def echo_traffic(report: dict[str, float]) -> None:
 @pass_app
 def traffic(app: AppContext, seconds: float, users: int, entities: int, conflict_rate: float) -> None:
     """Simulated clients: predict, sync, record the result; then print latency and fallback rate."""
-    echo_traffic(
-        traffic_module.drive_traffic(
+    from conflictctl.client_auth import client_token
+
+    with client_token(app, ["predict", "record"], "conflictctl traffic") as token:
+        report = traffic_module.drive_traffic(
             app.settings.serve_url,
             seconds=seconds,
             users=[f"u{i:04d}" for i in range(1, users + 1)],
             entities=[f"task-{i:06d}" for i in range(entities)],
             conflict_rate=conflict_rate,
+            token=token,
         )
-    )
+    echo_traffic(report)
 
 
 COMMANDS = [serve_up, predict, traffic]

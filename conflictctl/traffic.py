@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from conflict_core.errors import ConflictPredictorError
+from conflictctl.client_auth import bearer_headers
 
 
 class TrafficError(ConflictPredictorError):
@@ -24,14 +25,23 @@ class TrafficError(ConflictPredictorError):
 
 
 def drive_traffic(
-    base_url: str, *, seconds: float, users: list[str], entities: list[str], conflict_rate: float, seed: int = 0
+    base_url: str,
+    *,
+    seconds: float,
+    users: list[str],
+    entities: list[str],
+    conflict_rate: float,
+    seed: int = 0,
+    token: str | None = None,
 ) -> dict[str, float]:
-    """Simulated clients: predict a pending sync, push it, record its result; returns the tallies."""
+    """Simulated clients: predict a pending sync, push it, record its result; returns the tallies.
+
+    ``token``: the bearer token they send (scopes ``predict`` and ``record``)."""
     rng = random.Random(seed)
     latencies: list[float] = []
     fallbacks = predictions = errors = 0
     deadline = time.monotonic() + seconds
-    with httpx.Client(base_url=base_url.rstrip("/"), timeout=10) as client:
+    with httpx.Client(base_url=base_url.rstrip("/"), headers=bearer_headers(token), timeout=10) as client:
         while time.monotonic() < deadline:
             user = rng.choice(users)
             items = [
@@ -124,6 +134,7 @@ def replay_events(
     *,
     until: dt.datetime | None = None,
     concurrency: int = 8,
+    token: str | None = None,
     record_batch: int = 500,
 ) -> dict[str, float]:
     """Replay a simulated day through the app as devices would: predict each push, then record it.
@@ -194,7 +205,7 @@ def replay_events(
 
     replayed = 0
     with (
-        httpx.Client(base_url=base_url.rstrip("/"), timeout=30) as client,
+        httpx.Client(base_url=base_url.rstrip("/"), headers=bearer_headers(token), timeout=30) as client,
         ThreadPoolExecutor(max_workers=concurrency) as pool,
     ):
         while replayed < len(pushes):

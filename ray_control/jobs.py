@@ -21,10 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from conflict_core.errors import ConflictPredictorError
+from conflict_core.settings import Settings
 from ray_control.dashboard import job_client
 
 FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+# Never uploaded with the job's working directory: data, environments, history, caches.
+WORKING_DIR_EXCLUDES = [".git/", ".venv/", "data/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/", ".mypy_cache/"]
 
 
 class JobFailedError(ConflictPredictorError):
@@ -33,6 +39,48 @@ class JobFailedError(ConflictPredictorError):
 
 def module_entrypoint(module: str, args: Sequence[str]) -> str:
     return shlex.join([sys.executable, "-m", module, *args])
+
+
+def runtime_env(settings: Settings, project_dir: Path = PROJECT_DIR) -> dict[str, Any]:
+    """The job's working directory (the project, without data) and the settings it must see.
+
+    Every setting goes along as its ``CONFLICT_*`` variable (a scheduled retrain needs the
+    task CPU share, the gate, the alert webhook ... exactly as the scheduler was configured),
+    with paths made absolute because the job runs in an unpacked copy of the working directory.
+    Secrets stay behind: no job needs one, and a job's runtime env is visible on the dashboard.
+    """
+    env_vars: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None or isinstance(value, SecretStr):
+            continue
+        if isinstance(value, Path):
+            value = value.resolve()
+        env_vars[f"CONFLICT_{name.upper()}"] = str(value)
+    env_vars["CONFLICT_DATABASE_URL"] = env_vars["DATABASE_URL"] = settings.database_url  # absolute already
+    return {"working_dir": str(project_dir), "excludes": WORKING_DIR_EXCLUDES, "env_vars": env_vars}
+
+
+def new_submission_id(module: str) -> str:
+    """``<module's last name>-<local time>-<6 hex>``: unique, and readable on the dashboard."""
+    return f"{module.rsplit('.', 1)[-1]}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def submit_job(
+    dashboard_url: str,
+    module: str,
+    args: Sequence[str],
+    *,
+    submission_id: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
+) -> str:
+    """Submit ``python -m module ARGS`` as a Ray Job without waiting for it; its submission id."""
+    submission_id = (
+        submission_id or f"{module.rsplit('.', 1)[-1]}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    )
+    returned: str = job_client(dashboard_url).submit_job(
+        entrypoint=module_entrypoint(module, args), submission_id=submission_id, runtime_env=runtime_env
+    )
+    return returned
 
 
 @dataclass(frozen=True)
@@ -58,7 +106,7 @@ def run_job(
     then stopped) or writes no result; the message names the log file.
     """
     logs_dir.mkdir(parents=True, exist_ok=True)
-    submission_id = f"{module.rsplit('.', 1)[-1]}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    submission_id = new_submission_id(module)
     result_path = logs_dir / f"{submission_id}.json"
     log_path = logs_dir / f"{submission_id}.log"
     client = job_client(dashboard_url)

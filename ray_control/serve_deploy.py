@@ -97,15 +97,18 @@ def apply(path: Path, dashboard_url: str) -> bool:
 def redeployable(status: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """``config``'s model on the running applications' submitted configs (see :func:`apply`).
 
-    ``config`` itself when any of its applications is not running or Serve kept no copy of it.
+    Only the applications that run are redeployed (an application of ``config`` that is not
+    running, such as a console never started there, stays as it is); ``config`` itself when none
+    runs with a copy Serve kept, or the inference deployment's application is not among them.
     """
     running = status.get("applications") or {}
     submitted = []
     for app in config["applications"]:
         deployed = (running.get(app.get("name", "default")) or {}).get("deployed_app_config")
-        if not deployed:
-            return config
-        submitted.append(copy.deepcopy(deployed))
+        if deployed:
+            submitted.append(copy.deepcopy(deployed))
+    if not submitted:
+        return config
     merged = {key: value for key, value in config.items() if key != "applications"}
     merged["applications"] = submitted
     try:

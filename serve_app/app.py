@@ -91,6 +91,8 @@ class AppArgs(BaseModel):
             max_request_bytes=settings.max_request_bytes,
             risk_medium_threshold=settings.risk_medium_threshold,
             risk_high_threshold=settings.risk_high_threshold,
+            access_control_enabled=settings.access_control_enabled,
+            token_cache_ttl_s=settings.token_cache_ttl_s,
         )
 
 
@@ -116,6 +118,8 @@ class ServingOptions:
     ingress_max_batch_size: int
     ingress_batch_wait_timeout_s: float
     live_metrics_interval_s: float
+    access_control_enabled: bool = True
+    token_cache_ttl_s: float = 5.0
 
 
 def build_app(args: AppArgs | dict[str, Any]) -> Application:

@@ -1,9 +1,10 @@
 """The HTTP ingress: parses requests (Starlette), calls the graph, answers, logs predictions.
 
 Routes: ``POST /v1/predict``, ``POST /v1/sync-events``, ``GET /v1/models``, ``GET /healthz``,
-``GET /readyz``, ``GET /openapi.json`` (:mod:`serve_app.openapi`). A client mistake gets a 4xx
-JSON body naming the field; a failing dependency (store, model) degrades to the heuristics or
-a 503, never to a 500; a failing stage is skipped at once while its circuit is open
+``GET /readyz``, ``GET /openapi.json`` (:mod:`serve_app.openapi`); every route but the last
+three needs a scoped bearer token (:mod:`serve_app.auth`). A client mistake gets a 4xx JSON
+body naming the field; a failing dependency (store, model) degrades to the heuristics or a
+503, never to a 500; a failing stage is skipped at once while its circuit is open
 (:mod:`serve_app.circuit`).
 """
 
@@ -28,6 +29,7 @@ from starlette.routing import Match, Route, Router
 from conflict_core.errors import ImportFormatError
 from conflict_core.store import json_safe, make_engine, make_session_factory, session_scope, utcnow
 from serve_app.app import ServingOptions
+from serve_app.auth import TokenGate, store_verifier
 from serve_app.circuit import CircuitBreaker
 from serve_app.deployments import awaited, configure_batching
 from serve_app.heuristics import (
@@ -104,6 +106,9 @@ class Ingress:
         self.engine = make_engine(options.database_url)
         self.sessions = make_session_factory(self.engine)
         self.metrics = ServeMetrics()
+        self.gate = TokenGate(
+            store_verifier(self.sessions), enabled=options.access_control_enabled, ttl_s=options.token_cache_ttl_s
+        )
         self.writer = PredictionLogWriter(
             options.database_url,
             Path(options.log_spool_dir),
@@ -152,6 +157,8 @@ class Ingress:
         route = self._route(request)
         if isinstance(route, Response):
             return route
+        if (refused := await self.gate.refuse(request, route.path)) is not None:
+            return refused
         try:
             return await route.endpoint(request)
         except RequestError as exc:

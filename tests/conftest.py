@@ -103,3 +103,32 @@ def training_frame(
     window = ExtractionWindow.days_back(45, end=latest_event_time(events_dir), params=FeatureParams())
     files = partition_files(events_dir, window)
     return extract_local(files, window), window, files
+
+
+# ---- API tokens ----
+
+ALL_SCOPES = ("predict", "record", "read", "admin")
+
+
+def grant(database_url: str, *scopes: str, name: str = "tests", token: str | None = None) -> str:
+    """A token with ``scopes`` in the store at ``database_url``; returns it in clear.
+
+    ``token`` fixes its value (a module-wide test credential); otherwise a new random one."""
+    from conflict_core import tokens
+
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            if token is None:
+                return tokens.create(session, name=name, scopes=scopes or ALL_SCOPES)[1]
+            session.add(
+                tokens.ApiToken(
+                    name=name,
+                    token_sha256=tokens.hash_token(token),
+                    scopes=tokens.parse_scopes(scopes or ALL_SCOPES),
+                    created_at=dt.datetime.now(dt.UTC),
+                )
+            )
+            return token
+    finally:
+        engine.dispose()

@@ -12,9 +12,12 @@ MACHINE_CPUS = 2.0
 JOB_TASK_CPUS = 0.25  # what `conflictctl run` gives each retrain task beside the running app
 
 
+def _config() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load((REPO / "serve_config.yaml").read_text())  # type: ignore[no-any-return]
+
+
 def _deployments() -> dict[str, dict]:  # type: ignore[type-arg]
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
-    return {d["name"]: d for d in config["applications"][0]["deployments"]}
+    return {d["name"]: d for d in _config()["applications"][0]["deployments"]}
 
 
 def test_every_deployment_on_the_request_path_keeps_two_replicas() -> None:
@@ -24,7 +27,9 @@ def test_every_deployment_on_the_request_path_keeps_two_replicas() -> None:
 
 
 def test_the_layout_at_its_maximum_leaves_room_for_a_retrain_task() -> None:
-    total = sum(
-        d["autoscaling_config"]["max_replicas"] * d["ray_actor_options"]["num_cpus"] for d in _deployments().values()
+    total = sum(  # every application's replicas: the prediction app's and the console's
+        d["autoscaling_config"]["max_replicas"] * d["ray_actor_options"]["num_cpus"]
+        for application in _config()["applications"]
+        for d in application["deployments"]
     )
     assert total + JOB_TASK_CPUS <= MACHINE_CPUS, total

@@ -57,3 +57,12 @@ def test_without_a_submitted_copy_the_file_is_deployed_as_it_is() -> None:
     assert serve_deploy.redeployable({"applications": {}}, on_disk) is on_disk
     no_copy = {"applications": {"conflict_predictor": {"status": "RUNNING", "deployed_app_config": None}}}
     assert serve_deploy.redeployable(no_copy, on_disk) is on_disk
+
+
+def test_an_application_that_is_not_running_is_left_alone() -> None:
+    on_disk = _file_config()
+    assert {app["name"] for app in on_disk["applications"]} == {"conflict_predictor", "console"}
+    status = _running(on_disk, database_url="sqlite:////srv/conflicts.db")  # the console is not running
+    merged = serve_deploy.redeployable(status, on_disk)
+    assert [app["name"] for app in merged["applications"]] == ["conflict_predictor"]
+    assert merged["applications"][0]["args"]["database_url"] == "sqlite:////srv/conflicts.db"

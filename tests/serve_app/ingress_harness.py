@@ -14,7 +14,8 @@ import numpy as np
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
-from conflict_core import db
+from conflict_core import db, tokens
+from conflict_core.store import make_engine, make_session_factory, session_scope
 from serve_app.app import AppArgs
 from serve_app.feature_lookup import OnlineFeatureLookup
 from serve_app.heuristics import FallbackReason, heuristic_probabilities
@@ -70,10 +71,15 @@ class FallbackStandIn:
 
 
 class IngressApp:
-    """ASGI: one ``Request`` per HTTP scope, answered by :meth:`Ingress.__call__` (as Serve does)."""
+    """ASGI: one ``Request`` per HTTP scope, answered by :meth:`Ingress.__call__` (as Serve does).
+
+    Access control stays on: a request without an ``Authorization`` header gets the bearer
+    token :func:`build_ingress` granted (every scope), as a client of the real app would send.
+    """
 
     def __init__(self, ingress: Any):
         self.ingress = ingress
+        self.authorization = f"Bearer {getattr(ingress, 'harness_token', '')}".encode()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -84,6 +90,9 @@ class IngressApp:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        headers = list(scope.get("headers") or [])
+        if not any(name.lower() == b"authorization" for name, _ in headers):
+            scope = {**scope, "headers": [*headers, (b"authorization", self.authorization)]}
         response = await self.ingress(Request(scope, receive))
         await response(scope, receive, send)
 
@@ -96,6 +105,8 @@ def build_ingress(tmp_path: Path, **args: Any) -> tuple[Any, LookupStandIn, Fall
     lookup, fallback = LookupStandIn(url), FallbackStandIn()
     ingress_class: Any = cast(Any, Ingress).func_or_class  # the plain class under @serve.deployment
     ingress = ingress_class(lookup=lookup, inference=InferenceStandIn(), fallback=fallback, options=options)
+    with session_scope(make_session_factory(make_engine(url))) as session:
+        _, ingress.harness_token = tokens.create(session, name="harness", scopes=[s.value for s in tokens.Scope])
     return ingress, lookup, fallback
 
 

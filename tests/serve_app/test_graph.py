@@ -32,10 +32,13 @@ from conflict_core.features import ALL_FEATURES
 from conflict_core.registry import sha256_file
 from conflict_core.store import PredictionLog, make_engine
 from ray_control.serve_deploy import deploy_config
+from tests.conftest import grant
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.postgres]
 
 BASE = "http://127.0.0.1:8000"
+TOKEN = "cp_graph-tests-every-scope-0123456789abcdefghijklmn"  # granted in this module's own store
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 ITEM = {"user_id": "u1", "device_id": "d1", "entity_type": "task", "entity_id": "t1", "changed_fields": ["title"]}
 
 
@@ -151,8 +154,9 @@ def graph(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gra
 
 
 @pytest.fixture(scope="module")
-def client(graph: Graph) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=BASE, timeout=30) as c:
+def client(graph: Graph, pg_url: str) -> Iterator[httpx.Client]:
+    grant(pg_url, name="graph tests", token=TOKEN)
+    with httpx.Client(base_url=BASE, headers=HEADERS, timeout=30) as c:
         yield c
 
 
@@ -280,7 +284,7 @@ def test_hot_model_switch_under_load_in_place(graph: Graph, client: httpx.Client
     outcomes: list[tuple[int, str]] = []
 
     def fire() -> None:
-        with httpx.Client(base_url=BASE, timeout=30) as c:
+        with httpx.Client(base_url=BASE, headers=HEADERS, timeout=30) as c:
             while not stop.is_set():
                 r = c.post("/v1/predict", json=[ITEM, dict(ITEM, user_id="u2")])
                 versions = (

@@ -29,12 +29,15 @@ from sklearn.linear_model import LogisticRegression
 from conflict_core import db, registry
 from conflict_core.features import ALL_FEATURES
 from conflict_core.store import make_engine, make_session_factory, session_scope
+from tests.conftest import grant
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = str(Path(sys.executable).with_name("serve"))
 BASE = "http://127.0.0.1:8000"
+TOKEN = "cp_serve-cli-tests-every-scope-0123456789abcdefghij"  # granted in each test's own store
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 ITEM = {"user_id": "u1", "device_id": "d1", "entity_type": "task", "entity_id": "t1", "changed_fields": ["title"]}
 
 
@@ -73,6 +76,7 @@ def store(tmp_path: Path) -> str:
         )
         registry.activate(session, "v_cli", by="test")
     engine.dispose()
+    grant(url, name="serve cli tests", token=TOKEN)
     return url
 
 
@@ -122,7 +126,7 @@ def _assert_port_closed(timeout_s: float = 30) -> None:
 
 
 def _predict_with_registry_model() -> None:
-    response = httpx.post(BASE + "/v1/predict", json=ITEM, timeout=10)
+    response = httpx.post(BASE + "/v1/predict", json=ITEM, headers=HEADERS, timeout=10)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model_version"] == "v_cli" and "fallback_reason" not in body, body
@@ -219,7 +223,7 @@ def _await_model(version: str, timeout_s: float = 90) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            serving: dict[str, Any] = httpx.get(BASE + "/v1/models", timeout=5).json()["serving"] or {}
+            serving: dict[str, Any] = httpx.get(BASE + "/v1/models", headers=HEADERS, timeout=5).json()["serving"] or {}
             if serving.get("model_version") == version:
                 return serving
         except httpx.HTTPError:
