@@ -131,7 +131,9 @@ def make_app(database_url: str, artifact: str, sha256: str, *, max_batch: int, w
         ]
         matrix, probabilities = await coalescer.submit(targets)
         features = features_json(matrix.tolist())
-        responses = respond(replica, items, features, probabilities, model.version, None, now)
+        cuts = model.thresholds  # the model's own cost-aware cut points, as the graph applies them
+        medium, high = (cuts.fetch_first, cuts.warn_user) if cuts is not None else (replica.medium, replica.high)
+        responses = respond(replica, items, features, probabilities, model.version, None, now, medium, high)
         return Response(render_predictions(responses, features, single), media_type="application/json")
 
     @contextlib.asynccontextmanager

@@ -112,20 +112,7 @@ def train_and_register(
 
     n = num_samples or settings.sweep_num_samples
     progress(f"sweep: {n} configurations ({sweep})")
-    if sweep == "ray":
-        results = tune.sweep_with_ray(
-            n,
-            all_features,
-            split.fit,
-            split.calibration,
-            storage_path=settings.data_dir / "tune",
-            name=version,
-            cpus_per_trial=settings.job_task_cpus,
-        )
-    elif sweep == "local":
-        results = tune.sweep_local(tune.sample_configs(n), all_features, split.fit, split.calibration)
-    else:
-        raise ValueError(f"sweep must be 'ray' or 'local', got {sweep!r}")
+    results = _sweep(settings, sweep, n, all_features, split, name=version)
     seed_split, seed_feature_params = split, feature_params
     if seed_training_set is not None:
         seed_frame, seed_manifest = load_training_set(seed_training_set)
@@ -139,27 +126,14 @@ def train_and_register(
     y_holdout = split.holdout[LABEL].to_numpy()
     baseline = seed_baseline().fit(seed_split.train[list(SEED_FEATURES)], seed_split.train[LABEL])
     baseline_proba = baseline.predict_proba(seed_split.holdout[list(SEED_FEATURES)])[:, 1]
-    features = selection.columns_for(config, all_features)
-    model_split = split  # the rows (and feature parameters) of the shipped model
-    if selection.is_seed(config):
-        model, proba = _seed_model(baseline, seed_split)
-        model_split, feature_params = seed_split, seed_feature_params
-    else:
-        estimator, _ = fit_candidate(config, features, split.fit, split.calibration)
-        model = calibrate(estimator, split.calibration, features)
-        proba = model.predict_proba(split.holdout[features])[:, 1]
-        reference = selection.ranking_scores(y_holdout, baseline_proba)
-        chosen = selection.ranking_scores(y_holdout, proba)
-        if not selection.not_worse(chosen, reference, roc="roc_auc", pr="pr_auc"):
-            selection_notes.append(
-                f"{config['model']} lost to the seed baseline on the holdout (ROC-AUC {chosen['roc_auc']:.4f} vs "
-                f"{reference['roc_auc']:.4f}, PR-AUC {chosen['pr_auc']:.4f} vs {reference['pr_auc']:.4f}); "
-                "the seed baseline is shipped instead"
-            )
-            progress(selection_notes[-1])
-            config, features = dict(SEED_CONFIG), list(SEED_FEATURES)
-            model, proba = _seed_model(baseline, seed_split)
-            model_split, feature_params = seed_split, seed_feature_params
+    shipped = _never_worse_than_the_seed(
+        config, all_features, split, seed_split, baseline, baseline_proba, feature_params, seed_feature_params
+    )
+    config, features, model, proba = shipped.config, shipped.features, shipped.model, shipped.proba
+    model_split, feature_params = shipped.split, shipped.feature_params
+    selection_notes += shipped.notes
+    for note in shipped.notes:
+        progress(note)
 
     costs = settings.decision_costs()
     thresholds = cost_thresholds(costs)
@@ -181,22 +155,11 @@ def train_and_register(
     }
     scores_by_model = {version: proba, "seed baseline": baseline_proba}
 
-    with session_scope(session_factory) as session:
-        current = registry.active(session)
-        current_info = (current.version, Path(current.artifact_path), current.artifact_sha256) if current else None
-    active_metrics = None
-    unscorable: str | None = None
-    notes: list[str] = []
-    if current_info is not None:
-        try:
-            artifact = registry.load_artifact(current_info[1], current_info[2])
-            active_proba = artifact["estimator"].predict_proba(split.holdout[artifact["feature_columns"]])[:, 1]
-            active_metrics = classification_metrics(y_holdout, active_proba, threshold)
-            holdout_metrics[f"active {current_info[0]}"] = active_metrics
-            scores_by_model[f"active {current_info[0]}"] = active_proba
-        except (ArtifactIntegrityError, KeyError) as exc:
-            unscorable = f"{current_info[0]}: {exc}"
-            notes.append(f"active model {current_info[0]} could not be scored: {exc}")
+    active = _score_active(session_factory, split.holdout, threshold)
+    current_info, active_metrics, unscorable, notes = active.info, active.metrics, active.unscorable, active.notes
+    if current_info is not None and active_metrics is not None and active.proba is not None:
+        holdout_metrics[f"active {current_info[0]}"] = active_metrics
+        scores_by_model[f"active {current_info[0]}"] = active.proba
 
     decision = registry.gate(
         candidate_roc_auc=holdout_metrics[version]["roc_auc"],
@@ -308,6 +271,101 @@ def train_and_register(
         notes=notes,
     )
     return result
+
+
+def _sweep(
+    settings: Settings, sweep: str, n: int, features: list[str], split: TimeSplit, *, name: str
+) -> list[tuple[dict[str, Any], dict[str, float]]]:
+    """``n`` configurations fitted on the fit rows and scored on the calibration rows."""
+    if sweep == "ray":
+        return tune.sweep_with_ray(
+            n,
+            features,
+            split.fit,
+            split.calibration,
+            storage_path=settings.data_dir / "tune",
+            name=name,
+            cpus_per_trial=settings.job_task_cpus,
+        )
+    if sweep == "local":
+        return tune.sweep_local(tune.sample_configs(n), features, split.fit, split.calibration)
+    raise ValueError(f"sweep must be 'ray' or 'local', got {sweep!r}")
+
+
+@dataclass
+class _Shipped:
+    """The model a training run ships, with the rows and feature parameters it was made from."""
+
+    config: dict[str, Any]
+    features: list[str]
+    model: Any
+    proba: np.ndarray  # on the holdout
+    split: TimeSplit
+    feature_params: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def _never_worse_than_the_seed(
+    config: dict[str, Any],
+    all_features: list[str],
+    split: TimeSplit,
+    seed_split: TimeSplit,
+    baseline: Any,
+    baseline_proba: np.ndarray,
+    feature_params: dict[str, Any],
+    seed_feature_params: dict[str, Any],
+) -> _Shipped:
+    """The chosen configuration, fitted and calibrated; the seed baseline instead when the
+    choice is the seed's or loses to it on the holdout on either ROC-AUC or PR-AUC."""
+    y_holdout = split.holdout[LABEL].to_numpy()
+    if selection.is_seed(config):
+        model, proba = _seed_model(baseline, seed_split)
+        return _Shipped(
+            config, selection.columns_for(config, all_features), model, proba, seed_split, seed_feature_params
+        )
+    features = selection.columns_for(config, all_features)
+    estimator, _ = fit_candidate(config, features, split.fit, split.calibration)
+    model = calibrate(estimator, split.calibration, features)
+    proba = model.predict_proba(split.holdout[features])[:, 1]
+    reference = selection.ranking_scores(y_holdout, baseline_proba)
+    chosen = selection.ranking_scores(y_holdout, proba)
+    if selection.not_worse(chosen, reference, roc="roc_auc", pr="pr_auc"):
+        return _Shipped(config, features, model, proba, split, feature_params)
+    note = (
+        f"{config['model']} lost to the seed baseline on the holdout (ROC-AUC {chosen['roc_auc']:.4f} vs "
+        f"{reference['roc_auc']:.4f}, PR-AUC {chosen['pr_auc']:.4f} vs {reference['pr_auc']:.4f}); "
+        "the seed baseline is shipped instead"
+    )
+    model, proba = _seed_model(baseline, seed_split)
+    return _Shipped(dict(SEED_CONFIG), list(SEED_FEATURES), model, proba, seed_split, seed_feature_params, [note])
+
+
+@dataclass
+class _ActiveScore:
+    """The active model on the candidate's holdout: who it is, and its figures if it could be scored."""
+
+    info: tuple[str, Path, str] | None = None
+    metrics: dict[str, Any] | None = None
+    proba: np.ndarray | None = None
+    unscorable: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _score_active(session_factory: sessionmaker[Session], holdout: pd.DataFrame, threshold: float) -> _ActiveScore:
+    with session_scope(session_factory) as session:
+        current = registry.active(session)
+        info = (current.version, Path(current.artifact_path), current.artifact_sha256) if current else None
+    if info is None:
+        return _ActiveScore()
+    try:
+        artifact = registry.load_artifact(info[1], info[2])
+        proba = artifact["estimator"].predict_proba(holdout[artifact["feature_columns"]])[:, 1]
+    except (ArtifactIntegrityError, KeyError) as exc:
+        return _ActiveScore(
+            info, unscorable=f"{info[0]}: {exc}", notes=[f"active model {info[0]} could not be scored: {exc}"]
+        )
+    metrics = classification_metrics(holdout[LABEL].to_numpy(), proba, threshold)
+    return _ActiveScore(info, metrics, proba)
 
 
 def begin_rollout(settings: Settings, session: Session, version: str, *, mode: str, by: str, reason: str) -> str:
