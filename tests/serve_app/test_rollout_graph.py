@@ -23,7 +23,18 @@ from conflict_core import registry, rollout
 from conflict_core.features import ALL_FEATURES
 from conflict_core.store import ModelVersion, PredictionLog, make_engine, make_session_factory
 from serve_app.inference import canary_bucket
-from tests.serve_app.test_graph import BASE, ITEM, REPO, Graph, _artifact, _events, pg_url  # noqa: F401 (fixture)
+from tests.conftest import grant
+from tests.serve_app.test_graph import (  # noqa: F401 (pg_url is a fixture)
+    BASE,
+    HEADERS,
+    ITEM,
+    REPO,
+    TOKEN,
+    Graph,
+    _artifact,
+    _events,
+    pg_url,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.postgres]
 
@@ -47,9 +58,10 @@ def graph(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gra
         g = Graph(pg_url, tmp_path_factory.mktemp("spool"), tmp_path_factory.mktemp("models"))
         g.config["applications"][0]["args"]["live_metrics_interval_s"] = 1.0
         g.deploy(g.v1, timeout_s=120)
+        grant(pg_url, name="rollout graph tests", token=TOKEN)
         # Some history first, so that the lookups compute features from real rows.
         events = _events(8, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=6))
-        assert httpx.post(f"{BASE}/v1/sync-events", json=events, timeout=30).status_code == 200
+        assert httpx.post(f"{BASE}/v1/sync-events", json=events, headers=HEADERS, timeout=30).status_code == 200
         yield g
     finally:
         serve.shutdown()
@@ -76,7 +88,7 @@ def test_steady_load_through_shadow_canary_promote_and_abort_fails_no_request(gr
 
     def fire(seed: int) -> None:
         rng = random.Random(seed)
-        with httpx.Client(base_url=BASE, timeout=30) as c:
+        with httpx.Client(base_url=BASE, headers=HEADERS, timeout=30) as c:
             while not stop.is_set():
                 r = predict(c, [f"user-{rng.randrange(300)}" for _ in range(3)])
                 answers = r.json()["predictions"] if r.status_code == 200 else []
@@ -143,7 +155,7 @@ def test_canary_users_are_sticky_and_match_their_bucket(graph: Graph) -> None:
     graph.deploy(with_challenger(graph.v1, v3, mode="canary", percent=40))
     users = [f"sticky-{i}" for i in range(60)]
     try:
-        with httpx.Client(base_url=BASE, timeout=30) as c:
+        with httpx.Client(base_url=BASE, headers=HEADERS, timeout=30) as c:
             first = [p["model_version"] for p in predict(c, users).json()["predictions"]]
             again = [p["model_version"] for p in predict(c, users[::-1]).json()["predictions"]][::-1]
     finally:
@@ -169,7 +181,7 @@ def test_every_metric_the_dashboard_queries_is_exported(graph: Graph, pg_url: st
 
     # A fallback (no model anywhere) so that the fallback counter has a series.
     graph.deploy({k: None for k in MODEL_KEYS})
-    with httpx.Client(base_url=BASE, timeout=30) as c:
+    with httpx.Client(base_url=BASE, headers=HEADERS, timeout=30) as c:
         assert "fallback_reason" in predict(c, ["metrics-user"]).json()["predictions"][0]
     # A rollout in the registry with a decision on live outcomes: the live-metric gauges.
     v2 = _artifact(graph.models, "v_roll_live")
@@ -210,7 +222,7 @@ def test_every_metric_the_dashboard_queries_is_exported(graph: Graph, pg_url: st
         )
     factory.kw["bind"].dispose()
     graph.deploy(with_challenger(graph.v1, v2, mode="shadow"))
-    with httpx.Client(base_url=BASE, timeout=30) as c:
+    with httpx.Client(base_url=BASE, headers=HEADERS, timeout=30) as c:
         for _ in range(5):
             assert predict(c, ["metrics-user", "other-user"]).status_code == 200
     graph.deploy(graph.v1)  # the challenger leaves: its gauge series stays, at -1

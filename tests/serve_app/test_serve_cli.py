@@ -238,7 +238,7 @@ def _serving_pids(version: str, replicas: int, timeout_s: float = 90) -> set[int
     deadline = time.monotonic() + timeout_s
     pids: set[int] = set()
     while len(pids) < replicas and time.monotonic() < deadline:
-        serving = httpx.get(BASE + "/v1/models", timeout=5).json()["serving"] or {}
+        serving = httpx.get(BASE + "/v1/models", headers=HEADERS, timeout=5).json()["serving"] or {}
         if serving.get("model_version") == version:
             pids.add(serving["pid"])
     return pids
