@@ -105,7 +105,8 @@ def test_steady_load_through_shadow_canary_promote_and_abort_fails_no_request(gr
     from ray import serve
 
     handle = serve.get_deployment_handle("ModelInference", app_name="conflict_predictor")
-    pid_before = handle.status.remote().result()["pid"]
+    # The layout runs several ModelInference replicas; the router may answer from any of them.
+    pids_before = {handle.status.remote().result()["pid"] for _ in range(20)}
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         futures = [pool.submit(fire, seed) for seed in range(3)]
@@ -124,7 +125,9 @@ def test_steady_load_through_shadow_canary_promote_and_abort_fails_no_request(gr
     assert seen <= {"v_test_1", "v_roll_2", "v_roll_3"}, seen  # never a fallback
     assert {"v_test_1", "v_roll_2", "v_roll_3"} <= seen  # champion, then canary and promoted, then canary
     assert outcomes[-1][1] == frozenset({"v_roll_2"})  # after the abort only the champion answers
-    assert handle.status.remote().result()["pid"] == pid_before  # reconfigured in place, never restarted
+    pids_after = {handle.status.remote().result()["pid"] for _ in range(20)}
+    # Reconfigured in place: the replicas that served before still serve (autoscaling may add one).
+    assert pids_before <= pids_after
 
     engine = make_engine(pg_url)
     try:
