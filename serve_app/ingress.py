@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -485,5 +486,13 @@ class Ingress:
             }
         )
 
-    async def __del__(self) -> None:
-        await self.writer.close()
+    def __del__(self) -> Coroutine[Any, Any, None] | None:
+        """Serve's graceful-shutdown hook: Serve calls it on the replica's event loop and awaits
+        the returned close, which writes or spools what the log still buffers. The interpreter's
+        own finaliser calls it too, later or outside any loop; then there is nothing to await."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        writer: PredictionLogWriter | None = getattr(self, "writer", None)  # None if __init__ failed
+        return None if writer is None or writer.closed else writer.close()

@@ -474,6 +474,10 @@ class PredictionLogWriter:
         path.unlink(missing_ok=True)
         return len(records), rejects
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def close(self, timeout_s: float = 10.0) -> None:
         """Stop the task; write what is left, or spill it to disk when the store is down."""
         deadline = time.monotonic() + timeout_s

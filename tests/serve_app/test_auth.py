@@ -102,6 +102,8 @@ def app(database_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, Any, st
     ingress = _ingress(database_url, tmp_path / "spool")
     with _client(ingress) as client:
         yield client, ingress, database_url
+        assert client.portal is not None
+        client.portal.call(ingress.writer.close)
 
 
 def _call(client: TestClient, method: str, path: str, body: Any, token: str | None) -> Any:
