@@ -22,10 +22,14 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-# The console's browser tests drive Debian's Chromium (no browser download of its own).
-if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  echo "setup: installing Debian's chromium for the browser tests" >&2
+# Debian's Chromium drives the console's browser tests (no browser download of its own); wrk is
+# the serving benchmarks' load generator (bench/bench_serve.py).
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing Debian's ${missing[*]} (browser tests, serving benchmarks)" >&2
   DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq || true
-  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends chromium >/dev/null \
-    || echo "setup: could not install chromium; the browser tests will be skipped" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || echo "setup: could not install ${missing[*]}; the browser tests skip without chromium, the serving benchmarks need wrk" >&2
 fi
