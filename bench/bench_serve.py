@@ -265,7 +265,8 @@ def _custom_metrics(timeout_s: float = 40) -> list[str]:
     return sorted(names)
 
 
-_COMPONENTS = (
+_COMPONENTS = (  # the first one a process's command line contains names it
+    "ConsoleIngress",
     "Ingress",
     "FeatureLookup",
     "ModelInference",
@@ -279,6 +280,9 @@ _COMPONENTS = (
     "wrk",
     "ServeReplica:ceiling",
     "postgres:",
+    "dashboard",  # Ray's dashboard agents (also with the dashboard itself off)
+    "log_monitor",
+    "monitor.py",
 )
 WARMUP_S = 3
 MODES = ("haproxy", "throughput", "default")

@@ -45,7 +45,12 @@ class AppArgs(BaseModel):
         default=64, gt=0, description="Concurrent requests the ingress sends to FeatureLookup as one call."
     )
     ingress_batch_wait_timeout_s: float = Field(
-        default=0.002, ge=0, description="How long the ingress waits for more requests to join a call."
+        default=0.002,
+        ge=0,
+        description=(
+            "How long a request waits for others to join its FeatureLookup call while other calls are"
+            " in flight; a request that finds none in flight goes at once."
+        ),
     )
     live_metrics_interval_s: float = Field(
         default=60.0, gt=0, description="How often the live per-variant quality gauges are re-read from the store."

@@ -31,8 +31,9 @@ from conflict_core.errors import ImportFormatError
 from conflict_core.store import json_safe, make_engine, make_session_factory, session_scope, utcnow
 from serve_app.app import ServingOptions
 from serve_app.auth import TokenGate, store_verifier
+from serve_app.batching import IdleDispatch
 from serve_app.circuit import CircuitBreaker
-from serve_app.deployments import awaited, configure_batching
+from serve_app.deployments import awaited
 from serve_app.heuristics import (
     HEURISTIC_VERSION,
     FallbackReason,
@@ -97,13 +98,9 @@ class Ingress:
         # While a stage fails, answer from the heuristics at once instead of waiting out its timeout.
         self.lookup_circuit = CircuitBreaker("FeatureLookup")
         self.heuristics_circuit = CircuitBreaker("FallbackHeuristics")
-        configure_batching(
-            self._score,
-            {
-                "max_batch_size": options.ingress_max_batch_size,
-                "batch_wait_timeout_s": options.ingress_batch_wait_timeout_s,
-            },
-        )
+        self._score.set_max_batch_size(options.ingress_max_batch_size)
+        # A lone request goes to FeatureLookup at once; under load, requests wait to share a call.
+        self._dispatch = IdleDispatch(self._score, options.ingress_batch_wait_timeout_s)
         self.engine = make_engine(options.database_url)
         self.sessions = make_session_factory(self.engine)
         self.metrics = ServeMetrics()
@@ -212,7 +209,7 @@ class Ingress:
             }
             for i in items
         ]
-        scored = await self._score(targets)
+        scored = await self._dispatch(targets)
         matrix: np.ndarray | None = scored.get("features")
         probabilities: np.ndarray | list[float] | None = scored.get("probabilities")
         model_version: str = scored.get("model_version") or HEURISTIC_VERSION

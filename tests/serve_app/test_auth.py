@@ -84,7 +84,7 @@ def _ingress(database_url: str, spool: Path, **overrides: Any) -> Any:
         answer: dict[str, Any] = await _Lookup.score.remote(targets)
         return answer
 
-    ingress._score = score
+    ingress._dispatch = score
     return ingress
 
 
