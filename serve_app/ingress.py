@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from ray import serve
@@ -98,7 +98,7 @@ class Ingress:
         # While a stage fails, answer from the heuristics at once instead of waiting out its timeout.
         self.lookup_circuit = CircuitBreaker("FeatureLookup")
         self.heuristics_circuit = CircuitBreaker("FallbackHeuristics")
-        self._score.set_max_batch_size(options.ingress_max_batch_size)
+        cast(Any, self._score).set_max_batch_size(options.ingress_max_batch_size)  # not in Ray's type hints
         # A lone request goes to FeatureLookup at once; under load, requests wait to share a call.
         self._dispatch = IdleDispatch(self._score, options.ingress_batch_wait_timeout_s)
         self.engine = make_engine(options.database_url)
