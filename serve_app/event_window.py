@@ -27,7 +27,6 @@ from serve_app.window_index import KeyPositions, coalesce_chunks, row_keys, take
 log = logging.getLogger(__name__)
 
 _MAX_GAPS = 1_000  # ids re-asked for at most; more gaps than that are mostly old imports
-_WINDOW_COLUMNS = ("row_id", *HISTORY_COLUMNS)
 
 
 class FeatureLookupUnavailable(ConflictPredictorError):
@@ -85,8 +84,13 @@ class EventWindow:
             for i in expired:
                 del self._gaps[i]
             page = tail_events(
-                self.engine, after_id=self._last_id, since=cutoff, recheck_ids=list(self._gaps), limit=self.page_rows
-            ).select(list(_WINDOW_COLUMNS))
+                self.engine,
+                after_id=self._last_id,
+                since=cutoff,
+                recheck_ids=list(self._gaps),
+                limit=self.page_rows,
+                columns=HISTORY_COLUMNS,
+            )
             added += self._append(page)
             if page.num_rows < self.page_rows:
                 break
