@@ -7,7 +7,7 @@ Run from the repo root (it starts a local Ray, so hold the machine's Ray lock):
     flock /tmp/conflict-ray.lock .venv/bin/python bench/bench_serve.py
         [--mode haproxy|throughput|default] [--duration 10] [--concurrency 8,32,64]
         [--items 1,50] [--stores sqlite,postgresql] [--baselines naive,coalesced]
-        [--skip-ceiling] [--burst]
+        [--skip-ceiling] [--burst] [--background-load K]
 
 Targets, in order: for each store, the baselines (each its own uvicorn process, before Ray
 starts): ``naive`` (``serve_baseline.py``: one lookup and one scikit-learn call per request)
@@ -24,6 +24,9 @@ at the end.
 Ray's HAProxy through the loopback launcher, throughput-optimized replicas), ``throughput``
 (throughput-optimized behind Ray's Python proxy) or ``default`` (Ray's Python proxy). The load
 goes to 127.0.0.1 only.
+``--background-load K`` runs K CPU-bound spinning processes beside everything measured (the
+baselines, both stores' graphs and the ceiling alike), so that the stores are compared under
+the same CPU contention rather than whatever else the machine happens to run.
 Each request size starts with a 3 s unmeasured warm-up. Prints requests/s, predictions/s,
 latency percentiles and CPU per request by process for every point, then the verdicts
 (MET / NOT MET, best point with p95 < 50 ms and no errors) and the ratios graph / baseline,
@@ -283,6 +286,7 @@ _COMPONENTS = (  # the first one a process's command line contains names it
     "dashboard",  # Ray's dashboard agents (also with the dashboard itself off)
     "log_monitor",
     "monitor.py",
+    "bench-background-load",
 )
 WARMUP_S = 3
 MODES = ("haproxy", "throughput", "default")
@@ -564,6 +568,9 @@ def main() -> None:
         help="Serve config to deploy (default: the committed serve_config.yaml).",
     )
     parser.add_argument("--burst-only", action="store_true", help="Only the burst, from a freshly started graph.")
+    parser.add_argument(
+        "--background-load", type=int, default=0, metavar="K", help="CPU-bound processes spinning during the run."
+    )
     a = parser.parse_args()
     concurrencies = [int(c) for c in a.concurrency.split(",")]
     item_counts = tuple(int(i) for i in a.items.split(","))
@@ -578,6 +585,10 @@ def main() -> None:
     urls: dict[str, str] = {}
     cleanup: list[Any] = []
     results: list[dict[str, Any]] = []
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass", "bench-background-load"])
+        for _ in range(a.background_load)
+    ]
     try:
         for store in stores:
             if store == "sqlite":
@@ -586,7 +597,11 @@ def main() -> None:
                 urls[store], drop = _postgres_database(a.postgres_admin_url)
                 cleanup.append(drop)
             _seed_store(urls[store])
-        print(f"machine: {os.cpu_count()} CPUs, {sys.platform}; mode {a.mode}; stores {urls}", flush=True)
+        print(
+            f"machine: {os.cpu_count()} CPUs, {sys.platform}; mode {a.mode}; stores {urls}; "
+            f"background load: {a.background_load} spinning processes",
+            flush=True,
+        )
         artifact, sha = _artifact(work)
         for items in (1, 50):
             _bodies(work / f"bodies_{items}.jsonl", items)
@@ -595,6 +610,9 @@ def main() -> None:
                 results += _run_baseline(name, urls[store], store, artifact, sha, work, a)
         results += _ray_targets(a, stores, urls, work, artifact, sha, concurrencies, item_counts)
     finally:
+        for spinner in spinners:
+            spinner.terminate()
+            spinner.wait()
         for drop in cleanup:
             drop()
 
