@@ -41,6 +41,8 @@ _ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     ACTIVE: (SHADOW, CANARY),
     ABORTED: (CANDIDATE, SHADOW, CANARY),
 }
+# The operator's steps (``conflictctl models rollout VERSION --STEP``) and the stage each leads to.
+STEPS = {"shadow": SHADOW, "canary": CANARY, "promote": ACTIVE, "abort": ABORTED}
 
 
 @dataclass(frozen=True)
@@ -121,27 +123,47 @@ def record(
     return row
 
 
-def _check(row: ModelVersion, target: str) -> None:
+def _stage_problem(row: ModelVersion, target: str) -> str | None:
     allowed = _ALLOWED_FROM[target]
-    if row.rollout_stage not in allowed:
-        raise RolloutError(
-            f"model version {row.version} is {row.rollout_stage}; moving it to {target} needs one of: "
-            f"{', '.join(allowed)}"
-        )
+    if row.rollout_stage in allowed:
+        return None
+    return (
+        f"model version {row.version} is {row.rollout_stage}; moving it to {target} needs one of: {', '.join(allowed)}"
+    )
+
+
+def _challenger_problem(row: ModelVersion, champion: ModelVersion | None, other: ModelVersion | None) -> str | None:
+    if champion is None:
+        return f"no model is active, so {row.version} has no champion to be compared with; activate it instead"
+    if other is not None and other.version != row.version:
+        return f"{other.version} is already the challenger ({other.rollout_stage}); promote or abort it first"
+    return None
+
+
+def _check(row: ModelVersion, target: str) -> None:
+    problem = _stage_problem(row, target)
+    if problem:
+        raise RolloutError(problem)
+
+
+def open_steps(row: ModelVersion, *, champion: ModelVersion | None, rival: ModelVersion | None) -> tuple[str, ...]:
+    """The steps of :data:`STEPS` that ``row`` may take now, given the registry's champion and
+    challenger, by the rules the steps enforce (the artifact's checksum is verified only when
+    a step is taken)."""
+    return tuple(
+        step
+        for step, target in STEPS.items()
+        if _stage_problem(row, target) is None
+        and (target not in CHALLENGER_STAGES or _challenger_problem(row, champion, rival) is None)
+    )
 
 
 def _become_challenger(session: Session, row: ModelVersion) -> ModelVersion:
     """The champion ``row`` is compared with; refuses a second challenger or a missing champion."""
     champion = registry.active(session)
-    if champion is None:
-        raise RolloutError(
-            f"no model is active, so {row.version} has no champion to be compared with; activate it instead"
-        )
-    other = challenger(session)
-    if other is not None and other.version != row.version:
-        raise RolloutError(
-            f"{other.version} is already the challenger ({other.rollout_stage}); promote or abort it first"
-        )
+    problem = _challenger_problem(row, champion, challenger(session))
+    if problem is not None or champion is None:  # a missing champion is a problem too
+        raise RolloutError(problem)
     registry.verify_artifact(Path(row.artifact_path), row.artifact_sha256)
     row.is_challenger = True
     try:

@@ -1,4 +1,5 @@
-"""The console's Starlette app: login, models, model detail, predictions, monitoring, jobs.
+"""The console's Starlette app: login, models (with their rollout), model detail, predictions,
+monitoring, jobs.
 
 Every page needs a session logged in with an ``admin`` token; every state-changing form
 carries the session's CSRF token; every response carries the security headers
@@ -105,7 +106,11 @@ class Console:
         self.config = config
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals.update(
-            auc_class=queries.auc_class, probability_class=queries.probability_class, nav=NAV
+            auc_class=queries.auc_class,
+            probability_class=queries.probability_class,
+            flat_numbers=queries.flat_numbers,
+            serving_text=actions.serving_text,
+            nav=NAV,
         )
         self.session_check = SessionCheck(self._token_unrevoked, ttl_s=config.settings.token_cache_ttl_s)
 
@@ -215,13 +220,13 @@ class Console:
             return self._render(request, "error.html", 400, problem=str(exc))
 
         def read(session: Session) -> dict[str, Any]:
-            active = registry.active(session)
+            rows = queries.models(session, filters)
             return {
-                "rows": queries.models(session, filters),
+                "rows": rows,
                 "algorithms": queries.algorithms(session),
                 "audit": queries.audit_trail(session),
                 "previous": registry.previously_active(session),
-                "active": active,
+                **_rollout_context(session, rows),
             }
 
         data = await self._read(read)
@@ -230,11 +235,12 @@ class Console:
     async def model_detail(self, request: Request) -> Response:
         version = request.path_params["version"]
 
-        def read(session: Session) -> Any:
-            return registry.get(session, version)
+        def read(session: Session) -> tuple[Any, dict[str, Any]]:
+            row = registry.get(session, version)
+            return row, _rollout_context(session, [row], version=version)
 
         try:
-            row = await self._read(read)
+            row, rollout_context = await self._read(read)
         except ConflictPredictorError as exc:
             return self._render(request, "error.html", 404, problem=str(exc))
         metrics = row.metrics or {}
@@ -247,6 +253,7 @@ class Console:
             baseline=metrics.get("seed_baseline_holdout") or {},
             other_metrics={k: v for k, v in metrics.items() if k not in ("holdout", "seed_baseline_holdout")},
             plots=plots,
+            **rollout_context,
         )
 
     async def model_plot(self, request: Request) -> Response:
@@ -264,6 +271,8 @@ class Console:
     async def confirm(self, request: Request) -> Response:
         action = request.path_params["action"]
         version = request.query_params.get("version") or None
+        if action in actions.ROLLOUT_ACTIONS:
+            return await self._confirm_rollout(request, action, version)
         try:
             from_version, to_version = await self._read(lambda session: actions.preview(session, action, version))
         except ConflictPredictorError as exc:
@@ -277,6 +286,8 @@ class Console:
         action = request.path_params["action"]
         version = str(form.get("version") or "") or None
         actor = request.scope["console_user"]["name"]
+        if action in actions.ROLLOUT_ACTIONS:
+            return await self._act_rollout(request, action, version, actor)
         try:
             result = await asyncio.to_thread(
                 actions.perform, self.config.sessions, self.config.settings, action, version, actor=actor
@@ -285,6 +296,43 @@ class Console:
             return self._redirect(request, "models", flash=("error", str(exc)))
         log.info("console: %s by %s: %s", action, actor, result.message())
         return self._redirect(request, "models", flash=("ok", result.message()))
+
+    async def _confirm_rollout(self, request: Request, action: str, version: str | None) -> Response:
+        back = request.query_params.get("back", "")
+        actor = request.scope["console_user"]["name"]
+        try:
+            percent = actions.parse_percent(request.query_params.get("percent")) if action == "canary" else None
+            change = await self._read(lambda session: actions.rehearse(session, action, version, percent, by=actor))
+        except ConflictPredictorError as exc:
+            return self._back(request, back, version, ("error", str(exc)))
+        return self._render(request, "confirm_rollout.html", action=action, change=change, back=back)
+
+    async def _act_rollout(self, request: Request, action: str, version: str | None, actor: str) -> Response:
+        form = request.scope["console_form"]
+        back = str(form.get("back") or "")
+        try:
+            percent = actions.parse_percent(form.get("percent")) if action == "canary" else None
+            result = await asyncio.to_thread(
+                actions.perform_rollout,
+                self.config.sessions,
+                self.config.settings,
+                action,
+                version,
+                percent,
+                actor=actor,
+                reason=str(form.get("reason") or "").strip(),
+            )
+        except ConflictPredictorError as exc:
+            return self._back(request, back, version, ("error", str(exc)))
+        log.info("console: rollout %s by %s: %s", action, actor, result.message())
+        return self._back(request, back, version, ("ok", result.message()))
+
+    def _back(self, request: Request, back: str, version: str | None, flash: tuple[str, str]) -> Response:
+        """To the page the action started from: the model's detail page, or the models list."""
+        if back != "detail" or not version:
+            return self._redirect(request, "models", flash=flash)
+        request.session["flash"] = list(flash)
+        return RedirectResponse(request.url_for("model_detail", version=version).path, status_code=303)
 
     # ---------------------------------------------------------------- predictions
 
@@ -488,6 +536,20 @@ def create_app(config: ConsoleConfig) -> Starlette:
         ),
     ]
     return Starlette(routes=routes, middleware=middleware)
+
+
+def _rollout_context(session: Session, rows: list[Any], version: str | None = None) -> dict[str, Any]:
+    """The rollout panel (champion, challenger, decisions with their numbers) and each row's
+    rollout buttons; the decisions of ``version`` only when given."""
+    view = queries.rollout_view(session)
+    return {
+        "active": view.champion,
+        "rollout_now": view,
+        "decisions": queries.rollout_decisions(session, version=version),
+        "steps": {
+            row.version: actions.offered_steps(row, champion=view.champion, rival=view.challenger) for row in rows
+        },
+    }
 
 
 def _report_dir(row: Any) -> Path:

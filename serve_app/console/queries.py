@@ -8,15 +8,16 @@ does, served by the ``ix_prediction_log_*keyset`` indexes), never by OFFSET.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
+from conflict_core import registry, rollout
 from conflict_core.audit import ModelAudit
-from conflict_core.store import AlertState, JobRun, ModelVersion, MonitoringRun, PredictionLog
+from conflict_core.store import AlertState, JobRun, ModelVersion, MonitoringRun, PredictionLog, RolloutDecision
 
 MODEL_SORTS = ("created_at", "version", "roc_auc", "pr_auc", "brier", "train_samples")
 OUTCOMES = ("pending", "correct", "incorrect")
@@ -69,8 +70,8 @@ class ModelFilters:
 
 def models(session: Session, filters: ModelFilters) -> list[ModelVersion]:
     query = select(ModelVersion)
-    if filters.status:
-        query = query.where(ModelVersion.status == filters.status)
+    if filters.status:  # the rollout stage: candidate, shadow, canary, active, aborted or retired
+        query = query.where(ModelVersion.rollout_stage == filters.status)
     if filters.algorithm:
         query = query.where(ModelVersion.algorithm == filters.algorithm)
     if filters.created_from:
@@ -98,6 +99,55 @@ def version_names(session: Session) -> list[str]:
 
 def audit_trail(session: Session, limit: int = 50) -> list[ModelAudit]:
     return list(session.scalars(select(ModelAudit).order_by(ModelAudit.at.desc(), ModelAudit.id.desc()).limit(limit)))
+
+
+@dataclass(frozen=True)
+class RolloutView:
+    """The rollout now: the champion, the challenger beside it (if any), its mode, share and start."""
+
+    champion: ModelVersion | None
+    challenger: ModelVersion | None
+
+    @property
+    def mode(self) -> str | None:
+        return self.challenger.rollout_stage if self.challenger else None
+
+    @property
+    def percent(self) -> float | None:
+        return self.challenger.canary_percent if self.challenger and self.mode == rollout.CANARY else None
+
+    @property
+    def since(self) -> dt.datetime | None:
+        """When the challenger entered its current mode."""
+        if self.challenger is None:
+            return None
+        if self.mode == rollout.CANARY:
+            return self.challenger.canary_started_at
+        return self.challenger.shadow_started_at
+
+
+def rollout_view(session: Session) -> RolloutView:
+    return RolloutView(registry.active(session), rollout.challenger(session))
+
+
+def rollout_decisions(session: Session, version: str | None = None, limit: int = 20) -> list[RolloutDecision]:
+    return rollout.decisions(session, version=version, limit=limit)
+
+
+def flat_numbers(numbers: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """A decision's numbers as ``(dotted key, text)`` pairs, floats to four significant digits."""
+    pairs: list[tuple[str, str]] = []
+    for key, value in numbers.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            pairs += flat_numbers(value, f"{name}.")
+        elif isinstance(value, float):
+            pairs.append((name, f"{value:.4g}"))
+        elif isinstance(value, list):
+            pairs.append((name, ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)))
+        else:
+            pairs.append((name, "—" if value is None else str(value)))
+    return pairs
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ PAGES = [
     "/admin/models/v_good",
     "/admin/models/v_good/plots/roc.png",
     "/admin/actions/activate?version=v_fair",
+    "/admin/actions/canary?version=v_fair&percent=10",
     "/admin/predictions",
     "/admin/predictions.csv",
     "/admin/monitoring",
@@ -90,6 +91,8 @@ def test_each_page_needs_an_unrevoked_admin_session(client: TestClient, store: C
         ("/admin/actions/activate", {"version": "v_fair"}),
         ("/admin/actions/deactivate", {"version": "v_good"}),
         ("/admin/actions/rollback", {}),
+        ("/admin/actions/shadow", {"version": "v_fair"}),
+        ("/admin/actions/canary", {"version": "v_fair", "percent": "10"}),
         ("/admin/jobs", {"job": "retrain"}),
         ("/admin/logout", {}),
     ],
@@ -106,9 +109,10 @@ def test_each_form_post_needs_a_session_and_its_csrf_token(
     engine = make_engine(store.url)
     with session_scope(make_session_factory(engine)) as session:
         active = session.scalars(select(ModelVersion.version).where(ModelVersion.is_active)).all()
+        challengers = session.scalars(select(ModelVersion.version).where(ModelVersion.is_challenger)).all()
         audited = session.scalars(select(ModelAudit)).all()
     engine.dispose()
-    assert active == ["v_good"] and audited == [], "a refused form changed the registry"
+    assert active == ["v_good"] and challengers == [] and audited == [], "a refused form changed the registry"
 
 
 def test_login_sets_a_signed_httponly_samesite_cookie_with_an_expiry(client: TestClient, store: ConsoleStore) -> None:
