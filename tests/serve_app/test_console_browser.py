@@ -1,6 +1,7 @@
 """The console in a real headless Chromium (Debian's, driven by Playwright): log in, the
-colour-coded models list, filtering predictions, a form posted without its CSRF token, log
-out; and, on a local Ray instance, an activation from the console reaching the served app.
+colour-coded models list, filtering predictions, a form posted without its CSRF token, a
+canary started from the models list, log out; and, on a local Ray instance, an activation from
+the console reaching the served app.
 
 Screenshots of each page are saved under ``CONFLICT_TEST_ARTIFACTS`` (default: the system's
 temporary folder's ``conflict-test-artifacts``), one folder per run; the path is printed.
@@ -162,11 +163,25 @@ def test_console_in_a_browser(browser: Any, served: tuple[str, ConsoleStore], sh
     page.goto(base + "/admin/models")
     assert page.inner_text("#active-version") == "v_good"
 
+    # A canary from the models list: its share, the confirmation, the rollout panel.
+    row = page.locator('tr[data-version="v_fair"]')
+    row.locator("input[name=percent]").fill("15")
+    row.locator("button.rollout-canary").click()
+    page.wait_for_url("**/admin/actions/canary**")
+    assert page.inner_text("#stage-after") == "canary at 15%"
+    page.screenshot(path=str(shots / "09-confirm-canary.png"))
+    page.click("#confirm")
+    page.wait_for_selector("#flash")
+    assert page.inner_text("#flash").startswith("canary v_fair: candidate → canary at 15%"), page.inner_text("#flash")
+    assert page.inner_text("#rollout-challenger") == "v_fair" and page.inner_text("#rollout-percent") == "15"
+    assert page.locator('tr[data-version="v_fair"] .rollout-promote').is_visible()
+    page.screenshot(path=str(shots / "10-canary-running.png"), full_page=True)
+
     page.click("#logout")
     page.wait_for_url("**/admin/login")
     page.goto(base + "/admin/models")
     assert "/admin/login" in page.url
-    page.screenshot(path=str(shots / "09-logged-out.png"))
+    page.screenshot(path=str(shots / "11-logged-out.png"))
     context.close()
 
 
@@ -214,7 +229,7 @@ def test_activation_from_the_console_reaches_the_served_app(browser: Any, tmp_pa
         page.wait_for_selector("#flash")
         assert "activated v_fair" in page.inner_text("#flash"), page.inner_text("#flash")
         assert "running app reconfigured" in page.inner_text("#flash")
-        page.screenshot(path=str(shots / "10-activated-on-ray.png"), full_page=True)
+        page.screenshot(path=str(shots / "12-activated-on-ray.png"), full_page=True)
         deadline = time.monotonic() + 90
         while True:
             body = httpx.get("http://127.0.0.1:8000/v1/models", headers=headers, timeout=10).json()
