@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conflict_core import registry
 from conflict_core.settings import Settings
 from conflict_core.store import session_scope
-from training.publishing import Apply, Published, publish_active_model
+from training.publishing import Apply, Published, publish_registry
 
 
 @contextmanager
@@ -42,15 +42,12 @@ def config_lock(config_path: Path) -> Iterator[None]:
 def publish_current(
     settings: Settings, session_factory: sessionmaker[Session], *, apply: Apply | None = None
 ) -> tuple[str | None, Published]:
-    """Publish whatever the registry has active at this moment (none: the heuristics)."""
+    """Publish what the registry serves at this moment: its active model (none: the heuristics)
+    and its rollout challenger, if any, so that activating the challenger, or another model
+    beside it, leaves the live config exactly as the registry says."""
     with config_lock(settings.serve_config_path):
-        with session_factory() as session:
-            row = registry.active(session)
-            version, path, sha = (row.version, row.artifact_path, row.artifact_sha256) if row else (None, None, None)
-        published = publish_active_model(
-            settings, version=version, artifact_path=path, artifact_sha256=sha, apply=apply
-        )
-    return version, published
+        serving, published = publish_registry(settings, session_factory, apply=apply)
+    return (serving.champion.version if serving.champion else None), published
 
 
 def activate(

@@ -2,9 +2,10 @@
 
 A registry action is the same two steps ``conflictctl models activate | deactivate | rollback``
 takes: the registry change in one transaction (here with its audit row in the same
-transaction), then :func:`training.publishing.publish_active_model` with the dashboard's
-applier, which writes the model into the live Serve config and reconfigures the running app's
-replicas in place.
+transaction), then :func:`training.activation.publish_current` with the dashboard's applier,
+which, under the live config's lock, writes what the registry now serves (the active model and
+any rollout challenger) into the live Serve config and reconfigures the running app's replicas
+in place.
 
 A rollout action is the same two steps ``conflictctl models rollout VERSION --shadow |
 --canary PERCENT | --promote | --abort`` takes: the :mod:`conflict_core.rollout` step (with its
@@ -100,18 +101,13 @@ def perform(
         else:
             row = registry.rollback(session, by=actor)
         to_version = row.version if row else None
-        published_model = (row.version, row.artifact_path, row.artifact_sha256) if row else (None, None, None)
         audit.record(session, actor=actor, action=action, from_version=from_version, to_version=to_version)
     from ray_control.serve_deploy import applier
-    from training.publishing import publish_active_model
+    from training.activation import publish_current
 
-    result = publish_active_model(
-        settings,
-        version=published_model[0],
-        artifact_path=published_model[1],
-        artifact_sha256=published_model[2],
-        apply=applier(settings.dashboard_url),
-    )
+    # Under the live config's lock, what the registry serves after the commit: the same publish
+    # as conflictctl's, so concurrent activations from either leave config and registry agreeing.
+    _, result = publish_current(settings, sessions, apply=applier(settings.dashboard_url))
     return ActionResult(action, from_version, to_version, _published(settings, result))
 
 

@@ -100,3 +100,33 @@ def test_live_gauges_show_both_variants_of_the_latest_decision(
         ("challenger", "v2", "pr_auc"): 0.5,
         ("challenger", "v2", "labelled"): 300.0,
     }
+
+
+def test_activating_beside_a_challenger_publishes_what_the_registry_serves(
+    cli: tuple[CliRunner, Path], session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """`models activate` of a third version keeps the challenger beside the new champion, as the
+    registry does; with no active model nothing is served beside the heuristics; activating the
+    canary itself ends the rollout in the config too."""
+    runner, config = cli
+    add(session_factory, tmp_path, "v3", active=False)
+    rollout(runner, "v2", "--canary", "20")
+
+    def served() -> tuple[str | None, str | None]:
+        user_config = serve_config.inference_user_config(serve_config.read(config))
+        challenger = user_config["challenger"]
+        return user_config["model_version"], challenger and challenger["model_version"]
+
+    activated = runner.invoke(main, ["models", "activate", "v3"])
+    assert activated.exit_code == 0, activated.output
+    with session_factory() as session:
+        assert registry.get(session, "v2").is_challenger
+    assert served() == ("v3", "v2")
+
+    deactivated = runner.invoke(main, ["models", "deactivate", "v3"])
+    assert deactivated.exit_code == 0, deactivated.output
+    assert served() == (None, None)
+
+    activated = runner.invoke(main, ["models", "activate", "v2"])
+    assert activated.exit_code == 0, activated.output
+    assert served() == ("v2", None)
