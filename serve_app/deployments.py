@@ -23,7 +23,7 @@ from conflict_core.features import FeatureParams
 from serve_app.circuit import CircuitBreaker
 from serve_app.feature_lookup import OnlineFeatureLookup
 from serve_app.heuristics import FallbackReason, heuristic_probabilities
-from serve_app.inference import CANARY, SHADOW, ModelUnavailable, Variants, split_answer
+from serve_app.inference import CANARY, SHADOW, ChallengerInput, ModelUnavailable, Variants, split_answer
 from serve_app.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
@@ -31,11 +31,18 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.005
 T = TypeVar("T")
+# What FeatureLookup sends ModelInference per batch: the champion's matrix, with its rows' user
+# ids (canary routing) and, while the challenger needs features of its own, those.
+InferenceRequest = np.ndarray | tuple[np.ndarray, list[str]] | tuple[np.ndarray, list[str], ChallengerInput | None]
 
 
 async def awaited(awaitable: Awaitable[T]) -> T:
     """``awaitable`` as a coroutine, which ``asyncio.wait_for`` takes (a ``DeploymentResponse`` is not one)."""
     return await awaitable
+
+
+def _stacked(matrices: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(matrices) if len(matrices) > 1 else matrices[0]
 
 
 def configure_batching(method: Any, user_config: Mapping[str, Any]) -> None:
@@ -80,6 +87,9 @@ class FeatureLookup:
         self.inference_circuit = CircuitBreaker("ModelInference")
         self.metrics = ServeMetrics()
         self._tags = {"deployment": "FeatureLookup"}
+        # A rollout challenger's feature parameters while they differ from the champion's (its
+        # features are then computed beside the champion's, for ModelInference to score it on).
+        self.challenger_params: FeatureParams | None = None
 
     def __del__(self) -> None:
         core = getattr(self, "core", None)
@@ -112,20 +122,47 @@ class FeatureLookup:
         matrices, used = await self._features(requests)
         # The user ids route a canary's rows (sticky per user); plain strings, cheap to send.
         users = [item["user_id"] for request in requests for item in request]
-        outcome = await self._infer(np.concatenate(matrices) if len(matrices) > 1 else matrices[0], users)
+        challenger = await self._challenger_features(requests, used)
+        outcome = await self._infer(_stacked(matrices), users, challenger)
         wanted = outcome.get("feature_params")
+        wanted_by_challenger = outcome.get("challenger_feature_params")
+        challenger_params = None if wanted_by_challenger is None else FeatureParams(**wanted_by_challenger)
         if wanted is not None and FeatureParams(**wanted) != used:
             # The served model was trained with other windows (it was just published): from now
             # on compute with its parameters, and answer this batch with them too.
             await asyncio.to_thread(self.core.use_params, FeatureParams(**wanted))
+            self.challenger_params = challenger_params
             matrices, used = await self._features(requests)
-            outcome = await self._infer(np.concatenate(matrices) if len(matrices) > 1 else matrices[0], users)
+            challenger = await self._challenger_features(requests, used)
+            outcome = await self._infer(_stacked(matrices), users, challenger)
+        elif challenger_params != self.challenger_params:
+            # A challenger with parameters of its own arrived (or left): from now on compute its
+            # features too, over a window reaching back as far as they need; and for this batch.
+            self.challenger_params = challenger_params
+            if challenger_params is not None:
+                await asyncio.to_thread(self.core.cover, challenger_params)
+                challenger = await self._challenger_features(requests, used)
+                outcome = await self._infer(_stacked(matrices), users, challenger)
         if "probabilities" not in outcome:
             return [{"features": m, **outcome} for m in matrices]
         bounds = np.cumsum([0, *(len(m) for m in matrices)]).tolist()
         return [{"features": m, **part} for m, part in zip(matrices, split_answer(outcome, bounds), strict=True)]
 
-    async def _infer(self, matrix: np.ndarray, users: list[str]) -> dict[str, Any]:
+    async def _challenger_features(
+        self, requests: list[list[dict[str, Any]]], used: FeatureParams
+    ) -> ChallengerInput | None:
+        """The batch's features with the challenger's parameters, when they differ from ``used``."""
+        params = self.challenger_params
+        if params is None or params == used:
+            return None
+        matrices, _ = await asyncio.wait_for(
+            asyncio.to_thread(self.core.compute_many_with_params, requests, params), self.lookup_timeout_s
+        )
+        return ChallengerInput(_stacked(matrices), params)
+
+    async def _infer(
+        self, matrix: np.ndarray, users: list[str], challenger: ChallengerInput | None = None
+    ) -> dict[str, Any]:
         if self.inference is None:
             return {"unavailable": FallbackReason.NO_ACTIVE_MODEL.value}
         circuit = self.inference_circuit
@@ -133,7 +170,7 @@ class FeatureLookup:
             return {"unavailable": circuit.last_failure or FallbackReason.INFERENCE_FAILED.value}
         try:
             answer: dict[str, Any] = await asyncio.wait_for(
-                awaited(self.inference.predict.remote((matrix, users))), self.inference_timeout_s
+                awaited(self.inference.predict.remote((matrix, users, challenger))), self.inference_timeout_s
             )
         except TimeoutError:
             circuit.record_failure(FallbackReason.INFERENCE_TIMEOUT.value)
@@ -197,8 +234,9 @@ class ModelInference:
             self._reported_challenger = tags
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
-    async def predict(self, requests: list[np.ndarray | tuple[np.ndarray, list[str]]]) -> list[dict[str, Any]]:
-        """Per request (a matrix, or a matrix and its rows' user ids): the answer of
+    async def predict(self, requests: list[InferenceRequest]) -> list[dict[str, Any]]:
+        """Per request (a matrix; or a matrix, its rows' user ids and, when the challenger needs
+        features of its own, a :class:`~serve_app.inference.ChallengerInput`): the answer of
         :meth:`serve_app.inference.Variants.predict` for its rows — ``model_version``,
         ``probabilities``, the model's decision ``thresholds``, per item the ``factors`` that
         raise its risk most, its ``feature_params`` and the challenger's part — or
@@ -217,7 +255,7 @@ class ModelInference:
             else:
                 users.extend(request[1])
         try:
-            answer = self.variants.predict(np.concatenate(matrices), users)
+            answer = self.variants.predict(np.concatenate(matrices), users, _challenger_input(requests))
         except ModelUnavailable as exc:
             return [{"unavailable": exc.reason.value}] * len(requests)
         rollout = SHADOW if "shadow_probabilities" in answer else CANARY if "challenger_rows" in answer else "none"
@@ -228,6 +266,17 @@ class ModelInference:
     def status(self) -> dict[str, Any]:
         """The served models and, for in-place reload checks, this replica's process id."""
         return {**self.variants.status(), "pid": os.getpid(), "revision": self.revision}
+
+
+def _challenger_input(requests: list[InferenceRequest]) -> ChallengerInput | None:
+    """The batch's challenger features, when every request carries them with the same parameters."""
+    parts = [r[2] if isinstance(r, tuple) and len(r) > 2 else None for r in requests]
+    first = parts[0]
+    if first is None or any(p is None or p.feature_params != first.feature_params for p in parts):
+        return None
+    if len(parts) == 1:
+        return first
+    return ChallengerInput(np.concatenate([p.matrix for p in parts if p is not None]), first.feature_params)
 
 
 @serve.deployment(

@@ -144,14 +144,27 @@ class OnlineFeatureLookup:
         if params == self.params:
             return
         with self._refresh_lock:
-            lookback = params.lookback.to_pytimedelta()
-            if lookback > self.window.lookback:
-                window = EventWindow(self.engine, lookback)
-                window.refresh()
-                self.window = window  # one assignment: readers see the old or the new
+            self._grow_window(params)
             self.params = params
             self._maybe_rebuild_index()
         log.info("feature parameters now %s (window lookback %s)", params, self.window.lookback)
+
+    def cover(self, params: FeatureParams) -> None:
+        """Make the window reach back as far as ``params`` need (a rollout challenger's), without
+        computing with them by default: :meth:`compute_many_with_params` takes them per call."""
+        with self._refresh_lock:
+            self._grow_window(params)
+            self._maybe_rebuild_index()
+
+    def _grow_window(self, params: FeatureParams) -> None:
+        lookback = params.lookback.to_pytimedelta()
+        if lookback > self.window.lookback:
+            window = EventWindow(self.engine, lookback)
+            window.refresh()
+            # The index counts the old window's rows: drop it before readers can see the new
+            # window (they compute from the window itself until it is rebuilt).
+            self._user_index = None
+            self.window = window  # one assignment: readers see the old or the new
 
     def _maybe_rebuild_index(self) -> None:
         """Rebuild the user index when it is missing, renumbered, too far behind or near its horizon."""
@@ -213,12 +226,15 @@ class OnlineFeatureLookup:
         return self.compute_with_params(items, now)[0]
 
     def compute_with_params(
-        self, items: Sequence[dict[str, Any]], now: dt.datetime | None = None
+        self, items: Sequence[dict[str, Any]], now: dt.datetime | None = None, params: FeatureParams | None = None
     ) -> tuple[np.ndarray, FeatureParams]:
-        """:meth:`compute` and the parameters it used (one read: a concurrent switch does not mix them)."""
+        """:meth:`compute` and the parameters it used (one read: a concurrent switch does not mix
+        them); ``params``: other parameters than the served model's, for a challenger's features
+        (the window must :meth:`cover` them)."""
         now = now or utcnow()
         self._check_fresh()
-        params, window = self.params, self.window
+        window = self.window
+        params = params or self.params
         lookback = params.lookback.to_pytimedelta()
         covered = window.covered_since
         if covered is not None and min(i.get("at") or now for i in items) - lookback >= covered:
@@ -276,10 +292,10 @@ class OnlineFeatureLookup:
         return self.compute_many_with_params(requests)[0]
 
     def compute_many_with_params(
-        self, requests: Sequence[Sequence[dict[str, Any]]]
+        self, requests: Sequence[Sequence[dict[str, Any]]], params: FeatureParams | None = None
     ) -> tuple[list[np.ndarray], FeatureParams]:
         flat = [item for request in requests for item in request]
-        matrix, params = self.compute_with_params(flat)
+        matrix, params = self.compute_with_params(flat, params=params)
         bounds = np.cumsum([0, *(len(r) for r in requests)])
         return [matrix[bounds[i] : bounds[i + 1]] for i in range(len(requests))], params
 

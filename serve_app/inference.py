@@ -11,6 +11,12 @@ answer for the prediction log only; in ``canary`` mode it answers the rows of th
 :func:`canary_bucket` falls below ``percent * 100`` (sticky: a user keeps their variant for the
 whole canary and across replicas and restarts). A challenger that fails never fails a request:
 the champion answers.
+
+Each model is scored on features computed with its own parameters (windows, cap, prior). When
+the challenger was trained with other parameters than the champion, the answer names them
+(``challenger_feature_params``) and the caller sends the challenger's own matrix beside the
+champion's from then on (:class:`ChallengerInput`); a batch without it is answered by the
+champion alone.
 """
 
 from __future__ import annotations
@@ -279,6 +285,14 @@ def canary_rows(user_ids: Sequence[str], percent: float) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class ChallengerInput:
+    """The rows' features computed with the challenger's parameters, when they differ from the champion's."""
+
+    matrix: np.ndarray
+    feature_params: FeatureParams
+
+
+@dataclass(frozen=True)
 class ChallengerPlan:
     """The challenger and how it takes part: ``shadow`` (scored, not returned) or ``canary`` (``percent``)."""
 
@@ -356,12 +370,16 @@ class Variants:
         log.info("challenger %s loaded (%s%s)", version, mode, f" {percent:g}%" if mode == CANARY else "")
         return ChallengerPlan(model, mode, percent)
 
-    def predict(self, matrix: np.ndarray, user_ids: Sequence[str] | None = None) -> dict[str, Any]:
+    def predict(
+        self, matrix: np.ndarray, user_ids: Sequence[str] | None = None, challenger_input: ChallengerInput | None = None
+    ) -> dict[str, Any]:
         """The champion's answer, with the challenger's part (see the module doc).
 
         ``{"model_version", "probabilities"}`` plus, with a challenger, ``challenger_version``
         and either ``shadow_probabilities`` (shadow) or ``challenger_rows`` (canary: a boolean
-        mask of the rows it answered; ``probabilities`` holds its values there).
+        mask of the rows it answered; ``probabilities`` holds its values there); and
+        ``challenger_feature_params`` when the challenger needs features of its own
+        (``challenger_input``; without it the champion answers alone).
         Raises :class:`ModelUnavailable` when the champion cannot answer.
         """
         plan = self._challenger  # one read: a concurrent reconfigure does not affect this call
@@ -377,13 +395,19 @@ class Variants:
         }
         if plan is None or plan.model.version == version:
             return answer
+        own_matrix = matrix
+        if plan.model.feature_params != scored.feature_params:
+            answer["challenger_feature_params"] = asdict(plan.model.feature_params)
+            if challenger_input is None or challenger_input.feature_params != plan.model.feature_params:
+                return answer
+            own_matrix = challenger_input.matrix
         try:
             if plan.mode == SHADOW:
-                answer["shadow_probabilities"] = plan.model.predict_proba(matrix)
+                answer["shadow_probabilities"] = plan.model.predict_proba(own_matrix)
             elif user_ids is not None:
                 rows = canary_rows(user_ids, plan.percent)
                 if rows.any():
-                    challenger_probabilities, challenger_factors = plan.model.predict_with_factors(matrix[rows])
+                    challenger_probabilities, challenger_factors = plan.model.predict_with_factors(own_matrix[rows])
                     probabilities[rows] = challenger_probabilities
                     factors = list(scored.factors)
                     for position, row_factors in zip(np.flatnonzero(rows), challenger_factors, strict=True):

@@ -71,8 +71,8 @@ class HangingInference:
         self.predict = Method(self._predict)
         self.hang = True
 
-    async def _predict(self, request: tuple[np.ndarray, list[str]]) -> dict[str, Any]:
-        matrix, _ = request
+    async def _predict(self, request: tuple[Any, ...]) -> dict[str, Any]:
+        matrix = request[0]
         if self.hang:
             await asyncio.sleep(30)
         return {"model_version": "v1", "probabilities": np.full(len(matrix), 0.5)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +14,21 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from conflict_core.features import FeatureParams
 from conflict_core.registry import sha256_file
 from serve_app.feature_lookup import FEATURE_NAMES
-from serve_app.inference import Variants, canary_bucket, canary_rows, split_answer
+from serve_app.inference import ChallengerInput, Variants, canary_bucket, canary_rows, split_answer
 
 
-def artifact(directory: Path, version: str, sign: float) -> dict[str, Any]:
+def artifact(directory: Path, version: str, sign: float, feature_params: FeatureParams | None = None) -> dict[str, Any]:
     """A model whose probability rises (``sign`` > 0) or falls with the first feature."""
     rng = np.random.default_rng(1)
     x = rng.random((300, len(FEATURE_NAMES)))
     y = (sign * (x[:, 0] - 0.5) > 0).astype(int)
     path = directory / f"{version}.joblib"
     model = LogisticRegression().fit(pd.DataFrame(x, columns=list(FEATURE_NAMES)), y)
-    joblib.dump({"estimator": model, "feature_columns": list(FEATURE_NAMES)}, path)
+    extra = {} if feature_params is None else {"feature_params": asdict(feature_params)}
+    joblib.dump({"estimator": model, "feature_columns": list(FEATURE_NAMES), **extra}, path)
     return {"model_version": version, "artifact_path": str(path), "artifact_sha256": sha256_file(path)}
 
 
@@ -148,3 +151,40 @@ def test_split_answer_slices_every_row_array() -> None:
     assert [p["probabilities"].tolist() for p in parts] == [[0.0, 1.0], [2.0, 3.0, 4.0]]
     assert [p["challenger_rows"].tolist() for p in parts] == [[True, False], [True, False, True]]
     assert all(p["challenger_version"] == "v2" for p in parts)
+
+
+SLOW = FeatureParams(concurrent_window_minutes=24 * 60.0, history_window_days=90.0)
+
+
+@pytest.mark.parametrize("mode", ["shadow", "canary"])
+def test_a_challenger_with_other_feature_parameters_is_scored_only_on_its_own_features(
+    models: dict[str, dict[str, Any]], tmp_path: Path, mode: str
+) -> None:
+    slow = artifact(tmp_path, "v_slow", -1.0, SLOW)
+    variants = Variants()
+    variants.configure({**models["v1"], "challenger": {**slow, "mode": mode, "percent": 50}})
+    alone = Variants()
+    alone.configure(slow)
+    champion = Variants()
+    champion.configure(models["v1"])
+
+    # Without its features the champion answers every row, and the answer names what is missing.
+    answer = variants.predict(MATRIX, USERS)
+    assert "challenger_version" not in answer and answer["challenger_feature_params"] == asdict(SLOW)
+    np.testing.assert_allclose(answer["probabilities"], champion.predict(MATRIX)["probabilities"])
+    # Features computed with other parameters than its own are not taken either.
+    stale = variants.predict(MATRIX, USERS, ChallengerInput(MATRIX[::-1], FeatureParams()))
+    assert "challenger_version" not in stale
+
+    own = MATRIX[::-1].copy()  # its features differ from the champion's
+    answer = variants.predict(MATRIX, USERS, ChallengerInput(own, SLOW))
+    expected = alone.predict(own)["probabilities"]
+    assert answer["challenger_version"] == "v_slow"
+    if mode == "shadow":
+        np.testing.assert_allclose(answer["shadow_probabilities"], expected)
+        np.testing.assert_allclose(answer["probabilities"], champion.predict(MATRIX)["probabilities"])
+    else:
+        rows = answer["challenger_rows"]
+        assert rows.any() and not rows.all()
+        np.testing.assert_allclose(answer["probabilities"][rows], expected[rows])
+        np.testing.assert_allclose(answer["probabilities"][~rows], champion.predict(MATRIX)["probabilities"][~rows])
