@@ -129,16 +129,20 @@ def import_events(
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: Progress | None = None,
+    rebuild_indexes: bool | None = None,
 ) -> ImportResult:
     """Import a Parquet or CSV event file, all or nothing, in one streaming pass.
 
     Each chunk is validated and staged (:mod:`conflict_core.events.bulk_load`); the events
     move into the store in one transaction only once the whole file has validated, so a bad
     file leaves the store untouched. ``progress`` receives the rows of each staged chunk.
+    ``rebuild_indexes`` is :func:`~conflict_core.events.bulk_load.load_chunks`'s: by default a
+    batch large next to the table is moved with the secondary indexes rebuilt afterwards.
     """
     path = Path(path)
     engine = target if isinstance(target, Engine) else target.kw["bind"]
     if not isinstance(engine, Engine):
         raise TypeError(f"expected an Engine or a sessionmaker bound to one, got {type(engine).__name__}")
-    rows_read, inserted = load_chunks(engine, iter_event_chunks(path, chunk_rows=chunk_rows), progress=progress)
+    chunks = iter_event_chunks(path, chunk_rows=chunk_rows)
+    rows_read, inserted = load_chunks(engine, chunks, progress=progress, rebuild_indexes=rebuild_indexes)
     return ImportResult(path=path, rows_read=rows_read, inserted=inserted, skipped_existing=rows_read - inserted)
