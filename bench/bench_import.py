@@ -5,13 +5,15 @@
 
 Each store's import runs in its own process, so the peak RSS printed is that import's own.
 The targets: 1M rows in <= 30 s into SQLite and <= 20 s into PostgreSQL (COPY), memory bounded.
-A second import of the same file (every event already stored) is timed too.
+A second import of the same file (every event already stored) is timed too. The 1-minute load
+average before and after each store's run is printed with it: the machine may be shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import resource
 import sys
 import tempfile
@@ -157,9 +159,11 @@ def main() -> None:
             child = context.Process(
                 target=_import_in_child, args=(kind, events, args.chunk_rows, args.postgres_admin_url, out)
             )
+            load_before = os.getloadavg()[0]
             child.start()
             rows, inserted, elapsed, again, reimport, peak = out.get()
             child.join()
+            load_after = os.getloadavg()[0]
             rate = rows / elapsed
             # The target is for 1M rows; smaller runs are judged by the same rate.
             budget = TARGET_SECONDS[kind] * rows / 1_000_000
@@ -169,7 +173,7 @@ def main() -> None:
                 f"{kind:<10} imported {inserted:,} of {rows:,} rows in {elapsed:.1f} s: {rate:,.0f} rows/s "
                 f"[{'PASS' if fast else 'FAIL'}: target <= {budget:.1f} s]; peak RSS {peak:.0f} MB "
                 f"[{'PASS' if small else 'FAIL'}: bound {args.max_rss_mb:.0f} MB]; "
-                f"re-import {reimport:.1f} s, {again:,} new"
+                f"re-import {reimport:.1f} s, {again:,} new; load average {load_before:.1f} -> {load_after:.1f}"
             )
     print("all targets met" if all(verdicts) else "some targets missed")
 

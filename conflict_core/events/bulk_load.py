@@ -12,12 +12,15 @@ Both dialects follow one protocol:
    the syncs this import inserted.
 
 A batch that is large next to the table (a first import, a backfill) is moved with
-``sync_log``'s secondary indexes dropped and rebuilt afterwards, in the same transaction:
-sorting every row once per index costs a fraction of inserting each row into each index.
-Both stores' DDL is transactional, so an error at any point, the rebuild included, leaves
-the table and its indexes exactly as they were. While the indexes are rebuilt no other
-writer touches ``sync_log``; PostgreSQL readers wait for the commit too, SQLite's (WAL)
-keep reading the previous snapshot.
+``sync_log``'s indexes dropped and rebuilt afterwards, in the same transaction: sorting every
+row once per index costs a fraction of inserting each row into each index. On PostgreSQL that
+covers the primary key and the unique ``event_id`` constraint too (the foreign key referring
+to the primary key is dropped with it and re-added, which checks the new resolutions in one
+join instead of one lookup each); on SQLite the secondary indexes (the rowid and the unique
+constraint's own index cannot be dropped). Both stores' DDL is transactional, so an error at
+any point, the rebuild included, leaves the tables and their indexes exactly as they were.
+While the indexes are rebuilt no other writer touches ``sync_log``; PostgreSQL readers wait for
+the commit too, SQLite's (WAL) keep reading the previous snapshot.
 
 Memory stays bounded by one chunk: the file streams through the staging table, which
 lives in the database's own temporary storage.
@@ -170,23 +173,35 @@ _PG_STAGING_DDL = (
     " resolution_type text, resolved_at bigint"
     ") ON COMMIT DROP"
 )
-# Every index of sync_log but its primary key (which conflict_resolution's foreign key needs):
-# the unique constraints, then the plain indexes, each as its own DDL.
-_PG_SECONDARY_INDEXES = """
+# sync_log's keys and indexes, each as the DDL dropping and recreating it, in dropping order:
+# the foreign keys referring to it (checked once, when re-added, instead of row by row), its
+# constraints (primary key, unique), then its plain indexes.
+_PG_INDEXES = """
+SELECT con.conname,
+       format('ALTER TABLE %s DROP CONSTRAINT %I', con.conrelid::regclass, con.conname),
+       format('ALTER TABLE %s ADD CONSTRAINT %I %s',
+              con.conrelid::regclass, con.conname, pg_get_constraintdef(con.oid)),
+       1 AS step
+  FROM pg_constraint con
+ WHERE con.confrelid = 'sync_log'::regclass AND con.contype = 'f'
+UNION ALL
 SELECT con.conname,
        format('ALTER TABLE sync_log DROP CONSTRAINT %I', con.conname),
-       format('ALTER TABLE sync_log ADD CONSTRAINT %I %s', con.conname, pg_get_constraintdef(con.oid))
+       format('ALTER TABLE sync_log ADD CONSTRAINT %I %s', con.conname, pg_get_constraintdef(con.oid)),
+       2
   FROM pg_constraint con
- WHERE con.conrelid = 'sync_log'::regclass AND con.contype = 'u'
+ WHERE con.conrelid = 'sync_log'::regclass AND con.contype IN ('p', 'u')
 UNION ALL
 SELECT index.relname,
        format('DROP INDEX %I.%I', space.nspname, index.relname),
-       pg_get_indexdef(entry.indexrelid)
+       pg_get_indexdef(entry.indexrelid),
+       3
   FROM pg_index entry
   JOIN pg_class index ON index.oid = entry.indexrelid
   JOIN pg_namespace space ON space.oid = index.relnamespace
  WHERE entry.indrelid = 'sync_log'::regclass
    AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = entry.indexrelid)
+ ORDER BY step, 1
 """
 
 
@@ -232,7 +247,8 @@ def _pg_stage(cursor: Any, chunks: Iterable[pa.Table], progress: Progress | None
             rows += chunk.num_rows
             if progress is not None:
                 progress(chunk.num_rows)
-    cursor.execute(f"ANALYZE {STAGING_TABLE}")
+    # Row count and the two join columns' statistics: all the move's plans need.
+    cursor.execute(f"ANALYZE {STAGING_TABLE} (event_id, resolved_at)")
     return rows
 
 
@@ -244,9 +260,10 @@ def _pg_drop_stored(cursor: Any) -> int:
     return int(cursor.fetchone()[0])
 
 
-def _pg_secondary_indexes(cursor: Any) -> list[_SavedIndex]:
-    cursor.execute(_PG_SECONDARY_INDEXES)
-    return [_SavedIndex(*row) for row in cursor.fetchall()]
+def _pg_indexes(cursor: Any) -> list[_SavedIndex]:
+    """In dropping order; they are recreated in the reverse order."""
+    cursor.execute(_PG_INDEXES)
+    return [_SavedIndex(name, drop, create) for name, drop, create, _ in cursor.fetchall()]
 
 
 def _pg_count_stored(cursor: Any, new_rows: int) -> int:
@@ -270,13 +287,13 @@ def _pg_move(cursor: Any, rows_read: int, rebuild_indexes: bool | None) -> int:
         return int(cursor.fetchone()[0])
     if not stored_dropped:
         _pg_drop_stored(cursor)
-    cursor.execute("LOCK TABLE sync_log IN ACCESS EXCLUSIVE MODE")
-    indexes = _pg_secondary_indexes(cursor)
+    cursor.execute("LOCK TABLE sync_log, conflict_resolution IN ACCESS EXCLUSIVE MODE")
+    indexes = _pg_indexes(cursor)
     for index in indexes:
         cursor.execute(index.drop)
     cursor.execute(_pg_move_sql(skip_stored=False))
     inserted = int(cursor.fetchone()[0])
-    _recreate(cursor, indexes)
+    _recreate(cursor, reversed(indexes))
     return inserted
 
 
