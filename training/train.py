@@ -153,13 +153,15 @@ def fit_candidate(
 def calibrate(
     estimator: Pipeline, calibration: pd.DataFrame, feature_columns: Sequence[str], *, method: str | None = None
 ) -> CalibratedClassifierCV:
-    """Map scores to probabilities on later, unseen data.
+    """Map scores to probabilities on later, unseen data, keeping the model's ranking.
 
-    Isotonic regression when the slice has enough conflicts to support it, Platt scaling
-    otherwise (or ``method`` when given); both are non-decreasing, so monotone models stay
-    monotone, and Platt scaling is strictly increasing, so it keeps the ranking exactly.
+    Platt scaling by default: it is strictly increasing, so the calibrated model ranks exactly
+    as the fitted one and keeps the ROC-AUC and PR-AUC it was selected on. Isotonic regression
+    (``method="isotonic"``) is a step function: it ties every score within a step (a few dozen
+    distinct probabilities for thousands of rows), which on the slow-tempo profile cost the
+    chosen model 0.01-0.02 holdout PR-AUC, enough to lose to the seed baseline it had beaten.
     """
-    method = method or ("isotonic" if int(calibration[LABEL].sum()) >= 200 else "sigmoid")
+    method = method or "sigmoid"
     calibrated = CalibratedClassifierCV(FrozenEstimator(estimator), method=method)
     calibrated.fit(calibration[list(feature_columns)], calibration[LABEL])
     return calibrated

@@ -14,7 +14,7 @@ from conflict_core.settings import Settings
 from training.extract import ExtractionWindow, write_training_set
 from training.pipeline import train_and_register
 from training.publishing import Published, publish_active_model
-from training.train import check_training_data, time_split
+from training.train import calibrate, check_training_data, fit_candidate, time_split
 from training.tune import sample_configs
 
 Frame = tuple[pd.DataFrame, ExtractionWindow, list[Path]]
@@ -107,6 +107,21 @@ def test_model_is_calibrated_on_the_holdout(trained: dict) -> None:
     holdout = trained["result"].holdout
     assert holdout["ece"] < 0.03
     assert holdout["brier"] < trained["result"].seed_baseline_holdout["brier"]
+
+
+def test_calibration_keeps_the_ranking_the_model_was_selected_on(training_frame: Frame) -> None:
+    frame, _, _ = training_frame
+    split = time_split(frame)
+    config = next(config for config in sample_configs(4) if config["model"] == "hgb")
+    columns = list(ALL_FEATURES)
+    estimator, _ = fit_candidate(config, columns, split.fit, split.calibration)
+    fitted = estimator.predict_proba(split.holdout[columns])[:, 1]
+    calibrated = calibrate(estimator, split.calibration, columns).predict_proba(split.holdout[columns])[:, 1]
+
+    # Strictly increasing: every pair of holdout rows is ordered as before, no new ties.
+    order = np.argsort(fitted, kind="stable")
+    assert np.all(np.diff(calibrated[order]) >= 0)
+    assert len(np.unique(calibrated)) == len(np.unique(fitted))
 
 
 def _artifact(trained: dict) -> dict:
