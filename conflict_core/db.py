@@ -6,10 +6,20 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import MetaData
 
 from conflict_core.errors import StoreError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def schema_metadata() -> MetaData:
+    """Every table of the store: those of :mod:`conflict_core.store` and of the modules that
+    declare their own on the same base (tokens, audit), which must be imported to register."""
+    from conflict_core import audit, tokens  # noqa: F401  (their tables join Base.metadata)
+    from conflict_core.store import Base
+
+    return Base.metadata
 
 
 def alembic_config(database_url: str) -> Config:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from alembic import context
 
+from conflict_core.db import schema_metadata
 from conflict_core.settings import get_settings
-from conflict_core.store import Base, make_engine
+from conflict_core.store import make_engine
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = schema_metadata()  # every table, for autogenerate
 
 
 def _database_url() -> str:

@@ -8,7 +8,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from conflict_core import db
-from conflict_core.store import Base, make_engine
+from conflict_core.store import make_engine
 
 LONG_ID = "https://files.example.com/" + "p/" * 243  # 512 characters
 SYNCED_AT = dt.datetime(2026, 1, 5, 9, tzinfo=dt.UTC)
@@ -50,7 +50,7 @@ def test_long_identifier_migration_keeps_rows_and_indexes_and_matches_the_models
             indexes = {index["name"] for index in inspect(connection).get_indexes("sync_log")}
             # The store's models and the migrated schema agree: nothing left for autogenerate.
             context = MigrationContext.configure(connection, opts={"compare_type": True})
-            differences = compare_metadata(context, Base.metadata)
+            differences = compare_metadata(context, db.schema_metadata())
     finally:
         engine.dispose()
     assert ids == ["short-1", LONG_ID]
