@@ -239,7 +239,18 @@ def replicas(work: Path, seconds: float, items: int, connections: int, mode: str
         bench_serve._wait_http("http://127.0.0.1:8000", timeout_s=180)
         bench_serve._wrk("http://127.0.0.1:8000", lua, connections, bench_serve.WARMUP_S)
         load = subprocess.Popen(
-            ["wrk", "-t", "2", "-c", str(connections), "-d", f"{int(seconds) + 2}s", "--latency", "-s", str(lua)]
+            [
+                "wrk",
+                "-t",
+                str(min(2, connections)),
+                "-c",
+                str(connections),
+                "-d",
+                f"{int(seconds) + 2}s",
+                "--latency",
+                "-s",
+                str(lua),
+            ]
             + ["http://127.0.0.1:8000"],
             stdout=subprocess.PIPE,
             text=True,
