@@ -376,6 +376,32 @@ def load_training_set(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return pd.read_parquet(data), json.loads(manifest.read_text())
 
 
+def events_dir_of(manifest: dict[str, Any]) -> Path:
+    """The export a stored training set was extracted from (its files sit in ``date=`` folders)."""
+    files = manifest.get("source_files") or []
+    if not files:
+        raise TrainingDataError(f"training set {manifest.get('snapshot')!r} lists no source files")
+    return Path(files[0]["path"]).parent.parent
+
+
+def features_of_rows(manifest: dict[str, Any], rows: pd.DataFrame, params: FeatureParams) -> pd.DataFrame:
+    """``rows`` of a stored training set (its newest ones, say) with features computed anew with
+    ``params``, from the export the set was extracted from; same rows, same order."""
+    window = ExtractionWindow(
+        start=rows["synced_at"].min().to_pydatetime(),
+        end=dt.datetime.fromisoformat(manifest["window_end"]),
+        lookback=params.lookback.to_pytimedelta(),
+    )
+    frame = extract_local(partition_files(events_dir_of(manifest), window), window, params).set_index("event_id")
+    missing = rows["event_id"][~rows["event_id"].isin(frame.index)]
+    if len(missing):
+        raise TrainingDataError(
+            f"the export behind training set {manifest['snapshot']!r} no longer holds {len(missing)} of its events "
+            f"(e.g. {missing.iloc[0]!r}); extract the training set again"
+        )
+    return frame.loc[rows["event_id"]].reset_index()
+
+
 def extract_training_set(
     settings: Settings,
     *,

@@ -1,7 +1,9 @@
 """One training run: training set → sweep → calibrated model → report → registry → gate.
 
 Called by the ``jobs.train`` Ray Job entrypoint and by ``conflictctl train``; everything here
-is plain Python except the optional Ray Tune sweep.
+is plain Python except the optional Ray Tune sweep. :func:`train_and_register` runs the
+stages in order, each a function of its own: load the data, choose the model, evaluate it on
+the holdout, score the active model, gate, write the artifact and the report, register.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
 from sklearn.inspection import permutation_importance
@@ -21,13 +22,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core import registry
 from conflict_core.decision import cost_thresholds, policy_comparison
-from conflict_core.errors import ArtifactIntegrityError, TrainingDataError
+from conflict_core.errors import TrainingDataError
 from conflict_core.features import ALL_FEATURES, SEED_FEATURES, FeatureParams
 from conflict_core.settings import Settings
 from conflict_core.store import session_scope
 from training import selection, tune
+from training.active_model import ActiveScore, holdout_features, score_active
+from training.artifact import WrittenArtifact, write_artifact
 from training.evaluate import classification_metrics
-from training.extract import LABEL, load_training_set
+from training.extract import LABEL, features_of_rows, load_training_set
 from training.feature_search import ParamsResult, search_section
 from training.report import decision_section, plot_curves, plot_importances, selection_section, write_report
 from training.selection import SEED_CONFIG
@@ -96,45 +99,146 @@ def train_and_register(
     events with the fixed default feature parameters: the seed baseline, which the shipped model
     never loses to, is then the original system on its own features (and is shipped as such).
     """
-    frame, manifest = load_training_set(training_set)
-    check_training_data(frame, min_samples=settings.min_training_samples, min_positives=settings.min_training_positives)
-    split = time_split(frame)
-    all_features = list(ALL_FEATURES)
-    feature_params = dict(manifest.get("feature_params") or asdict(FeatureParams()))
-    selection_notes: list[str] = []
+    data = load_data(settings, training_set, seed_training_set)
     version = registry.new_version(now)
     out_dir = settings.models_dir / version
     out_dir.mkdir(parents=True, exist_ok=False)
+    split = data.split
     progress(
-        f"{len(frame)} samples: fit {len(split.fit)}, calibration {len(split.calibration)}, "
+        f"{len(data.frame)} samples: fit {len(split.fit)}, calibration {len(split.calibration)}, "
         f"holdout {len(split.holdout)}"
     )
+    chosen = choose_model(settings, data, version, sweep=sweep, num_samples=num_samples, progress=progress)
+    evaluation = evaluate(settings, version, data, chosen)
+    active = score_active(session_factory, holdout_features_of(data), evaluation.threshold)
+    evaluation.add_active(active)
+    decision = gate(settings, evaluation, version, active)
+    progress("writing artifact and report")
+    artifact = write_model_artifact(out_dir, version, data, chosen, evaluation)
+    report_path = write_run_report(out_dir, version, data, chosen, evaluation, decision.reason, feature_search)
+    row = registry_row(version, data, chosen, evaluation, artifact, report_path, decision.reason, feature_search)
+    # The first model (or one replacing an unscorable active model) is activated, never rolled out.
+    rollout = rollout_mode if active.metrics is not None else "activate"
+    stage = register_and_decide(settings, session_factory, row, decision, rollout=rollout, activated_by=activated_by)
+    return TrainingResult(
+        version=version,
+        algorithm=chosen.shipped.config["model"],
+        activated=decision.activate and stage is None,
+        rollout_stage=stage,
+        gate_reason=decision.reason,
+        holdout=_headline(evaluation.holdout_metrics[version]),
+        seed_baseline_holdout=_headline(evaluation.holdout_metrics[SEED_BASELINE]),
+        active_before=active.info[0] if active.info else None,
+        active_before_holdout=_headline(active.metrics) if active.metrics else None,
+        report_path=str(report_path),
+        artifact_path=str(artifact.path.resolve()),
+        artifact_sha256=artifact.sha256,
+        notes=active.notes,
+    )
 
+
+# --------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The training set split in time, and the seed baseline's rows (the same events, cut at the
+    same places, with the default feature parameters when a seed training set is given)."""
+
+    frame: pd.DataFrame
+    manifest: dict[str, Any]
+    split: TimeSplit
+    feature_params: dict[str, Any]
+    seed_split: TimeSplit
+    seed_feature_params: dict[str, Any]
+
+
+def load_data(settings: Settings, training_set: Path, seed_training_set: Path | None) -> TrainingData:
+    """Load and check the training set, split it in time; align the seed training set to it."""
+    frame, manifest = load_training_set(training_set)
+    check_training_data(frame, min_samples=settings.min_training_samples, min_positives=settings.min_training_positives)
+    split = time_split(frame)
+    feature_params = _params_of(manifest)
+    if seed_training_set is None:
+        return TrainingData(frame, manifest, split, feature_params, split, feature_params)
+    seed_frame, seed_manifest = load_training_set(seed_training_set)
+    return TrainingData(
+        frame, manifest, split, feature_params, _aligned_split(seed_frame, split), _params_of(seed_manifest)
+    )
+
+
+def _params_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    return dict(manifest.get("feature_params") or asdict(FeatureParams()))
+
+
+@dataclass
+class Chosen:
+    """The sweep, the configuration chosen on validation, and the model shipped after the holdout
+    check against the seed baseline (fitted on the seed rows, ``baseline_proba`` on the holdout)."""
+
+    sweep: list[tuple[dict[str, Any], dict[str, float]]]
+    choice: selection.Choice
+    baseline_proba: np.ndarray
+    shipped: _Shipped
+
+
+def choose_model(
+    settings: Settings,
+    data: TrainingData,
+    version: str,
+    *,
+    sweep: str,
+    num_samples: int | None,
+    progress: Callable[[str], None],
+) -> Chosen:
+    """Sweep, choose on validation, and ship the choice unless it loses to the seed baseline."""
     n = num_samples or settings.sweep_num_samples
     progress(f"sweep: {n} configurations ({sweep})")
-    results = _sweep(settings, sweep, n, all_features, split, name=version)
-    seed_split, seed_feature_params = split, feature_params
-    if seed_training_set is not None:
-        seed_frame, seed_manifest = load_training_set(seed_training_set)
-        seed_split = _aligned_split(seed_frame, split)
-        seed_feature_params = dict(seed_manifest.get("feature_params") or asdict(FeatureParams()))
-    seed_scores = fit_candidate(SEED_CONFIG, list(SEED_FEATURES), seed_split.fit, seed_split.calibration)[1]
+    results = _sweep(settings, sweep, n, list(ALL_FEATURES), data.split, name=version)
+    seed_scores = fit_candidate(SEED_CONFIG, list(SEED_FEATURES), data.seed_split.fit, data.seed_split.calibration)[1]
     choice = selection.choose_on_validation(results, seed_scores)
-    config, scores = choice.config, choice.scores
-    progress(f"chosen: {config['model']} (validation PR-AUC {scores[tune.METRIC]:.4f}); {choice.reason}")
-
-    y_holdout = split.holdout[LABEL].to_numpy()
+    progress(f"chosen: {choice.config['model']} (validation PR-AUC {choice.scores[tune.METRIC]:.4f}); {choice.reason}")
+    seed_split = data.seed_split
     baseline = seed_baseline().fit(seed_split.train[list(SEED_FEATURES)], seed_split.train[LABEL])
     baseline_proba = baseline.predict_proba(seed_split.holdout[list(SEED_FEATURES)])[:, 1]
     shipped = _never_worse_than_the_seed(
-        config, all_features, split, seed_split, baseline, baseline_proba, feature_params, seed_feature_params
+        choice.config,
+        list(ALL_FEATURES),
+        data.split,
+        seed_split,
+        baseline,
+        baseline_proba,
+        data.feature_params,
+        data.seed_feature_params,
     )
-    config, features, model, proba = shipped.config, shipped.features, shipped.model, shipped.proba
-    model_split, feature_params = shipped.split, shipped.feature_params
-    selection_notes += shipped.notes
     for note in shipped.notes:
         progress(note)
+    return Chosen(results, choice, baseline_proba, shipped)
 
+
+@dataclass
+class Evaluation:
+    """The shipped model and the seed baseline (and the active model, once scored) on the holdout,
+    at the cost-aware operating threshold."""
+
+    threshold: float
+    decision_policy: dict[str, Any]
+    holdout_metrics: dict[str, dict[str, Any]]
+    intervals: dict[str, Any]
+    scores_by_model: dict[str, np.ndarray]
+
+    def add_active(self, active: ActiveScore) -> None:
+        if active.info is not None and active.metrics is not None and active.proba is not None:
+            self.holdout_metrics[f"active {active.info[0]}"] = active.metrics
+            self.scores_by_model[f"active {active.info[0]}"] = active.proba
+
+
+def evaluate(settings: Settings, version: str, data: TrainingData, chosen: Chosen) -> Evaluation:
+    """Holdout metrics, bootstrap intervals and the cost of the cost-aware thresholds."""
+    y_holdout = data.split.holdout[LABEL].to_numpy()
+    proba, baseline_proba = chosen.shipped.proba, chosen.baseline_proba
     costs = settings.decision_costs()
     thresholds = cost_thresholds(costs)
     threshold = thresholds.fetch_first  # from here on the model recommends acting on the sync
@@ -145,132 +249,168 @@ def train_and_register(
             y_holdout, proba, thresholds=thresholds, fixed=settings.fixed_thresholds(), costs=costs
         ),
     }
-    holdout_metrics = {
-        version: classification_metrics(y_holdout, proba, threshold),
-        SEED_BASELINE: classification_metrics(y_holdout, baseline_proba, threshold),
-    }
-    intervals = {
-        version: selection.bootstrap_intervals(y_holdout, proba),
-        SEED_BASELINE: selection.bootstrap_intervals(y_holdout, baseline_proba),
-    }
-    scores_by_model = {version: proba, "seed baseline": baseline_proba}
+    return Evaluation(
+        threshold=threshold,
+        decision_policy=decision_policy,
+        holdout_metrics={
+            version: classification_metrics(y_holdout, proba, threshold),
+            SEED_BASELINE: classification_metrics(y_holdout, baseline_proba, threshold),
+        },
+        intervals={
+            version: selection.bootstrap_intervals(y_holdout, proba),
+            SEED_BASELINE: selection.bootstrap_intervals(y_holdout, baseline_proba),
+        },
+        scores_by_model={version: proba, "seed baseline": baseline_proba},
+    )
 
-    active = _score_active(session_factory, split.holdout, threshold)
-    current_info, active_metrics, unscorable, notes = active.info, active.metrics, active.unscorable, active.notes
-    if current_info is not None and active_metrics is not None and active.proba is not None:
-        holdout_metrics[f"active {current_info[0]}"] = active_metrics
-        scores_by_model[f"active {current_info[0]}"] = active.proba
 
-    decision = registry.gate(
-        candidate_roc_auc=holdout_metrics[version]["roc_auc"],
-        active_roc_auc=active_metrics["roc_auc"] if active_metrics else None,
+def holdout_features_of(data: TrainingData) -> Callable[[FeatureParams], pd.DataFrame]:
+    """The holdout rows for any feature parameters: the training or seed set's own when they
+    match, else computed anew from the export both were extracted from."""
+    computed = {
+        FeatureParams(**data.seed_feature_params): data.seed_split.holdout,
+        FeatureParams(**data.feature_params): data.split.holdout,
+    }
+    return holdout_features(computed, lambda params: features_of_rows(data.manifest, data.split.holdout, params))
+
+
+def gate(settings: Settings, evaluation: Evaluation, version: str, active: ActiveScore) -> registry.GateDecision:
+    """The registry's gate on the holdout ROC-AUC of the candidate and of the active model."""
+    return registry.gate(
+        candidate_roc_auc=evaluation.holdout_metrics[version]["roc_auc"],
+        active_roc_auc=active.metrics["roc_auc"] if active.metrics else None,
         min_relative_improvement=settings.gate_min_relative_improvement,
         quality_floor=settings.gate_quality_floor_roc_auc,
-        active_unscorable=unscorable,
+        active_unscorable=active.unscorable,
     )
 
-    progress("writing artifact and report")
-    artifact_path = out_dir / "model.joblib"
-    joblib.dump(
-        {
-            "estimator": model,
-            "feature_columns": features,
-            "version": version,
-            "algorithm": config["model"],
-            "params": config,
-            "threshold": threshold,
-            "decision_thresholds": thresholds.to_dict(),
-            # What the served model's reasons compare against, and the windows its features use.
-            "feature_reference": {c: float(model_split.train[c].median()) for c in features},
-            "feature_params": feature_params,
-            "decision_costs": costs.to_dict(),
-            "training_set": manifest["snapshot"],
-        },
-        artifact_path,
+
+def write_model_artifact(
+    out_dir: Path, version: str, data: TrainingData, chosen: Chosen, evaluation: Evaluation
+) -> WrittenArtifact:
+    """The shipped model's artifact, with the thresholds and feature parameters it serves with."""
+    shipped = chosen.shipped
+    return write_artifact(
+        out_dir,
+        version=version,
+        model=shipped.model,
+        config=shipped.config,
+        features=shipped.features,
+        train_rows=shipped.split.train,
+        feature_params=shipped.feature_params,
+        threshold=evaluation.threshold,
+        decision_thresholds=evaluation.decision_policy["thresholds"],
+        decision_costs=evaluation.decision_policy["costs"],
+        training_set=data.manifest["snapshot"],
     )
-    sha = registry.sha256_file(artifact_path)
-    plots = plot_curves(out_dir, y_holdout, scores_by_model)
-    plots["importances"] = plot_importances(out_dir, _importances(model, model_split.holdout, features))
+
+
+def write_run_report(
+    out_dir: Path,
+    version: str,
+    data: TrainingData,
+    chosen: Chosen,
+    evaluation: Evaluation,
+    gate_reason: str,
+    feature_search: Sequence[ParamsResult] | None,
+) -> Path:
+    """The report with its plots: holdout metrics, selection, recommendations, searched parameters."""
+    shipped, split = chosen.shipped, data.split
+    plots = plot_curves(out_dir, split.holdout[LABEL].to_numpy(), evaluation.scores_by_model)
+    plots["importances"] = plot_importances(
+        out_dir, _importances(shipped.model, shipped.split.holdout, shipped.features)
+    )
     split_info = {
-        "training set": manifest["snapshot"],
+        "training set": data.manifest["snapshot"],
         "fit rows (oldest)": _rows_and_span(split.fit),
         "calibration rows": _rows_and_span(split.calibration),
         "holdout rows (newest)": _rows_and_span(split.holdout),
-        "conflict rate": f"{frame[LABEL].mean():.4f}",
+        "conflict rate": f"{data.frame[LABEL].mean():.4f}",
     }
-    random_split = seed_random_split_baseline(frame)
-    report_path = write_report(
+    return write_report(
         out_dir,
         version=version,
-        algorithm=config["model"],
-        params=config,
-        holdout_metrics=holdout_metrics,
-        extra_rows={"seed baseline on a stratified random split (leaks the future)": random_split},
-        sweep=results,
+        algorithm=shipped.config["model"],
+        params=shipped.config,
+        holdout_metrics=evaluation.holdout_metrics,
+        extra_rows={
+            "seed baseline on a stratified random split (leaks the future)": seed_random_split_baseline(data.frame)
+        },
+        sweep=chosen.sweep,
         plots=plots,
-        gate_reason=decision.reason,
+        gate_reason=gate_reason,
         split=split_info,
         sections={
             "Never worse than the seed baseline": selection_section(
-                holdout_metrics, intervals, reason=choice.reason, notes=selection_notes
+                evaluation.holdout_metrics, evaluation.intervals, reason=chosen.choice.reason, notes=shipped.notes
             ),
-            "Recommendations (cost-aware thresholds)": decision_section(decision_policy),
+            "Recommendations (cost-aware thresholds)": decision_section(evaluation.decision_policy),
             **({"Feature parameters (searched)": search_section(feature_search)} if feature_search else {}),
         },
     )
 
-    with session_scope(session_factory) as session:
-        registry.register(
-            session,
-            version=version,
-            algorithm=config["model"],
-            params={**config, "feature_params": feature_params},
-            metrics={
-                "holdout": _headline(holdout_metrics[version]),
-                "seed_baseline_holdout": _headline(holdout_metrics[SEED_BASELINE]),
-                "threshold": threshold,
-                "decision": decision_policy,
-                "holdout_intervals": intervals,
-                "holdout_positives": int(y_holdout.sum()),
-                "selection": {"reason": choice.reason, "notes": selection_notes},
-                "feature_search": [result.to_dict() for result in feature_search or ()],
-                "validation": scores,
-                "feature_means": {c: float(model_split.train[c].mean()) for c in features},
-            },
-            feature_columns=features,
-            train_samples=len(split.train),
-            holdout_samples=len(split.holdout),
-            training_window_start=split.fit["synced_at"].min().to_pydatetime(),
-            training_window_end=split.holdout["synced_at"].max().to_pydatetime(),
-            artifact_path=str(artifact_path.resolve()),
-            artifact_sha256=sha,
-            report_path=str(report_path.resolve()),
-            gate_decision=decision.reason,
-        )
-        stage = None
-        if decision.activate and rollout_mode != "activate" and active_metrics is not None:
-            stage = begin_rollout(
-                settings, session, version, mode=rollout_mode, by=activated_by, reason=decision.reason
-            )
-        elif decision.activate:
-            registry.activate(session, version, by=activated_by)
 
-    result = TrainingResult(
-        version=version,
-        algorithm=config["model"],
-        activated=decision.activate and stage is None,
-        rollout_stage=stage,
-        gate_reason=decision.reason,
-        holdout=_headline(holdout_metrics[version]),
-        seed_baseline_holdout=_headline(holdout_metrics[SEED_BASELINE]),
-        active_before=current_info[0] if current_info else None,
-        active_before_holdout=_headline(active_metrics) if active_metrics else None,
-        report_path=str(report_path),
-        artifact_path=str(artifact_path.resolve()),
-        artifact_sha256=sha,
-        notes=notes,
-    )
-    return result
+def register_and_decide(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    row: dict[str, Any],
+    decision: registry.GateDecision,
+    *,
+    rollout: str,
+    activated_by: str,
+) -> str | None:
+    """Register the candidate (``row``: its registry columns) and carry out the gate's decision in
+    the same transaction: activate it, or begin its ``rollout`` (``"shadow"`` or ``"canary"``).
+    Returns the rollout stage begun, if any."""
+    version = row["version"]
+    with session_scope(session_factory) as session:
+        registry.register(session, **row)
+        if not decision.activate:
+            return None
+        if rollout != "activate":
+            return begin_rollout(settings, session, version, mode=rollout, by=activated_by, reason=decision.reason)
+        registry.activate(session, version, by=activated_by)
+        return None
+
+
+def registry_row(
+    version: str,
+    data: TrainingData,
+    chosen: Chosen,
+    evaluation: Evaluation,
+    artifact: WrittenArtifact,
+    report_path: Path,
+    gate_reason: str,
+    feature_search: Sequence[ParamsResult] | None,
+) -> dict[str, Any]:
+    """The candidate's registry columns: its parameters, holdout figures and files."""
+    shipped, split, metrics = chosen.shipped, data.split, evaluation.holdout_metrics
+    return {
+        "version": version,
+        "algorithm": shipped.config["model"],
+        "params": {**shipped.config, "feature_params": shipped.feature_params},
+        "metrics": {
+            "holdout": _headline(metrics[version]),
+            "seed_baseline_holdout": _headline(metrics[SEED_BASELINE]),
+            "threshold": evaluation.threshold,
+            "decision": evaluation.decision_policy,
+            "holdout_intervals": evaluation.intervals,
+            "holdout_positives": int(split.holdout[LABEL].sum()),
+            "selection": {"reason": chosen.choice.reason, "notes": shipped.notes},
+            "feature_search": [result.to_dict() for result in feature_search or ()],
+            "validation": chosen.choice.scores,
+            "feature_means": {c: float(shipped.split.train[c].mean()) for c in shipped.features},
+        },
+        "feature_columns": shipped.features,
+        "train_samples": len(split.train),
+        "holdout_samples": len(split.holdout),
+        "training_window_start": split.fit["synced_at"].min().to_pydatetime(),
+        "training_window_end": split.holdout["synced_at"].max().to_pydatetime(),
+        "artifact_path": str(artifact.path.resolve()),
+        "artifact_sha256": artifact.sha256,
+        "report_path": str(report_path.resolve()),
+        "gate_decision": gate_reason,
+    }
 
 
 def _sweep(
@@ -338,34 +478,6 @@ def _never_worse_than_the_seed(
     )
     model, proba = _seed_model(baseline, seed_split)
     return _Shipped(dict(SEED_CONFIG), list(SEED_FEATURES), model, proba, seed_split, seed_feature_params, [note])
-
-
-@dataclass
-class _ActiveScore:
-    """The active model on the candidate's holdout: who it is, and its figures if it could be scored."""
-
-    info: tuple[str, Path, str] | None = None
-    metrics: dict[str, Any] | None = None
-    proba: np.ndarray | None = None
-    unscorable: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def _score_active(session_factory: sessionmaker[Session], holdout: pd.DataFrame, threshold: float) -> _ActiveScore:
-    with session_scope(session_factory) as session:
-        current = registry.active(session)
-        info = (current.version, Path(current.artifact_path), current.artifact_sha256) if current else None
-    if info is None:
-        return _ActiveScore()
-    try:
-        artifact = registry.load_artifact(info[1], info[2])
-        proba = artifact["estimator"].predict_proba(holdout[artifact["feature_columns"]])[:, 1]
-    except (ArtifactIntegrityError, KeyError) as exc:
-        return _ActiveScore(
-            info, unscorable=f"{info[0]}: {exc}", notes=[f"active model {info[0]} could not be scored: {exc}"]
-        )
-    metrics = classification_metrics(holdout[LABEL].to_numpy(), proba, threshold)
-    return _ActiveScore(info, metrics, proba)
 
 
 def begin_rollout(settings: Settings, session: Session, version: str, *, mode: str, by: str, reason: str) -> str:
