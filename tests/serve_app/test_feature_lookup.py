@@ -1,5 +1,6 @@
-"""The online feature lookup without Ray: the in-memory window against the store, tailing,
-gaps in the id sequence, staleness and compaction."""
+"""The online feature lookup without Ray: its features against the whole store's, the user
+index, targets older than the window, new events, staleness and each model's feature
+parameters. The event window itself: test_event_window.py."""
 
 from __future__ import annotations
 
@@ -11,50 +12,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import insert
-from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core import db
 from conflict_core.events.store_reads import load_events
 from conflict_core.events.store_writes import insert_event_frame
 from conflict_core.features import ALL_FEATURES, FeatureParams, compute_features, feature_arrays
-from conflict_core.store import SyncLog, make_engine, make_session_factory, session_scope
+from conflict_core.store import make_engine, session_scope
 from serve_app import event_window, feature_lookup
-from serve_app.event_window import EventWindow, FeatureLookupUnavailable
+from serve_app.event_window import FeatureLookupUnavailable
 from serve_app.feature_lookup import OnlineFeatureLookup
-
-NOW = dt.datetime.now(dt.UTC).replace(microsecond=123456)
-
-
-def _events(n: int, *, seed: int = 0, prefix: str = "ev", span_days: float = 20) -> pd.DataFrame:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        t = NOW - dt.timedelta(seconds=rng.uniform(0, span_days * 86400))
-        conflict = rng.random() < 0.2
-        rows.append(
-            {
-                "event_id": f"{prefix}-{i}",
-                "user_id": f"u{rng.randrange(6)}",
-                "device_id": "d",
-                "entity_type": rng.choice(["task", "form"]),
-                "entity_id": f"e{rng.randrange(8)}",
-                "changed_fields": rng.sample(["a", "b", "c", "d"], rng.randint(1, 3)),
-                "synced_at": t,
-                "conflict": conflict,
-                "resolution_type": "manual" if conflict else None,
-                "resolved_at": t + dt.timedelta(hours=rng.uniform(0, 48)) if conflict else None,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def _store(url: str, frame: pd.DataFrame) -> sessionmaker[Session]:
-    db.upgrade(url)
-    factory = make_session_factory(make_engine(url))
-    with session_scope(factory) as session:
-        insert_event_frame(session, frame)
-    return factory
+from tests.serve_app.sync_history import NOW, events, store_with
 
 
 def _items(n: int, seed: int = 1) -> list[dict[str, Any]]:
@@ -86,7 +53,7 @@ def _from_store(url: str, items: list[dict[str, Any]], params: FeatureParams = F
 
 
 def test_window_features_equal_the_whole_store_computation(sqlite_url: str) -> None:
-    _store(sqlite_url, _events(600))
+    store_with(sqlite_url, events(600))
     lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0)
     items = _items(80)
     np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)
@@ -95,7 +62,7 @@ def test_window_features_equal_the_whole_store_computation(sqlite_url: str) -> N
 
 
 def test_user_index_with_rows_added_after_it_equals_the_whole_store(sqlite_url: str) -> None:
-    factory = _store(sqlite_url, _events(400))
+    factory = store_with(sqlite_url, events(400))
     lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0, index_rebuild_rows=10_000)
     items = _items(60, seed=3)
     np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)
@@ -104,7 +71,7 @@ def test_user_index_with_rows_added_after_it_equals_the_whole_store(sqlite_url: 
     assert index.rows == 400
     # New syncs and conflicts of known and new users, below the rebuild threshold: the index
     # stays, the rows after it are counted from the window.
-    late = _events(120, seed=5, prefix="late", span_days=4)
+    late = events(120, seed=5, prefix="late", span_days=4)
     late.loc[late.index[:10], "user_id"] = "u-new"
     with session_scope(factory) as session:
         insert_event_frame(session, late)
@@ -118,7 +85,7 @@ def test_user_index_with_rows_added_after_it_equals_the_whole_store(sqlite_url: 
 
 
 def test_user_index_is_not_used_across_a_compaction(sqlite_url: str) -> None:
-    _store(sqlite_url, _events(400, span_days=20))
+    store_with(sqlite_url, events(400, span_days=20))
     lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0)
     items = _items(30, seed=6)
     lookup.compute(items)
@@ -141,14 +108,14 @@ def test_user_index_is_not_used_across_a_compaction(sqlite_url: str) -> None:
 
 
 def test_a_target_older_than_the_window_reads_the_store(sqlite_url: str) -> None:
-    _store(sqlite_url, _events(300, span_days=70))
+    store_with(sqlite_url, events(300, span_days=70))
     lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0)
     items = [dict(i, at=NOW - dt.timedelta(days=40)) for i in _items(20)]
     np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)
 
 
 def test_only_the_items_older_than_the_window_read_the_store(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    _store(sqlite_url, _events(300, span_days=70))
+    store_with(sqlite_url, events(300, span_days=70))
     lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0)
     lookup.compute(_items(2))  # loads the window: it answers targets from now on
     now = dt.datetime.now(dt.UTC)
@@ -169,13 +136,13 @@ def test_only_the_items_older_than_the_window_read_the_store(sqlite_url: str, mo
 
 
 def test_new_events_are_seen_after_the_next_refresh(sqlite_url: str) -> None:
-    factory = _store(sqlite_url, _events(50))
+    factory = store_with(sqlite_url, events(50))
     lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0.05, max_staleness_s=2)
     try:
         item = {"user_id": "new-user", "entity_type": "task", "entity_id": "new-entity", "changed_fields": ["a"]}
         before = lookup.compute([item])[0]
         assert before[ALL_FEATURES.index("entity_edit_frequency")] == 0
-        extra = _events(5, seed=9, prefix="late", span_days=1).assign(entity_type="task", entity_id="new-entity")
+        extra = events(5, seed=9, prefix="late", span_days=1).assign(entity_type="task", entity_id="new-entity")
         with session_scope(factory) as session:
             insert_event_frame(session, extra)
         time.sleep(0.3)
@@ -186,38 +153,10 @@ def test_new_events_are_seen_after_the_next_refresh(sqlite_url: str) -> None:
         lookup.close()
 
 
-def test_ids_committed_out_of_order_are_picked_up(sqlite_url: str) -> None:
-    factory = _store(sqlite_url, _events(10))
-    window = EventWindow(make_engine(sqlite_url), FeatureParams().lookback.to_pytimedelta())
-    assert window.refresh() == 10
-
-    def row(row_id: int) -> dict[str, Any]:
-        return {
-            "id": row_id,
-            "event_id": f"manual-{row_id}",
-            "user_id": "u1",
-            "device_id": "d",
-            "entity_type": "task",
-            "entity_id": "e1",
-            "changed_fields": ["a"],
-            "synced_at": NOW,
-            "conflict": False,
-        }
-
-    with session_scope(factory) as session:
-        session.execute(insert(SyncLog), [row(13)])
-    assert window.refresh() == 1
-    with session_scope(factory) as session:  # a transaction that took an id earlier, committed later
-        session.execute(insert(SyncLog), [row(11)])
-    assert window.refresh() == 1
-    assert window.refresh() == 0
-    assert sorted(window.history(["u1"], []).column("row_id").to_pylist())[-2:] == [11, 13]
-
-
 def test_a_stale_window_fails_the_lookup_until_the_store_answers(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _store(sqlite_url, _events(50))
+    store_with(sqlite_url, events(50))
     lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0.05, max_staleness_s=0.3)
     try:
         assert lookup.compute(_items(3)).shape == (3, len(ALL_FEATURES))
@@ -238,7 +177,7 @@ def test_a_stale_window_fails_the_lookup_until_the_store_answers(
 
 
 def test_synchronous_mode_fails_with_the_store(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    _store(sqlite_url, _events(20))
+    store_with(sqlite_url, events(20))
     lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0)
 
     def unreachable(*args: Any, **kwargs: Any) -> Any:
@@ -247,22 +186,6 @@ def test_synchronous_mode_fails_with_the_store(sqlite_url: str, monkeypatch: pyt
     monkeypatch.setattr(event_window, "tail_events", unreachable)
     with pytest.raises(ConnectionError):
         lookup.compute(_items(1))
-
-
-def test_compaction_drops_events_older_than_the_lookback(sqlite_url: str) -> None:
-    _store(sqlite_url, _events(400, span_days=20))
-    window = EventWindow(make_engine(sqlite_url), dt.timedelta(days=30), compact_min_rows=0)
-    window.refresh()
-    assert window.rows == 400
-    users = [f"u{i}" for i in range(6)]
-    before = window.history(users, [])
-    window.lookback = dt.timedelta(days=10)  # as if twenty days had passed
-    window.refresh()
-    assert 0 < window.rows < 400
-    kept = window.history(users, [])
-    cutoff = pd.Timestamp(NOW - dt.timedelta(days=10))
-    assert kept.num_rows == (before.column("synced_at").to_pandas() >= cutoff).sum()
-    assert window.refresh() == 0  # the dropped rows are not loaded again
 
 
 def test_an_empty_store_gives_zero_history_features(tmp_path: Any) -> None:
@@ -278,30 +201,13 @@ def test_an_empty_store_gives_zero_history_features(tmp_path: Any) -> None:
         lookup.close()
 
 
-def test_refreshing_an_empty_window_reports_no_error(tmp_path: Any) -> None:
-    """An app started on an empty store keeps refreshing without an error (was a TypeError
-    from the compaction check's sum over zero rows, logged at every refresh)."""
-    url = f"sqlite:///{tmp_path / 'empty.db'}"
-    db.upgrade(url)
-    window = EventWindow(make_engine(url), dt.timedelta(days=30), compact_min_rows=0)
-    assert window.refresh() == 0
-    assert window.refresh() == 0
-    lookup = OnlineFeatureLookup(url, refresh_interval_s=0)
-    try:
-        item = {"user_id": "u1", "entity_type": "task", "entity_id": "t1", "changed_fields": ["title"]}
-        lookup.compute([item])
-        assert lookup.status()["last_error"] is None
-    finally:
-        lookup.close()
-
-
 SLOW_TEMPO = FeatureParams(
     concurrent_window_minutes=3 * 24 * 60, history_window_days=45.0, hours_since_cap=1440.0, prior_strength=2.0
 )
 
 
 def test_non_default_parameters_online_equal_offline(sqlite_url: str) -> None:
-    _store(sqlite_url, _events(500, span_days=60))
+    store_with(sqlite_url, events(500, span_days=60))
     lookup = OnlineFeatureLookup(sqlite_url, params=SLOW_TEMPO, refresh_interval_s=0)
     items = _items(60, seed=8)
     online = lookup.compute(items)
@@ -310,7 +216,7 @@ def test_non_default_parameters_online_equal_offline(sqlite_url: str) -> None:
 
 
 def test_switching_to_a_models_longer_parameters_grows_the_window_and_stays_exact(sqlite_url: str) -> None:
-    _store(sqlite_url, _events(500, span_days=60))
+    store_with(sqlite_url, events(500, span_days=60))
     lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0)
     items = _items(40, seed=9)
     np.testing.assert_allclose(lookup.compute(items), _from_store(sqlite_url, items), rtol=0, atol=1e-12)
