@@ -34,26 +34,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from serve_app.prediction_log import RECORD_COLUMNS  # noqa: E402
+
 BUDGET_MS = 300.0
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 VERSIONS = [f"v202605{d:02d}_{h:02d}0000" for d in range(1, 26) for h in (3, 15)]  # 50
 ADMIN_URL = os.environ.get("CONFLICT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+# The rows the serving path writes, without the rollout columns (no shadow or canary here),
+# plus the outcome columns that the outcome job fills in later.
+ROLLOUT_COLUMNS = ("variant", "challenger_version", "challenger_probability")
 COLUMNS = (
-    "prediction_id",
-    "model_type",
-    "model_version",
-    "sync_id",
-    "user_id",
-    "device_id",
-    "entity_type",
-    "entity_id",
-    "predicted_conflict",
-    "probability",
-    "risk_level",
-    "recommendation",
-    "features",
-    "fallback_reason",
-    "created_at",
+    *(column for column in RECORD_COLUMNS if column not in ROLLOUT_COLUMNS),
     "actual_conflict_occurred",
     "prediction_correct",
 )

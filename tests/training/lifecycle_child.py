@@ -2,9 +2,9 @@
 (to be killed there with SIGKILL), or one activation / rollback started at a given instant.
 
 ``python -m tests.training.lifecycle_child retrain|activate|rollback CONFIG_JSON``. The
-retrain's export, extract and train are the fakes of ``test_retrain`` (the train registers
-and gates a new version like the pipeline does); locks, the run record, publishing and the
-recovery are the real code.
+retrain's export, extract and train are the fakes of :mod:`tests.training.retrain_fakes` (the
+train registers and gates a new version like the pipeline does); locks, the run record,
+publishing and the recovery are the real code.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conflict_core import registry
 from conflict_core.errors import RegistryError
 from conflict_core.settings import Settings
 from conflict_core.store import make_engine, make_session_factory
-from tests.training.test_retrain import NOW, add_model
+from tests.training.retrain_fakes import NOW, fake_train
 from training import activation, retrain
 
 BLOCK_POINTS = ("export", "extract", "train", "train:done", "publish:apply", "retention")
@@ -43,22 +42,8 @@ def run_retrain(settings: Settings, factory: Any, args: dict[str, Any]) -> None:
             block_here(marker)
         return outcome
 
-    def fake_train(s: Settings, f: Any, *, activated_by: str, **_: Any) -> dict[str, Any]:
-        version = args["new_version"]
-        add_model(s, f, version, activate=args["gate"], by=activated_by)
-        with f() as session:
-            row = registry.get(session, version)
-        return {
-            "version": version,
-            "algorithm": "logreg",
-            "activated": args["gate"],
-            "gate_reason": "test gate",
-            "holdout": {"roc_auc": 0.9},
-            "active_before_holdout": {"roc_auc": 0.8},
-            "report_path": "r.md",
-            "artifact_path": row.artifact_path,
-            "artifact_sha256": row.artifact_sha256,
-        }
+    def train(s: Settings, f: Any, *, activated_by: str, **_: Any) -> dict[str, Any]:
+        return fake_train(s, f, args["new_version"], gate=args["gate"], activated_by=activated_by)
 
     def apply(path: Path) -> bool:
         if block_at == "publish:apply":
@@ -68,7 +53,7 @@ def run_retrain(settings: Settings, factory: Any, args: dict[str, Any]) -> None:
     retrain._run_step = run_step  # type: ignore[assignment]
     retrain.export_step = lambda s, e, *, now: {"rows": 10}  # type: ignore[assignment]
     retrain.extract_step = lambda s, *, now, use_ray: {"training_set": "unused", "rows": 10}  # type: ignore[assignment]
-    retrain.train_step = fake_train  # type: ignore[assignment]
+    retrain.train_step = train  # type: ignore[assignment]
     summary = retrain.retrain(
         settings,
         factory,

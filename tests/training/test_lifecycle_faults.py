@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,7 +23,7 @@ from conflict_core.errors import JobLockedError
 from conflict_core.settings import Settings
 from conflict_core.store import JobRun, ModelVersion
 from tests.training.lifecycle_child import BLOCK_POINTS
-from tests.training.test_retrain import CONFIG, add_model
+from tests.training.retrain_fakes import add_model, retrain_settings
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK_TTL_S = 2.0
@@ -33,14 +32,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    config = tmp_path / "serve_config.yaml"
-    config.write_text(yaml.safe_dump(CONFIG, sort_keys=False))
-    return Settings(
-        database_url=database_url,
-        data_dir=tmp_path / "data",
-        serve_config_path=config,
-        dashboard_url="http://127.0.0.1:9",
-    )
+    return retrain_settings(tmp_path, database_url)
 
 
 def child(command: str, settings: Settings, **args: Any) -> subprocess.Popen[str]:

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -14,58 +13,15 @@ from conflict_core import locks, registry, serve_config
 from conflict_core.errors import ConfigurationError, JobLockedError
 from conflict_core.settings import Settings
 from conflict_core.store import JobRun, session_scope
+from tests.training.retrain_fakes import NOW, add_model, fake_train, retrain_settings
 from training import retention, retrain
 from training.publishing import Apply
-
-NOW = dt.datetime(2026, 3, 2, 3, 0, tzinfo=dt.UTC)
-CONFIG = {
-    "applications": [
-        {
-            "name": "conflict_predictor",
-            "import_path": "serve_app.app:build",
-            "deployments": [{"name": "ModelInference", "user_config": {"model_version": "v_old"}}],
-        }
-    ]
-}
-
-
-def add_model(
-    settings: Settings, factory: sessionmaker[Session], version: str, *, activate: bool, by: str = "manual"
-) -> registry.GateDecision:
-    artifact = settings.models_dir / version / "model.joblib"
-    artifact.parent.mkdir(parents=True, exist_ok=True)
-    artifact.write_bytes(version.encode())
-    with session_scope(factory) as session:
-        registry.register(
-            session,
-            version=version,
-            algorithm="logreg",
-            params={},
-            metrics={"holdout": {"roc_auc": 0.8}},
-            feature_columns=["concurrent_editors"],
-            train_samples=100,
-            holdout_samples=20,
-            training_window_start=NOW,
-            training_window_end=NOW,
-            artifact_path=str(artifact),
-            artifact_sha256=registry.sha256_file(artifact),
-        )
-        if activate:
-            registry.activate(session, version, by=by)
-    return registry.GateDecision(activate, "test")
 
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    config = tmp_path / "serve_config.yaml"
-    config.write_text(yaml.safe_dump(CONFIG, sort_keys=False))
-    return Settings(
-        database_url=database_url,
-        data_dir=tmp_path / "data",
-        serve_config_path=config,
-        dashboard_url="http://127.0.0.1:9",
-        retrain_rollout_mode="activate",  # these tests cover straight activation; rollout: test_rollout_retrain
-    )
+    # These tests cover straight activation; rollout: test_rollout_retrain.
+    return retrain_settings(tmp_path, database_url, retrain_rollout_mode="activate")
 
 
 @pytest.fixture
@@ -78,24 +34,10 @@ def fake_steps(
     monkeypatch.setattr(retrain, "export_step", lambda s, e, *, now: {"rows": 10})
     monkeypatch.setattr(retrain, "extract_step", lambda s, *, now, use_ray: {"training_set": "unused", "rows": 10})
 
-    def fake_train(s: Settings, factory: sessionmaker[Session], *, activated_by: str, **_: Any) -> dict[str, Any]:
-        version = f"v_new{len(state)}"
-        add_model(s, factory, version, activate=state["gate"], by=activated_by)
-        with factory() as session:
-            row = registry.get(session, version)
-        return {
-            "version": version,
-            "algorithm": "logreg",
-            "activated": state["gate"],
-            "gate_reason": "test gate",
-            "holdout": {"roc_auc": 0.9},
-            "active_before_holdout": {"roc_auc": 0.8},
-            "report_path": "r.md",
-            "artifact_path": row.artifact_path,
-            "artifact_sha256": row.artifact_sha256,
-        }
+    def train(s: Settings, factory: sessionmaker[Session], *, activated_by: str, **_: Any) -> dict[str, Any]:
+        return fake_train(s, factory, f"v_new{len(state)}", gate=state["gate"], activated_by=activated_by)
 
-    monkeypatch.setattr(retrain, "train_step", fake_train)
+    monkeypatch.setattr(retrain, "train_step", train)
     return state
 
 

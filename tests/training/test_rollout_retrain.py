@@ -12,10 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from conflict_core import registry, rollout, serve_config
 from conflict_core.errors import ConfigurationError
 from conflict_core.settings import Settings
+from tests.training.retrain_fakes import NOW, add_model
 from tests.training.test_retrain import (  # noqa: F401 (fixtures)
-    NOW,
     active_version,
-    add_model,
     fake_steps,
     settings,
 )
