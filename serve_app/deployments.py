@@ -25,6 +25,7 @@ from serve_app.feature_lookup import OnlineFeatureLookup
 from serve_app.heuristics import FallbackReason, heuristic_probabilities
 from serve_app.inference import CANARY, SHADOW, ChallengerInput, ModelUnavailable, Variants, split_answer
 from serve_app.metrics import ServeMetrics
+from serve_app.replica_logging import log_through_serve
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class FeatureLookup:
         lookup_timeout_s: float = 2.0,
         inference_timeout_s: float = 1.0,
     ):
+        log_through_serve()
         self.core = OnlineFeatureLookup(
             database_url, refresh_interval_s=refresh_interval_s, max_staleness_s=max_staleness_s
         )
@@ -202,6 +204,7 @@ class ModelInference:
     def __init__(self, database_url: str | None = None) -> None:
         from threadpoolctl import threadpool_limits
 
+        log_through_serve()
         # One thread per replica: batches are small, and idle OpenMP/BLAS workers spin between
         # calls (measured: 9 ms of CPU per 3 ms predict_proba call with 2 threads on 2 cores).
         # Replicas scale out instead.
@@ -285,6 +288,9 @@ def _challenger_input(requests: list[InferenceRequest]) -> ChallengerInput | Non
 )
 class FallbackHeuristics:
     """``heuristic_v1`` for whatever the model cannot answer."""
+
+    def __init__(self) -> None:
+        log_through_serve()
 
     def predict(self, rows: list[dict[str, float] | None]) -> list[float]:
         return heuristic_probabilities(rows)
