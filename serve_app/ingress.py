@@ -1,11 +1,11 @@
 """The HTTP ingress: parses requests (Starlette), calls the graph, answers, logs predictions.
 
-Routes: ``POST /v1/predict``, ``POST /v1/sync-events``, ``GET /v1/models``, ``GET /healthz``,
-``GET /readyz``, ``GET /openapi.json`` (:mod:`serve_app.openapi`); every route but the last
-three needs a scoped bearer token (:mod:`serve_app.auth`). A client mistake gets a 4xx JSON
-body naming the field; a failing dependency (store, model) degrades to the heuristics or a
-503, never to a 500; a failing stage is skipped at once while its circuit is open
-(:mod:`serve_app.circuit`).
+Routes: ``POST /v1/predict``, ``POST /v1/sync-events`` (stored by :mod:`serve_app.ingest`),
+``GET /v1/models``, ``GET /v1/prediction-log/status``, ``GET /healthz``, ``GET /readyz``,
+``GET /openapi.json`` (:mod:`serve_app.openapi`); every route but the last three needs a
+scoped bearer token (:mod:`serve_app.auth`). A client mistake gets a 4xx JSON body naming the
+field; a failing dependency (store, model) degrades to the heuristics or a 503, never to a
+500; a failing stage is skipped at once while its circuit is open (:mod:`serve_app.circuit`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route, Router
 
-from conflict_core.errors import ImportFormatError
 from conflict_core.store import json_safe, make_engine, make_session_factory, session_scope, utcnow
 from serve_app.app import ServingOptions
 from serve_app.auth import TokenGate, store_verifier
@@ -43,9 +42,10 @@ from serve_app.heuristics import (
     risk_level,
 )
 from serve_app.inference import CHALLENGER, CHAMPION, split_answer
+from serve_app.ingest import ingest_sync_events
 from serve_app.metrics import ServeMetrics
 from serve_app.openapi import openapi_document
-from serve_app.prediction_log import PredictionLogWriter, is_outage, spooled_records
+from serve_app.prediction_log import PredictionLogWriter, spooled_records
 from serve_app.rendering import (
     feature_rows,
     features_json,
@@ -54,25 +54,19 @@ from serve_app.rendering import (
     prediction_ids,
     render_predictions,
 )
+from serve_app.replica_logging import log_through_serve
 from serve_app.request_guard import BODY_READ_TIMEOUT_S, read_body
 from serve_app.schemas import (
     NUL_ESCAPE,
     PredictItem,
     RequestError,
-    parse_event_records,
+    error_response,
     parse_json,
     parse_predict_body,
 )
 
 log = logging.getLogger(__name__)
 HEURISTIC_VARIANT = "heuristic"  # the predictions metric's variant label when the heuristics answered
-
-
-def _error(status: int, error: str, problem: str, field: str | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": error, "problem": problem}
-    if field is not None:
-        body["field"] = field
-    return JSONResponse(body, status_code=status)
 
 
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
@@ -84,6 +78,7 @@ class Ingress:
         fallback: DeploymentHandle,
         options: ServingOptions,
     ):
+        log_through_serve()
         self.lookup, self.inference, self.fallback = lookup, inference, fallback
         self.options = options
         self.max_items = options.max_items_per_request
@@ -148,8 +143,8 @@ class Ingress:
             if match is Match.PARTIAL:
                 allowed += sorted(route.methods or ())
         if allowed:
-            return _error(405, "method_not_allowed", f"{path} accepts {', '.join(allowed)}")
-        return _error(404, "not_found", f"no route {path}")
+            return error_response(405, "method_not_allowed", f"{path} accepts {', '.join(allowed)}")
+        return error_response(404, "not_found", f"no route {path}")
 
     async def __call__(self, request: Request) -> Response:
         route = self._route(request)
@@ -163,7 +158,7 @@ class Ingress:
             return JSONResponse(exc.to_body(), status_code=exc.status)
         except Exception:
             log.exception("unexpected error on %s %s", request.method, request.url.path)
-            return _error(503, "unavailable", "the service could not answer; retry later")
+            return error_response(503, "unavailable", "the service could not answer; retry later")
 
     async def _report_live_metrics(self) -> None:
         """Every ``live_metrics_interval_s``: the variants' live quality from the store, as gauges."""
@@ -368,31 +363,7 @@ class Ingress:
 
     async def sync_events_route(self, request: Request) -> Response:
         payload = parse_json(await self._read_body(request), max_bytes=self.max_bytes)
-        records = parse_event_records(payload, max_items=self.options.max_events_per_request)
-        from conflict_core.events.store_writes import insert_event_frame
-        from conflict_core.events.validation import validate_records
-
-        try:
-            table = validate_records(records, source="request body")
-        except ImportFormatError as exc:
-            field = "events" if exc.row is None else f"events[{exc.row - 1}]"
-            if exc.column is not None:
-                field += f".{exc.column}"
-            raise RequestError(422, field, exc.problem) from None
-
-        def insert() -> tuple[int, int]:
-            with session_scope(self.sessions) as session:
-                return insert_event_frame(session, table)
-
-        try:
-            inserted, skipped = await asyncio.to_thread(insert)
-        except Exception as exc:
-            if not is_outage(exc):  # validation admits only what the store keeps: this is ours to fix
-                log.exception("sync event insert refused")
-                return _error(503, "unavailable", "the sync events could not be stored; retry later")
-            log.warning("sync event insert failed: %s", exc)
-            return _error(503, "store_unavailable", "the sync event store is unreachable; retry later")
-        return JSONResponse({"received": len(records), "inserted": inserted, "skipped_existing": skipped})
+        return await ingest_sync_events(payload, self.sessions, max_events=self.options.max_events_per_request)
 
     # ------------------------------------------------------------------------- status
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from pydantic import ValidationError as PydanticValidationError
+from starlette.responses import JSONResponse
 
 from conflict_core.errors import ConflictPredictorError
 from conflict_core.events.validation import EARLIEST_INSTANT, LATEST_INSTANT
@@ -38,6 +39,14 @@ class RequestError(ConflictPredictorError):
             "field": self.field,
             "problem": self.problem,
         }
+
+
+def error_response(status: int, error: str, problem: str, field: str | None = None) -> JSONResponse:
+    """The API's error body: ``error`` (a stable code), ``problem`` (for people), maybe ``field``."""
+    body: dict[str, Any] = {"error": error, "problem": problem}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse(body, status_code=status)
 
 
 class PredictItem(BaseModel):
