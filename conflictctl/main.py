@@ -9,6 +9,30 @@ import click
 from conflict_core.errors import ConflictPredictorError
 from conflictctl.context import AppContext
 
+# Libraries whose per-request and per-plugin chatter is INFO; their warnings still show.
+QUIET_LOGGERS = ("httpx", "httpcore", "alembic")
+# Ray sets these two loggers' level to INFO when their modules are imported ("ray.serve" on
+# ``import ray.serve``, which also replaces its handlers; the job SDK on ``import
+# ray.job_submission``). The commands import Ray lazily, after this group's callback ran, so a
+# level set here would be undone; a filter on the logger itself survives both.
+RAY_INFO_LOGGERS = ("ray.serve", "ray.dashboard.modules.job.sdk")
+
+
+class WarningsOnly(logging.Filter):
+    """Lets through warnings and errors only, whatever level the logger is set to later."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+def quiet_library_loggers() -> None:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in RAY_INFO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, WarningsOnly) for f in logger.filters):
+            logger.addFilter(WarningsOnly())
+
 
 class _Group(click.Group):
     """Turns the product's own errors into one clear line and exit status 1."""
@@ -31,9 +55,7 @@ def main(ctx: click.Context, database_url: str | None, data_dir: str | None, ver
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if not verbose:
-        # Per-request and per-plugin chatter of the libraries; their warnings still show.
-        for name in ("httpx", "httpcore", "alembic", "ray.dashboard.modules.job.sdk", "ray.serve"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_library_loggers()
     overrides = {k: v for k, v in {"database_url": database_url, "data_dir": data_dir}.items() if v}
     ctx.obj = AppContext(overrides=overrides)
 
