@@ -5,6 +5,7 @@ Ray session's ``logs/serve/`` in the replica's file, in Serve's format."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from pathlib import Path
@@ -33,8 +34,8 @@ def _probe_deployment() -> Any:
 
             log_through_serve()  # as every deployment of the app does first
             self.writer = PredictionLogWriter(
-                f"sqlite:///{blocker}/store.db",  # under a file: the store is unreachable
-                Path(blocker) / "spool",  # likewise: the spool cannot be created
+                "postgresql+psycopg://postgres@127.0.0.1:9/none",  # nothing listens: the store is down
+                Path(blocker) / "spool",  # under a file: the spool cannot be created
                 flush_interval_s=0.01,
                 max_backoff_s=0.01,
                 spill_after_s=0.0,
@@ -42,7 +43,10 @@ def _probe_deployment() -> Any:
 
         async def __call__(self) -> int:
             self.writer.start()
-            self.writer.submit([{"prediction_id": "p1"}])
+            from serve_app.prediction_log import RECORD_COLUMNS
+
+            record = {column: None for column in RECORD_COLUMNS}
+            self.writer.submit([{**record, "prediction_id": "p1", "created_at": dt.datetime.now(dt.UTC)}])
             for _ in range(300):
                 if self.writer.spill_failures:
                     break
