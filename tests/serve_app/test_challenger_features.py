@@ -13,7 +13,8 @@ from conflict_core.features import FeatureParams
 from serve_app.deployments import FeatureLookup, _challenger_input
 from serve_app.inference import Variants
 from tests.serve_app.ingress_harness import Method
-from tests.serve_app.test_feature_lookup import SLOW_TEMPO, _events, _from_store, _items, _store
+from tests.serve_app.sync_history import events, store_with
+from tests.serve_app.test_feature_lookup import SLOW_TEMPO, _from_store, _items
 from tests.serve_app.test_variants import artifact
 
 
@@ -33,7 +34,7 @@ class VariantsInference:
 def test_the_lookup_sends_a_challenger_features_computed_with_its_own_parameters(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    _store(sqlite_url, _events(500, span_days=60))
+    store_with(sqlite_url, events(500, span_days=60))
     champion, challenger = artifact(tmp_path, "v1", 1.0), artifact(tmp_path, "v_slow", -1.0, SLOW_TEMPO)
     variants = Variants()
     variants.configure({**champion, "challenger": {**challenger, "mode": "shadow"}})

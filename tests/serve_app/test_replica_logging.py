@@ -84,4 +84,4 @@ def test_a_writer_warning_lands_in_the_replica_log_file(tmp_path: Path) -> None:
         ray.shutdown()
     assert lines, f"no 'is unwritable' line in {sorted(p.name for p in serve_logs.glob('*'))}"
     name, line = lines[0]
-    assert " ERROR " in line and "SpoolProbe" in line  # Serve's format: level and replica
+    assert line.startswith("ERROR ") and "SpoolProbe" in line  # Serve's format: level, then the replica
