@@ -14,6 +14,7 @@ from ray.serve import Application, Deployment
 from starlette.types import ASGIApp
 
 from conflict_core.settings import Settings
+from serve_app.replica_logging import log_through_serve
 
 
 class ConsoleArgs(BaseModel):
@@ -41,6 +42,7 @@ class ConsoleArgs(BaseModel):
 @serve.ingress()
 class ConsoleIngress:
     def __init__(self, args: dict[str, Any]):
+        log_through_serve()
         self.args = ConsoleArgs.model_validate(args)
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
