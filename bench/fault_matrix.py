@@ -45,7 +45,9 @@ KILL_ROWS = {
     "kill_model_inference": "ModelInference",
     "kill_fallback_heuristics": "FallbackHeuristics",
 }
-ROWS = (*KILL_ROWS, "pg_restart", "spool_full")
+LOCAL_ROWS = (*KILL_ROWS, "pg_restart", "spool_full")
+CLUSTER_ROWS = ("spread", "kill_worker_node", "gcs_restart", "gcs_restart_no_ft")  # bench/fault_cluster.py
+ROWS = (*LOCAL_ROWS, *CLUSTER_ROWS)
 BODY = {"device_id": "d", "entity_type": "task", "changed_fields": ["title", "status"]}
 
 
@@ -115,16 +117,24 @@ class Load:
 
     connections: int
     timeout_s: float = 10.0
+    rate_per_s: float | None = None  # all clients together; None: each sends as soon as it has an answer
     answers: list[Answer] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def _client(self, index: int) -> None:
         import httpx
+        from bench_serve import bench_token
 
         n = 0
-        with httpx.Client(base_url=URL, timeout=self.timeout_s) as client:
+        headers = {"Authorization": f"Bearer {bench_token()}"}  # the predict token _seed_store granted
+        interval = self.connections / self.rate_per_s if self.rate_per_s else 0.0
+        due = time.monotonic() + interval * index / self.connections  # clients evenly staggered
+        with httpx.Client(base_url=URL, timeout=self.timeout_s, headers=headers) as client:
             while not self._stop.is_set():
+                if interval:
+                    self._stop.wait(max(0.0, due - time.monotonic()))
+                    due = max(due + interval, time.monotonic())  # behind: no burst to catch up
                 n += 1
                 body = {**BODY, "user_id": f"user-{(index * 7919 + n) % 300}", "entity_id": f"task-{n % 2000}"}
                 started = time.monotonic()
@@ -208,7 +218,11 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float 
 
 
 @contextlib.contextmanager
-def running_app(url: str, work: Path, mode: str, single_replica: bool = False) -> Iterator[None]:
+def running_app(
+    url: str, work: Path, mode: str, single_replica: bool = False, address: str | None = None
+) -> Iterator[None]:
+    """The app deployed on a local Ray instance of its own, or on the cluster at ``address``
+    (started with :func:`ray_control.instance.serve_env` of ``mode`` already in its environment)."""
     import ray
     from bench_serve import _artifact, _wait_http, bench_config
 
@@ -221,14 +235,17 @@ def running_app(url: str, work: Path, mode: str, single_replica: bool = False) -
     if single_replica:  # the layout before two replicas: what one replica's loss costs with the breakers alone
         for deployment in config["applications"][0]["deployments"]:
             deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=True,  # the state API (replica pids) is served by the dashboard
-        dashboard_host="127.0.0.1",
-        dashboard_port=8265,
-        log_to_driver=False,
-    )
+    if address is None:
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=True,  # the state API (replica pids) is served by the dashboard
+            dashboard_host="127.0.0.1",
+            dashboard_port=8265,
+            log_to_driver=False,
+        )
+    else:
+        ray.init(address=address, log_to_driver=False)
     try:
         deploy_config(config)
         _wait_http(URL, timeout_s=240)
@@ -236,8 +253,9 @@ def running_app(url: str, work: Path, mode: str, single_replica: bool = False) -
     finally:
         from ray import serve
 
-        with contextlib.suppress(Exception):
-            serve.shutdown()
+        if ray.is_initialized():  # a row may have left the cluster (GCS restarted without fault tolerance)
+            with contextlib.suppress(Exception):
+                serve.shutdown()
         ray.shutdown()
 
 
@@ -332,14 +350,30 @@ def pg_restart_row(pg: PrivatePostgres, url: str, connections: int, warm_s: floa
     ]
 
 
-def spool_status(samples: int = 20) -> dict[str, dict[str, Any]]:
+def grant_reader(url: str) -> str:
+    """A new token with the ``read`` scope (the prediction-log status route needs it)."""
+    import secrets
+
+    from conflict_core import tokens
+    from conflict_core.store import make_engine, make_session_factory
+
+    token = "cp_" + secrets.token_urlsafe(32)
+    engine = make_engine(url)
+    with make_session_factory(engine).begin() as session:
+        session.add(tokens.ApiToken(name="fault-matrix-reader", token_sha256=tokens.hash_token(token), scopes=["read"]))
+    engine.dispose()
+    return token
+
+
+def spool_status(token: str, samples: int = 20) -> dict[str, dict[str, Any]]:
     """/v1/prediction-log/status of the ingress replicas (requests spread over them)."""
     import httpx
 
+    headers = {"Authorization": f"Bearer {token}"}
     seen: dict[str, dict[str, Any]] = {}
     for _ in range(samples):
         with contextlib.suppress(Exception):
-            body = httpx.get(URL + "/v1/prediction-log/status", timeout=5).json()
+            body = httpx.get(URL + "/v1/prediction-log/status", timeout=5, headers=headers).json()
             seen[f"{body['written']}-{body['spilled']}-{body.get('dropped')}"] = body
     return seen
 
@@ -348,6 +382,8 @@ def spool_full_row(
     pg: PrivatePostgres, url: str, spool: Path, connections: int, warm_s: float, fault_s: float
 ) -> list[Row]:
     rows_before, ids_before = logged_ids(url)
+    reader = grant_reader(url)
+    spool_status(reader)  # while the store is up: each ingress replica verifies and caches the token
     load = Load(connections)
     load.start()
     time.sleep(warm_s)
@@ -356,7 +392,7 @@ def spool_full_row(
     time.sleep(fault_s)
     usage = shutil.disk_usage(spool)
     spooled_files = [p.name for p in spool.iterdir() if p.name.endswith(".jsonl")]
-    statuses = spool_status()
+    statuses = spool_status(reader)
     pg.start()
     time.sleep(5)
     load.stop()
@@ -391,41 +427,93 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-def soak(minutes: float, connections: int, work: Path, sample_s: float = 10.0) -> list[Row]:
+def capacity(connections: int, seconds: float = 20.0, settle_s: float = 5.0) -> float:
+    """Answered/s with ``connections`` clients sending back to back (after ``settle_s``)."""
     load = Load(connections)
     load.start()
+    time.sleep(settle_s + seconds)
+    load.stop()
+    started = min(a.started for a in load.answers) + settle_s
+    return summarize(load.window(started, started + seconds), seconds)["answered_per_s"]
+
+
+def replica_rss() -> dict[str, float]:
+    """RSS in MiB of every replica of the app, keyed ``deployment:actor id``."""
+    rss = {}
+    for d in ("Ingress", "FeatureLookup", "ModelInference", "FallbackHeuristics"):
+        for actor, pid in replica_actors(d).items():
+            mib = rss_mib(pid)
+            if mib is not None:
+                rss[f"{d}:{actor[:8]}"] = mib
+    return rss
+
+
+def soak(minutes: float, connections: int, out: Path, warmup_min: float = 5.0, sample_s: float = 10.0) -> list[Row]:
+    """Half the measured capacity for ``minutes``: replica memory, errors and p95 every ``sample_s``."""
+    full = capacity(8)
+    rate = full / 2
+    print(f"capacity {full:.0f} answered/s with 8 connections; soak at {rate:.0f}/s", flush=True)
+    load = Load(connections, rate_per_s=rate)
+    load.start()
     samples: list[dict[str, Any]] = []
-    deployments = ("Ingress", "FeatureLookup", "ModelInference", "FallbackHeuristics")
-    end = time.monotonic() + minutes * 60
-    last = time.monotonic()
-    while time.monotonic() < end:
-        time.sleep(sample_s)
+    began = last = time.monotonic()
+    while (now := time.monotonic()) < began + minutes * 60:
+        time.sleep(max(0.0, min(sample_s, began + minutes * 60 - now)))
         now = time.monotonic()
         window = summarize(load.window(last, now), now - last)
-        rss = {}
-        for d in deployments:
-            for actor, pid in replica_actors(d).items():
-                mib = rss_mib(pid)
-                if mib is not None:
-                    rss[f"{d}:{actor[:6]}"] = mib
-        samples.append({"t_min": (now - (end - minutes * 60)) / 60, **window, "rss": rss})
+        samples.append({"t_min": (now - began) / 60, **window, "rss": replica_rss()})
         last = now
     load.stop()
-    plot = work / "soak.png"
-    _plot_soak(samples, plot)
-    first = samples[len(samples) // 5] if len(samples) >= 5 else samples[0]  # after warm-up
-    growth = {k: (samples[-1]["rss"].get(k, v) - v) / v * 100 for k, v in first["rss"].items() if v}
-    p95s = [s["p95_ms"] for s in samples if s["p95_ms"] == s["p95_ms"]]
-    label = f"soak {minutes:g} min, {connections} connections"
+    out.mkdir(parents=True, exist_ok=True)
+    _write_soak_csv(samples, out / "soak.csv")
+    _plot_soak(samples, out / "soak.png", rate)
+    warm = [s for s in samples if s["t_min"] >= warmup_min] or samples
+    first, final = warm[0]["rss"], samples[-1]["rss"]
+    growth = {k: (final[k] - v) / v * 100 for k, v in first.items() if k in final and v}
+    worst = max(growth, key=lambda k: growth[k], default="none")
+    p95s = [s["p95_ms"] for s in warm if s["p95_ms"] == s["p95_ms"]]
+    tenth = max(1, len(p95s) // 10)
+    label = f"soak {minutes:g} min at half capacity ({rate:.0f}/s of {full:.0f}/s), {connections} connections"
     return [
         (label, "errors", f"{sum(s['failed'] for s in samples):.0f} of {sum(s['requests'] for s in samples):.0f}"),
-        (label, "largest replica RSS growth after warm-up", f"{max(growth.values(), default=0):.1f} %"),
-        (label, "p95 per sample: median / max", f"{statistics.median(p95s):.0f} / {max(p95s):.0f} ms"),
-        (label, "plot", str(plot)),
+        (label, "answered/s per sample: median", f"{statistics.median(s['answered_per_s'] for s in samples):.0f}"),
+        (
+            label,
+            f"largest replica RSS growth from minute {warm[0]['t_min']:.0f} to the end",
+            f"{growth.get(worst, 0):.1f} % ({worst}: {first.get(worst, 0):.0f} -> {final.get(worst, 0):.0f} MiB)",
+        ),
+        (label, "replicas at the end that were not there after warm-up", f"{len(set(final) - set(first))}"),
+        (
+            label,
+            f"p95 per {sample_s:.0f} s sample after warm-up: median / max",
+            f"{statistics.median(p95s):.0f} / {max(p95s):.0f} ms",
+        ),
+        (
+            label,
+            "p95 median: first tenth -> last tenth of the run",
+            f"{statistics.median(p95s[:tenth]):.0f} -> {statistics.median(p95s[-tenth:]):.0f} ms",
+        ),
+        (label, "samples and plot", f"{out / 'soak.csv'}, {out / 'soak.png'}"),
     ]
 
 
-def _plot_soak(samples: list[dict[str, Any]], path: Path) -> None:
+def _write_soak_csv(samples: list[dict[str, Any]], path: Path) -> None:
+    import csv
+
+    replicas = sorted({k for s in samples for k in s["rss"]})
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["t_min", "requests", "failed", "answered_per_s", "p95_ms", *(f"rss_mib:{r}" for r in replicas)]
+        )
+        for s in samples:
+            writer.writerow(
+                [f"{s['t_min']:.2f}", s["requests"], s["failed"], f"{s['answered_per_s']:.1f}", f"{s['p95_ms']:.1f}"]
+                + [f"{s['rss'][r]:.1f}" if r in s["rss"] else "" for r in replicas]
+            )
+
+
+def _plot_soak(samples: list[dict[str, Any]], path: Path, rate: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -433,6 +521,7 @@ def _plot_soak(samples: list[dict[str, Any]], path: Path) -> None:
 
     t = [s["t_min"] for s in samples]
     fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    fig.suptitle(f"Soak at {rate:.0f} predictions/s (half the measured capacity)")
     for name in sorted({k for s in samples for k in s["rss"]}):
         axes[0].plot(t, [s["rss"].get(name, float("nan")) for s in samples], label=name)
     axes[0].set_ylabel("replica RSS (MiB)")
@@ -467,8 +556,10 @@ def main() -> None:
         "--single-replica", action="store_true", help="one replica of every deployment instead of the shipped layout"
     )
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="run the soak instead of the rows")
-    parser.add_argument("--soak-connections", type=int, default=4)
+    parser.add_argument("--soak-connections", type=int, default=16)
+    parser.add_argument("--soak-out", type=Path, default=REPO / "bench" / "results", help="soak CSV and PNG go here")
     a = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up (Ray, PostgreSQL, Redis keys) on SIGTERM
     rows = [r for r in a.rows.split(",") if r]
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
@@ -491,17 +582,24 @@ def main() -> None:
         url = pg.create_database("conflict")
         _seed_store(url)
         print(f"store {url}; work {work}; rows {rows if not a.soak_minutes else 'soak'}", flush=True)
-        with running_app(url, work, a.mode, a.single_replica):
-            if a.soak_minutes:
-                results += soak(a.soak_minutes, a.soak_connections, work)
-            for row in rows if not a.soak_minutes else []:
-                if row in KILL_ROWS:
-                    results += kill_row(row, KILL_ROWS[row], a.connections, a.warm_s, a.fault_s)
-                elif row == "pg_restart":
-                    results += pg_restart_row(pg, url, a.connections, a.warm_s, a.fault_s)
-                elif row == "spool_full":
-                    results += spool_full_row(pg, url, spool, a.connections, a.warm_s, a.fault_s)
-                time.sleep(5)  # let autoscaling and the log writer settle between rows
+        local = [r for r in rows if r in LOCAL_ROWS]
+        if a.soak_minutes or local:
+            with running_app(url, work, a.mode, a.single_replica):
+                if a.soak_minutes:
+                    results += soak(a.soak_minutes, a.soak_connections, a.soak_out)
+                for row in local if not a.soak_minutes else []:
+                    if row in KILL_ROWS:
+                        results += kill_row(row, KILL_ROWS[row], a.connections, a.warm_s, a.fault_s)
+                    elif row == "pg_restart":
+                        results += pg_restart_row(pg, url, a.connections, a.warm_s, a.fault_s)
+                    elif row == "spool_full":
+                        results += spool_full_row(pg, url, spool, a.connections, a.warm_s, a.fault_s)
+                    time.sleep(5)  # let autoscaling and the log writer settle between rows
+        cluster = [r for r in rows if r in CLUSTER_ROWS]
+        if cluster and not a.soak_minutes:
+            from fault_cluster import run_cluster_rows
+
+            results += run_cluster_rows(cluster, url, work, a.mode, a.connections, a.warm_s, a.fault_s)
     finally:
         with contextlib.suppress(Exception):
             pg.stop()
