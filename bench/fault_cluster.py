@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fault_matrix import APP, Load, Row, deployment_healthy, summarize
+from fault_matrix import APP, Load, Row, deployment_healthy, failed_figure, summarize
 
 DEPLOYMENTS = ("Ingress", "FeatureLookup", "ModelInference", "FallbackHeuristics")
 REQUEST_PATH = ("Ingress", "FeatureLookup", "ModelInference")
@@ -141,19 +141,28 @@ def _per_node(node_ids: list[str], names: dict[str, str]) -> str:
 # --------------------------------------------------------------------------- spread
 
 
-def spread_rows(cluster: Any, work: Path) -> list[Row]:
-    """Where the replicas, the extraction's tasks and a sweep's trials ran, node by node."""
+def job_rows(work: Path) -> list[Row]:
+    """Where the extraction's Ray tasks and a small sweep's trials ran, node by node (run before
+    the app is deployed: see RELIABILITY.md on 1-CPU nodes beside the app)."""
     names = node_names()
-    label = f"{len(names)}-node cluster (head + {len(names) - 1} workers)"
+    label = f"{len(names)}-node cluster (head + {len(names) - 1} workers), jobs"
+    frame, tasks = _extraction_on_cluster(work)
     rows: list[Row] = [
+        (label, f"extraction tasks '{name}' per node", _per_node(node_ids, names))
+        for name, node_ids in sorted(tasks.items())
+    ]
+    rows.append((label, "sweep trials per node", _per_node(_sweep_on_cluster(frame, work), names)))
+    return rows
+
+
+def replica_rows() -> list[Row]:
+    """Where the app's replicas run, node by node."""
+    names = node_names()
+    label = f"{len(names)}-node cluster (head + {len(names) - 1} workers), app"
+    return [
         (label, f"{d} replicas per node", _per_node(list(nodes.values()), names))
         for d, nodes in replica_nodes().items()
     ]
-    frame, tasks = _extraction_on_cluster(work)
-    for name, node_ids in sorted(tasks.items()):
-        rows.append((label, f"extraction tasks '{name}' per node", _per_node(node_ids, names)))
-    rows.append((label, "sweep trials per node", _per_node(_sweep_on_cluster(frame, work), names)))
-    return rows
 
 
 def _extraction_on_cluster(work: Path, events: int = 20_000) -> tuple[Any, dict[str, list[str]]]:
@@ -258,7 +267,7 @@ def kill_worker_node_row(cluster: Any, connections: int, warm_s: float, fault_s:
 
     return [
         (label, "replicas on it", ", ".join(f"{d} {len(a)}" for d, a in lost.items() if a) or "none"),
-        (label, f"failed requests in {fault_s:.0f} s", f"{fault['failed']:.0f} of {fault['requests']:.0f}"),
+        (label, f"failed requests in {fault_s:.0f} s", failed_figure(load.window(killed_at, killed_at + fault_s))),
         (label, "answered by the heuristics", f"{fault['heuristic']:.0f} (before: {base['heuristic']:.0f})"),
         (label, "answered/s before -> after", f"{base['answered_per_s']:.0f} -> {fault['answered_per_s']:.0f}"),
         (label, "p95 before -> after", f"{base['p95_ms']:.0f} ms -> {fault['p95_ms']:.0f} ms"),
@@ -326,13 +335,13 @@ def gcs_restart_row(
         (
             label,
             f"failed requests while the GCS was down ({down_s:.0f} s)",
-            f"{down['failed']:.0f} of {down['requests']:.0f}",
+            failed_figure(load.window(killed_at, restarted_at)),
         ),
         (label, "answered/s before -> GCS down", f"{base['answered_per_s']:.0f} -> {down['answered_per_s']:.0f}"),
         (
             label,
             f"failed requests in the {after_s:.0f} s after the restart",
-            f"{after['failed']:.0f} of {after['requests']:.0f}",
+            failed_figure(load.window(restarted_at, killed_at + fault_s)),
         ),
         (label, "answered/s after the restart", f"{after['answered_per_s']:.0f}"),
         (label, "longest time without an answer", f"{gap:.2f} s"),
@@ -381,11 +390,18 @@ def run_cluster_rows(
     results: list[Row] = []
     multinode = [r for r in rows if r in ("spread", "kill_worker_node")]
     if multinode:
-        with local_cluster(1, (1, 1)) as cluster, running_app(url, work, mode, address=cluster.address):
+        with local_cluster(1, (1, 1)) as cluster:
             if "spread" in multinode:
-                results += spread_rows(cluster, Path(tempfile.mkdtemp(dir=work)))
-            if "kill_worker_node" in multinode:
-                results += kill_worker_node_row(cluster, connections, warm_s, fault_s)
+                import ray
+
+                ray.init(address=cluster.address, log_to_driver=False)
+                results += job_rows(Path(tempfile.mkdtemp(dir=work)))
+                ray.shutdown()
+            with running_app(url, work, mode, address=cluster.address):
+                if "spread" in multinode:
+                    results += replica_rows()
+                if "kill_worker_node" in multinode:
+                    results += kill_worker_node_row(cluster, connections, warm_s, fault_s)
     for row, redis in (("gcs_restart", "127.0.0.1:6379"), ("gcs_restart_no_ft", None)):
         if row in rows:
             with (

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,13 @@ def summarize(answers: list[Answer], seconds: float) -> dict[str, float]:
     }
 
 
+def failed_figure(answers: list[Answer]) -> str:
+    """``failed of requests``, with the failures by kind: ``4 of 1819 (HTTP 502: 3, no answer: 1)``."""
+    kinds = Counter("no answer" if a.status == 0 else f"HTTP {a.status}" for a in answers if a.status != 200)
+    detail = ", ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items()))
+    return f"{sum(kinds.values())} of {len(answers)}" + (f" ({detail})" if detail else "")
+
+
 # --------------------------------------------------------------------------- Ray and the app
 
 
@@ -287,7 +295,7 @@ def kill_row(name: str, deployment: str, connections: int, warm_s: float, fault_
         (
             label,
             f"failed requests in {fault_s:.0f} s after the kill",
-            f"{fault['failed']:.0f} of {fault['requests']:.0f}",
+            failed_figure(load.window(killed_at, killed_at + fault_s)),
         ),
         (label, "answered by the heuristics", f"{fault['heuristic']:.0f} (before: {base['heuristic']:.0f})"),
         (label, "answered/s before -> after", f"{base['answered_per_s']:.0f} -> {fault['answered_per_s']:.0f}"),
@@ -559,7 +567,9 @@ def main() -> None:
     parser.add_argument("--soak-connections", type=int, default=16)
     parser.add_argument("--soak-out", type=Path, default=REPO / "bench" / "results", help="soak CSV and PNG go here")
     a = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up (Ray, PostgreSQL, Redis keys) on SIGTERM
+    # SIGTERM before Ray starts still cleans up (PostgreSQL, the work directory's mount); once Ray is
+    # up its own handler takes over and the private PostgreSQL may be left running: pg_ctl stop it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = [r for r in a.rows.split(",") if r]
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
