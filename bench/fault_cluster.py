@@ -128,7 +128,7 @@ def replica_nodes() -> dict[str, dict[str, str]]:
     placement: dict[str, dict[str, str]] = {d: {} for d in DEPLOYMENTS}
     for a in actors:
         for d in DEPLOYMENTS:
-            if a.class_name.startswith("ServeReplica") and a.class_name.endswith(f":{APP}:{d}"):
+            if a.node_id and a.class_name.startswith("ServeReplica") and a.class_name.endswith(f":{APP}:{d}"):
                 placement[d][a.actor_id] = a.node_id
     return placement
 
@@ -203,7 +203,7 @@ def _sweep_on_cluster(frame: Any, work: Path) -> list[str]:
         cpus_per_trial=0.5,
     )  # fmt: skip
     actors = list_actors(address=DASHBOARD, limit=1000, detail=True, raise_on_missing_output=False)
-    return [a.node_id for a in actors if "_trial" in a.class_name or "ImplicitFunc" in a.class_name]
+    return [a.node_id for a in actors if a.node_id and ("_trial" in a.class_name or "ImplicitFunc" in a.class_name)]
 
 
 # --------------------------------------------------------------------------- losing a worker node

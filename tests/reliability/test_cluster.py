@@ -1,7 +1,8 @@
 """The app on a three-node Ray cluster on this machine: a head and two worker raylets (Ray's own
 cluster test utility, one logical CPU each). The replicas of every request-path deployment
 spread over the nodes, and when a worker node dies under load the clients keep getting
-answers while Serve replaces its replicas on the nodes that are left.
+answers while Serve replaces its replicas on the nodes that are left: the only requests lost
+are those in flight on an ingress replica of the dead node, at most one per client connection.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def replica_nodes() -> dict[str, dict[str, str]]:
     placement: dict[str, dict[str, str]] = {d: {} for d in DEPLOYMENTS}
     for a in list_actors(address=DASHBOARD, filters=[("state", "=", "ALIVE")], limit=1000):
         for d in DEPLOYMENTS:
-            if a.class_name.startswith("ServeReplica") and a.class_name.endswith(f":{APP}:{d}"):
+            if a.node_id and a.class_name.startswith("ServeReplica") and a.class_name.endswith(f":{APP}:{d}"):
                 placement[d][a.actor_id] = a.node_id
     return placement
 
@@ -126,7 +127,7 @@ def test_request_path_replicas_spread_over_the_nodes(cluster: tuple[Any, str]) -
     assert len({n for d in DEPLOYMENTS for n in placement[d].values()}) == 3
 
 
-def test_losing_a_worker_node_under_load_fails_no_request(cluster: tuple[Any, str]) -> None:
+def test_losing_a_worker_node_under_load_loses_at_most_the_requests_in_flight_on_it(cluster: tuple[Any, str]) -> None:
     nodes, token = cluster
     before = replica_nodes()
     hosted = Counter(n for d in REQUEST_PATH for n in before[d].values())
@@ -147,7 +148,8 @@ def test_losing_a_worker_node_under_load_fails_no_request(cluster: tuple[Any, st
                     answers.append((time.monotonic(), 0, None))
                     time.sleep(0.05)
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+    clients = 4
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for t in threads:
         t.start()
     time.sleep(3)
@@ -170,7 +172,10 @@ def test_losing_a_worker_node_under_load_fails_no_request(cluster: tuple[Any, st
 
     during = [a for a in answers if a[0] >= killed_at]
     failed = [a for a in during if a[1] != 200]
-    assert during and not failed, f"{len(failed)} of {len(during)} requests failed after the node died"
+    in_flight_bound = clients if victim.node_id in before["Ingress"].values() else 0
+    assert during and len(failed) <= in_flight_bound, f"{len(failed)} of {len(during)} requests failed"
+    answered = sorted(t for t, status, _ in during if status == 200)
+    assert max(b - a for a, b in zip(answered, answered[1:], strict=False)) < 2.0, "answers stopped"
     tail = [a for a in answers if a[0] >= recovered_at + 2]
     assert tail and all(version == "v_cluster" for _, _, version in tail), "answers still from the heuristics"
     assert victim.node_id not in {n for d in DEPLOYMENTS for n in replica_nodes()[d].values()}
