@@ -7,13 +7,16 @@ clients saw and what the store kept. Prints one table (fault, measured, figure).
 Rows: kill_ingress, kill_feature_lookup, kill_model_inference, kill_fallback_heuristics
 (``kill -9`` of one replica of that deployment, with the layout serve_config.yaml ships),
 pg_restart (the store's PostgreSQL restarted; prediction logs counted against the client's
-prediction ids), spool_full (the store down and the spool on a 256 KiB tmpfs; needs root).
-``--soak-minutes N`` instead samples replica memory, errors and p95 over N minutes and writes
-a CSV and a PNG.
+prediction ids), spool_full (the store down and the spool on a 256 KiB tmpfs; needs root);
+on a multi-raylet cluster of its own (bench/fault_cluster.py): spread, kill_worker_node,
+gcs_restart (GCS fault tolerance on the Redis at 127.0.0.1:6379) and gcs_restart_no_ft.
+``--soak-minutes N`` instead measures the capacity, then samples replica memory, errors and
+p95 over N minutes at half of it and writes a CSV and a PNG (``--soak-out``).
 
 The store is a PRIVATE PostgreSQL cluster this script creates under a temporary directory
 and runs on ``--pg-port`` (initdb and pg_ctl as the ``postgres`` user via runuser); the
-machine's own PostgreSQL is never touched. Ray is a local instance owned by this process.
+machine's own PostgreSQL is never touched. Ray is a local instance (or cluster) owned by this
+process.
 """
 
 from __future__ import annotations
