@@ -32,6 +32,8 @@ def test_the_kuberay_rayservice_deploys_the_same_graph_as_serve_config() -> None
             assert deployment["autoscaling_config"]["max_replicas"] >= deployment["autoscaling_config"]["min_replicas"]
     inference = next(d for d in cluster["applications"][0]["deployments"] if d["name"] == "ModelInference")
     assert set(inference["user_config"]) >= {"model_version", "artifact_path", "artifact_sha256"}
+    # A head Pod restart must not take the app down: the GCS keeps its state in Redis.
+    assert service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]["redisAddress"]
 
 
 def test_cluster_yaml_starts_ray_from_the_project_virtualenv() -> None:
