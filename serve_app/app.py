@@ -47,9 +47,13 @@ class AppArgs(BaseModel):
     ingress_batch_wait_timeout_s: float = Field(
         default=0.002,
         ge=0,
+        description="How long the ingress waits for more requests to join a FeatureLookup call.",
+    )
+    ingress_dispatch_when_idle: bool = Field(
+        default=False,
         description=(
-            "How long a request waits for others to join its FeatureLookup call while other calls are"
-            " in flight; a request that finds none in flight goes at once."
+            "Send a request that finds no FeatureLookup call in flight at once, without the batching"
+            " wait: lower latency at light load, fewer requests/s under load (BENCHMARKS.md)."
         ),
     )
     live_metrics_interval_s: float = Field(
@@ -122,6 +126,7 @@ class ServingOptions:
     log_spill_after_s: float
     ingress_max_batch_size: int
     ingress_batch_wait_timeout_s: float
+    ingress_dispatch_when_idle: bool
     live_metrics_interval_s: float
     access_control_enabled: bool = True
     token_cache_ttl_s: float = 5.0

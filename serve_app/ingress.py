@@ -94,8 +94,9 @@ class Ingress:
         self.lookup_circuit = CircuitBreaker("FeatureLookup")
         self.heuristics_circuit = CircuitBreaker("FallbackHeuristics")
         cast(Any, self._score).set_max_batch_size(options.ingress_max_batch_size)  # not in Ray's type hints
-        # A lone request goes to FeatureLookup at once; under load, requests wait to share a call.
-        self._dispatch = IdleDispatch(self._score, options.ingress_batch_wait_timeout_s)
+        self._dispatch = IdleDispatch(
+            self._score, options.ingress_batch_wait_timeout_s, when_idle=options.ingress_dispatch_when_idle
+        )
         self.engine = make_engine(options.database_url)
         self.sessions = make_session_factory(self.engine)
         self.metrics = ServeMetrics()

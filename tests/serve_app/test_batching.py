@@ -1,4 +1,4 @@
-"""Nagle's rule for ``@serve.batch``: a lone call never waits, calls under load do."""
+"""Nagle's rule for ``@serve.batch``, when chosen: a lone call never waits, calls under load do."""
 
 from __future__ import annotations
 
@@ -58,3 +58,15 @@ def test_a_failed_call_leaves_nothing_in_flight() -> None:
         return dispatch.in_flight
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_without_when_idle_every_call_waits() -> None:
+    async def scenario() -> list[float]:
+        method = _BatchedMethod()
+        method.release.set()
+        dispatch = IdleDispatch(method, wait_s=0.002, when_idle=False)
+        await dispatch("a")
+        await dispatch("b")
+        return method.started_with
+
+    assert asyncio.run(scenario()) == [0.002, 0.002]
