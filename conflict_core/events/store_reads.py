@@ -152,7 +152,7 @@ def tail_events(
     newer: ColumnElement[bool] = SyncLog.id > after_id
     if recheck_ids:
         newer = newer | SyncLog.id.in_(sorted(recheck_ids))
-    schema = pa.schema([pa.field("row_id", pa.int64(), nullable=False), *(EVENT_SCHEMA.field(c) for c in columns)])
+    schema = pa.schema([pa.field("row_id", pa.int64()), *(EVENT_SCHEMA.field(c) for c in columns)])
     statement = (
         event_select(columns)
         .add_columns(SyncLog.id.label("row_id"))
