@@ -48,17 +48,19 @@ def test_ids_committed_out_of_order_are_picked_up(sqlite_url: str) -> None:
 def test_compaction_drops_events_older_than_the_lookback(sqlite_url: str) -> None:
     store_with(sqlite_url, events(400, span_days=20))
     window = EventWindow(make_engine(sqlite_url), dt.timedelta(days=30), compact_min_rows=0)
-    window.refresh()
+    # Refreshed as of the history's own NOW: the cutoff is then exactly NOW - lookback, however
+    # long ago the module (and NOW) was imported.
+    window.refresh(NOW)
     assert window.rows == 400
     users = [f"u{i}" for i in range(6)]
     before = window.history(users, [])
     window.lookback = dt.timedelta(days=10)  # as if twenty days had passed
-    window.refresh()
+    window.refresh(NOW)
     assert 0 < window.rows < 400
     kept = window.history(users, [])
     cutoff = pd.Timestamp(NOW - dt.timedelta(days=10))
     assert kept.num_rows == (before.column("synced_at").to_pandas() >= cutoff).sum()
-    assert window.refresh() == 0  # the dropped rows are not loaded again
+    assert window.refresh(NOW) == 0  # the dropped rows are not loaded again
 
 
 def test_refreshing_an_empty_window_reports_no_error(tmp_path: Any) -> None:
