@@ -24,9 +24,9 @@ at the end.
 Ray's HAProxy through the loopback launcher, throughput-optimized replicas), ``throughput``
 (throughput-optimized behind Ray's Python proxy) or ``default`` (Ray's Python proxy). The load
 goes to 127.0.0.1 only.
-``--background-load K`` runs K CPU-bound spinning processes beside everything measured (the
-baselines, both stores' graphs and the ceiling alike), so that the stores are compared under
-the same CPU contention rather than whatever else the machine happens to run.
+``--background-load K`` runs K CPU-bound spinning processes during every measured load point
+(the baselines, both stores' graphs and the ceiling alike; not while they start), so that the
+stores are compared under the same CPU contention rather than whatever else the machine runs.
 Each request size starts with a 3 s unmeasured warm-up. Prints requests/s, predictions/s,
 latency percentiles and CPU per request by process for every point, then the verdicts
 (MET / NOT MET, best point with p95 < 50 ms and no errors) and the ratios graph / baseline,
@@ -36,6 +36,7 @@ graph / ceiling and PostgreSQL / SQLite, and writes a JSON results file under be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +318,30 @@ def _scenarios(
 
     Single-item requests also get a 1-connection point first: the latency target is set there.
     """
+    with _spinning(BACKGROUND_LOAD):
+        return _measure_points(url, work, concurrencies, duration, label, item_counts)
+
+
+BACKGROUND_LOAD = 0  # --background-load
+
+
+@contextlib.contextmanager
+def _spinning(count: int) -> Iterator[None]:
+    """``count`` CPU-bound processes for the duration of the block, stopped by their PIDs."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass", "bench-background-load"]) for _ in range(count)
+    ]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.terminate()
+            spinner.wait()
+
+
+def _measure_points(
+    url: str, work: Path, concurrencies: list[int], duration: float, label: str, item_counts: tuple[int, ...]
+) -> list[dict[str, Any]]:
     rows = []
     for items in item_counts:
         bodies = work / f"bodies_{items}.jsonl"
@@ -580,15 +606,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown store or baseline {unknown}; stores: sqlite, postgresql; baselines: {sorted(BASELINES)}")
     os.environ.update(serve_env(a.mode))
+    global BACKGROUND_LOAD
+    BACKGROUND_LOAD = a.background_load
 
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     urls: dict[str, str] = {}
     cleanup: list[Any] = []
     results: list[dict[str, Any]] = []
-    spinners = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass", "bench-background-load"])
-        for _ in range(a.background_load)
-    ]
     try:
         for store in stores:
             if store == "sqlite":
@@ -610,9 +634,6 @@ def main() -> None:
                 results += _run_baseline(name, urls[store], store, artifact, sha, work, a)
         results += _ray_targets(a, stores, urls, work, artifact, sha, concurrencies, item_counts)
     finally:
-        for spinner in spinners:
-            spinner.terminate()
-            spinner.wait()
         for drop in cleanup:
             drop()
 
