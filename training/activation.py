@@ -13,11 +13,6 @@ activation fails with a :class:`~conflict_core.errors.RegistryError`, "try again
 
 from __future__ import annotations
 
-import fcntl
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
 from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core import registry
@@ -26,27 +21,13 @@ from conflict_core.store import session_scope
 from training.publishing import Apply, Published, publish_registry
 
 
-@contextmanager
-def config_lock(config_path: Path) -> Iterator[None]:
-    """An exclusive lock of the live config between processes of this machine (blocks until free)."""
-    lock_path = config_path.with_name(config_path.name + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def publish_current(
     settings: Settings, session_factory: sessionmaker[Session], *, apply: Apply | None = None
 ) -> tuple[str | None, Published]:
-    """Publish what the registry serves at this moment: its active model (none: the heuristics)
-    and its rollout challenger, if any, so that activating the challenger, or another model
-    beside it, leaves the live config exactly as the registry says."""
-    with config_lock(settings.serve_config_path):
-        serving, published = publish_registry(settings, session_factory, apply=apply)
+    """Publish what the registry serves at this moment (:func:`training.publishing.publish_registry`,
+    under the live config's lock): its active model (none: the heuristics) and its rollout
+    challenger, if any; returns the active version and what was published."""
+    serving, published = publish_registry(settings, session_factory, apply=apply)
     return (serving.champion.version if serving.champion else None), published
 
 

@@ -11,8 +11,10 @@ running app is Ray's business and belongs to the caller, who passes it in as ``a
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,13 +69,33 @@ def publish_serving(settings: Settings, serving: Serving, *, apply: Apply | None
     return Published(True, apply(path) if apply is not None else False)
 
 
+@contextmanager
+def config_lock(config_path: Path) -> Iterator[None]:
+    """An exclusive lock of the live config between processes of this machine (blocks until free)."""
+    lock_path = config_path.with_name(config_path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def publish_registry(
     settings: Settings, session_factory: sessionmaker[Session], *, apply: Apply | None = None
 ) -> tuple[Serving, Published]:
-    """Publish what the registry says now: its active model and its rollout challenger, if any."""
-    with session_factory() as session:
-        serving = rollout.serving(session)
-    return serving, publish_serving(settings, serving, apply=apply)
+    """Publish what the registry says now: its active model and its rollout challenger, if any.
+
+    Under an exclusive lock of the live config, the registry is read *inside* the lock: each
+    caller publishes after its own commit, so whichever publish runs last writes the final
+    state, and two processes (an activation and a rollout step, say) cannot interleave their
+    writes and leave the config naming what the registry no longer says.
+    """
+    with config_lock(settings.serve_config_path):
+        with session_factory() as session:
+            serving = rollout.serving(session)
+        return serving, publish_serving(settings, serving, apply=apply)
 
 
 def train_and_publish(
