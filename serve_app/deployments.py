@@ -128,23 +128,25 @@ class FeatureLookup:
         outcome = await self._infer(_stacked(matrices), users, challenger)
         wanted = outcome.get("feature_params")
         wanted_by_challenger = outcome.get("challenger_feature_params")
+        champion_params = None if wanted is None else FeatureParams(**wanted)
         challenger_params = None if wanted_by_challenger is None else FeatureParams(**wanted_by_challenger)
-        if wanted is not None and FeatureParams(**wanted) != used:
+        rescore = False
+        if champion_params is not None and champion_params != used:
             # The served model was trained with other windows (it was just published): from now
             # on compute with its parameters, and answer this batch with them too.
-            await asyncio.to_thread(self.core.use_params, FeatureParams(**wanted))
-            self.challenger_params = challenger_params
+            await asyncio.to_thread(self.core.use_params, champion_params)
             matrices, used = await self._features(requests)
-            challenger = await self._challenger_features(requests, used)
-            outcome = await self._infer(_stacked(matrices), users, challenger)
-        elif challenger_params != self.challenger_params:
+            rescore = True
+        if challenger_params != self.challenger_params:
             # A challenger with parameters of its own arrived (or left): from now on compute its
             # features too, over a window reaching back as far as they need; and for this batch.
             self.challenger_params = challenger_params
             if challenger_params is not None:
                 await asyncio.to_thread(self.core.cover, challenger_params)
-                challenger = await self._challenger_features(requests, used)
-                outcome = await self._infer(_stacked(matrices), users, challenger)
+                rescore = True
+        if rescore:
+            challenger = await self._challenger_features(requests, used)
+            outcome = await self._infer(_stacked(matrices), users, challenger)
         if "probabilities" not in outcome:
             return [{"features": m, **outcome} for m in matrices]
         bounds = np.cumsum([0, *(len(m) for m in matrices)]).tolist()
@@ -258,7 +260,7 @@ class ModelInference:
             else:
                 users.extend(request[1])
         try:
-            answer = self.variants.predict(np.concatenate(matrices), users, _challenger_input(requests))
+            answer = self.variants.predict(_stacked(matrices), users, _challenger_input(requests))
         except ModelUnavailable as exc:
             return [{"unavailable": exc.reason.value}] * len(requests)
         rollout = SHADOW if "shadow_probabilities" in answer else CANARY if "challenger_rows" in answer else "none"
@@ -277,9 +279,7 @@ def _challenger_input(requests: list[InferenceRequest]) -> ChallengerInput | Non
     first = parts[0]
     if first is None or any(p is None or p.feature_params != first.feature_params for p in parts):
         return None
-    if len(parts) == 1:
-        return first
-    return ChallengerInput(np.concatenate([p.matrix for p in parts if p is not None]), first.feature_params)
+    return ChallengerInput(_stacked([p.matrix for p in parts if p is not None]), first.feature_params)
 
 
 @serve.deployment(
