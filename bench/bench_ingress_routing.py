@@ -29,7 +29,7 @@ from starlette.requests import Request  # noqa: E402
 from starlette.routing import Route, Router  # noqa: E402
 
 from serve_app.schemas import RequestError, error_response  # noqa: E402
-from tests.serve_app.ingress_harness import build_ingress, outside_serve  # noqa: E402
+from tests.serve_app.ingress_harness import build_ingress  # noqa: E402
 
 CASES = {
     "GET /healthz": ("GET", "/healthz"),
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args()
-    with outside_serve(), tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         ingress, lookup, _ = build_ingress(Path(tmp))
         try:
             asyncio.run(measure(ingress, args.calls, args.repeat))

@@ -1,7 +1,8 @@
 """The Serve deployments behind the ingress: FeatureLookup, ModelInference, FallbackHeuristics.
 
 Each wraps a plain-Python core (:mod:`serve_app.feature_lookup`, :mod:`serve_app.inference`,
-:mod:`serve_app.heuristics`); ``@serve.batch`` turns many concurrent requests into one call.
+:mod:`serve_app.heuristics`); a :class:`~serve_app.batching.Coalescer` turns the concurrent
+calls of FeatureLookup and ModelInference into one call each.
 Replica counts, concurrency and CPU shares come from ``serve_config.yaml``; the defaults here
 only make ``serve.run`` of the builder work without it.
 """
@@ -20,6 +21,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from conflict_core.features import FeatureParams
+from serve_app.batching import Coalescer
 from serve_app.circuit import CircuitBreaker
 from serve_app.feature_lookup import OnlineFeatureLookup
 from serve_app.heuristics import FallbackReason, heuristic_probabilities
@@ -46,11 +48,12 @@ def _stacked(matrices: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(matrices) if len(matrices) > 1 else matrices[0]
 
 
-def configure_batching(method: Any, user_config: Mapping[str, Any]) -> None:
-    """Apply ``max_batch_size`` / ``batch_wait_timeout_s`` from ``user_config`` to a ``@serve.batch``
-    method (its setters are not in Ray's type hints, hence ``Any``)."""
-    method.set_max_batch_size(int(user_config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))
-    method.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S)))
+def configure_batching(batches: Coalescer, user_config: Mapping[str, Any]) -> None:
+    """Apply ``max_batch_size`` / ``batch_wait_timeout_s`` from ``user_config`` to a deployment's batches."""
+    batches.configure(
+        max_batch_size=int(user_config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)),
+        wait_s=float(user_config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S)),
+    )
 
 
 @serve.deployment(
@@ -92,6 +95,12 @@ class FeatureLookup:
         # A rollout challenger's feature parameters while they differ from the champion's (its
         # features are then computed beside the champion's, for ModelInference to score it on).
         self.challenger_params: FeatureParams | None = None
+        self._batches = Coalescer(
+            self._score,
+            max_batch_size=DEFAULT_MAX_BATCH_SIZE,
+            wait_s=DEFAULT_BATCH_WAIT_TIMEOUT_S,
+            max_concurrent_batches=2,  # the next batch's features overlap this batch's inference
+        )
 
     def __del__(self) -> None:
         core = getattr(self, "core", None)
@@ -99,7 +108,7 @@ class FeatureLookup:
             core.close()
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
-        configure_batching(self.score, user_config)
+        configure_batching(self._batches, user_config)
 
     async def _features(self, requests: list[list[dict[str, Any]]]) -> tuple[list[np.ndarray], FeatureParams]:
         started = time.perf_counter()
@@ -111,16 +120,17 @@ class FeatureLookup:
         self.metrics.lookup_latency.observe((time.perf_counter() - started) * 1000)
         return result
 
-    @serve.batch(
-        max_batch_size=DEFAULT_MAX_BATCH_SIZE,
-        batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S,
-        max_concurrent_batches=2,  # the next batch's features overlap this batch's inference
-    )
-    async def score(self, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        """Per request: ``{"features", "model_version", "probabilities"}`` or ``{"features", "unavailable"}``.
+    async def score(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """The items' ``{"features", "model_version", "probabilities", ...}`` or ``{"features", "unavailable"}``,
+        computed and scored together with the calls that arrive beside this one.
 
         Raises when the features cannot be computed (the ingress answers ``feature_lookup_failed``).
         """
+        answer: dict[str, Any] = await self._batches(items)
+        return answer
+
+    async def _score(self, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """:meth:`score` for a batch of calls: one feature computation and one inference call."""
         matrices, used = await self._features(requests)
         # The user ids route a canary's rows (sticky per user); plain strings, cheap to send.
         users = [item["user_id"] for request in requests for item in request]
@@ -217,9 +227,12 @@ class ModelInference:
         self.delay_s = 0.0
         self.revision: str | None = None
         self._reported_challenger: dict[str, str] | None = None
+        self._batches = Coalescer(
+            self._predict, max_batch_size=DEFAULT_MAX_BATCH_SIZE, wait_s=DEFAULT_BATCH_WAIT_TIMEOUT_S
+        )
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
-        configure_batching(self.predict, user_config)
+        configure_batching(self._batches, user_config)
         # Fault injection for the timeout drill and its test; 0 in every real config.
         self.delay_s = float(user_config.get("fault_injection_delay_s", 0.0))
         # An optional label of the config revision, so operators can tell which one a replica runs.
@@ -238,8 +251,13 @@ class ModelInference:
             self.metrics.rollout_percent.set(plan.percent if plan.mode == CANARY else 0.0, tags=tags)
             self._reported_challenger = tags
 
-    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
-    async def predict(self, requests: list[InferenceRequest]) -> list[dict[str, Any]]:
+    async def predict(self, request: InferenceRequest) -> dict[str, Any]:
+        """The model's answer for one caller's matrix, scored together with the calls beside it
+        (see :meth:`_predict`)."""
+        answer: dict[str, Any] = await self._batches(request)
+        return answer
+
+    async def _predict(self, requests: list[InferenceRequest]) -> list[dict[str, Any]]:
         """Per request (a matrix; or a matrix, its rows' user ids and, when the challenger needs
         features of its own, a :class:`~serve_app.inference.ChallengerInput`): the answer of
         :meth:`serve_app.inference.Variants.predict` for its rows — ``model_version``,

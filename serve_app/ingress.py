@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from ray import serve
@@ -30,7 +30,7 @@ from starlette.routing import Match, Route, Router
 from conflict_core.store import json_safe, make_engine, make_session_factory, session_scope, utcnow
 from serve_app.app import ServingOptions
 from serve_app.auth import TokenGate, store_verifier
-from serve_app.batching import IdleDispatch
+from serve_app.batching import Coalescer
 from serve_app.circuit import CircuitBreaker
 from serve_app.deployments import awaited
 from serve_app.heuristics import (
@@ -93,9 +93,13 @@ class Ingress:
         # While a stage fails, answer from the heuristics at once instead of waiting out its timeout.
         self.lookup_circuit = CircuitBreaker("FeatureLookup")
         self.heuristics_circuit = CircuitBreaker("FallbackHeuristics")
-        cast(Any, self._score).set_max_batch_size(options.ingress_max_batch_size)  # not in Ray's type hints
-        self._dispatch = IdleDispatch(
-            self._score, options.ingress_batch_wait_timeout_s, when_idle=options.ingress_dispatch_when_idle
+        # Concurrent requests' items as one FeatureLookup call; up to 8 such calls in flight.
+        self._batches = Coalescer(
+            self._score,
+            max_batch_size=options.ingress_max_batch_size,
+            wait_s=options.ingress_batch_wait_timeout_s,
+            max_concurrent_batches=8,
+            when_idle=options.ingress_dispatch_when_idle,
         )
         self.engine = make_engine(options.database_url)
         self.sessions = make_session_factory(self.engine)
@@ -216,7 +220,7 @@ class Ingress:
             }
             for i in items
         ]
-        scored = await self._dispatch(targets)
+        scored = await self._batches(targets)
         matrix: np.ndarray | None = scored.get("features")
         probabilities: np.ndarray | list[float] | None = scored.get("probabilities")
         model_version: str = scored.get("model_version") or HEURISTIC_VERSION
@@ -243,7 +247,6 @@ class Ingress:
         explained = item_reasons(items, values, factors, scored.get("feature_params"))
         return Response(render_predictions(responses, features, single, explained), media_type="application/json")
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=8)
     async def _score(self, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         """Concurrent requests' items as one FeatureLookup call (features and model scores).
 

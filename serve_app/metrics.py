@@ -53,13 +53,13 @@ class ServeMetrics:
         )
         self.batch_size = Histogram(
             "conflict_batch_size",
-            description="Requests per @serve.batch call, by deployment.",
+            description="Calls per batch, by deployment.",
             boundaries=_BATCH,
             tag_keys=("deployment",),
         )
         self.batch_items = Histogram(
             "conflict_batch_items",
-            description="Items per @serve.batch call, by deployment.",
+            description="Items per batch, by deployment.",
             boundaries=_BATCH,
             tag_keys=("deployment",),
         )

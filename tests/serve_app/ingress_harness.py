@@ -98,7 +98,7 @@ class IngressApp:
 
 
 def build_ingress(tmp_path: Path, **args: Any) -> tuple[Any, LookupStandIn, FallbackStandIn]:
-    """The ingress over a new store in ``tmp_path``; build and use it inside :func:`outside_serve`."""
+    """The ingress over a new store in ``tmp_path``."""
     url = f"sqlite:///{tmp_path / 'store.db'}"
     db.upgrade(url)
     options = AppArgs(database_url=url, log_spool_dir=str(tmp_path / "spool"), **args).resolved()
@@ -111,31 +111,12 @@ def build_ingress(tmp_path: Path, **args: Any) -> tuple[Any, LookupStandIn, Fall
 
 
 @contextmanager
-def outside_serve() -> Iterator[None]:
-    """``@serve.batch`` outside a replica: skip its check of the replica's own config, and start
-    from a new batch queue (Serve keeps one per decorated method and process, bound to the event
-    loop of its first call; each test runs its own loop)."""
-    from ray.serve import batching
-
-    score: Any = cast(Any, Ingress).func_or_class._score
-    score.set_max_batch_size.__self__._queue = None
-    queue: Any = batching._BatchQueue
-    original = queue._warn_if_max_batch_size_exceeds_max_ongoing_requests
-    queue._warn_if_max_batch_size_exceeds_max_ongoing_requests = lambda self: None
-    try:
-        yield
-    finally:
-        queue._warn_if_max_batch_size_exceeds_max_ongoing_requests = original
-
-
-@contextmanager
 def ingress_client(tmp_path: Path, **args: Any) -> Iterator[tuple[TestClient, Any, LookupStandIn]]:
-    with outside_serve():
-        ingress, lookup, _ = build_ingress(tmp_path, **args)
-        try:
-            with TestClient(cast(Any, IngressApp(ingress)), raise_server_exceptions=True) as client:
-                yield client, ingress, lookup
-                assert client.portal is not None
-                client.portal.call(ingress.writer.close)
-        finally:
-            lookup.core.close()
+    ingress, lookup, _ = build_ingress(tmp_path, **args)
+    try:
+        with TestClient(cast(Any, IngressApp(ingress)), raise_server_exceptions=True) as client:
+            yield client, ingress, lookup
+            assert client.portal is not None
+            client.portal.call(ingress.writer.close)
+    finally:
+        lookup.core.close()

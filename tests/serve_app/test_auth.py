@@ -24,7 +24,6 @@ from conflict_core.store import make_engine, make_session_factory, session_scope
 from serve_app.app import AppArgs
 from serve_app.auth import ROUTE_SCOPES, TokenGate
 from tests.conftest import grant
-from tests.serve_app.ingress_harness import outside_serve
 
 ITEM = {"user_id": "u1", "device_id": "d1", "entity_type": "task", "entity_id": "t1", "changed_fields": ["title"]}
 EVENT = {
@@ -79,15 +78,7 @@ def _ingress(database_url: str, spool: Path, **overrides: Any) -> Any:
 
     options = dataclasses.replace(AppArgs(database_url=database_url, log_spool_dir=str(spool)).resolved(), **overrides)
     cls = cast(Any, Ingress).func_or_class  # the plain class under @serve.deployment
-    with outside_serve():  # whatever batch queue an earlier test left behind
-        ingress = cls(_Lookup(), _Inference(), _Fallback(), options)
-
-    async def score(targets: list[dict[str, Any]]) -> dict[str, Any]:  # @serve.batch needs a replica
-        answer: dict[str, Any] = await _Lookup.score.remote(targets)
-        return answer
-
-    ingress._dispatch = score
-    return ingress
+    return cls(_Lookup(), _Inference(), _Fallback(), options)
 
 
 def _client(ingress: Any) -> TestClient:

@@ -41,12 +41,11 @@ def test_the_lookup_sends_a_challenger_features_computed_with_its_own_parameters
     inference = VariantsInference(variants)
     lookup_class: Any = cast(Any, FeatureLookup).func_or_class
     lookup = lookup_class(sqlite_url, refresh_interval_s=0.0, inference=inference, inference_timeout_s=5.0)
-    score = lookup_class.score.__wrapped__  # the batch function under @serve.batch
     items = _items(30, seed=3)
     lookback_before = lookup.core.window.lookback
     try:
-        first = asyncio.run(score(lookup, [items[:20], items[20:]]))
-        second = asyncio.run(score(lookup, [items]))
+        first = asyncio.run(lookup._score([items[:20], items[20:]]))  # one batch of two calls
+        second = asyncio.run(lookup._score([items]))
     finally:
         lookup.core.close()
 

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
 from schemathesis.python import asgi  # noqa: E402
 
-from tests.serve_app.ingress_harness import IngressApp, build_ingress, outside_serve  # noqa: E402
+from tests.serve_app.ingress_harness import IngressApp, build_ingress  # noqa: E402
 
 # 250 keeps the default test run short; 2500 makes the 10,000 requests of RELIABILITY.md.
 EXAMPLES_PER_ROUTE_AND_MODE = int(os.environ.get("CONFLICT_FUZZ_EXAMPLES", "250"))
@@ -45,12 +45,11 @@ def check_answer(status: int, body: bytes, where: str) -> None:
 @pytest.mark.timeout(3600)  # generation costs ~0.1 s per request: the 10,000-request run takes ~20 min
 def test_every_route_survives_generated_requests(tmp_path: Path) -> None:
     statuses: Counter[tuple[str, int]] = Counter()
-    with outside_serve():
-        ingress, lookup, _ = build_ingress(tmp_path)
-        app = IngressApp(ingress)
-        with asgi.get_client(app) as client:
-            fuzz(app, client, statuses)
-        lookup.core.close()
+    ingress, lookup, _ = build_ingress(tmp_path)
+    app = IngressApp(ingress)
+    with asgi.get_client(app) as client:
+        fuzz(app, client, statuses)
+    lookup.core.close()
     total = sum(statuses.values())
     print(f"fuzzed {total} requests: {dict(sorted(statuses.items()))}")
     assert not lookup.errors, lookup.errors[:3]

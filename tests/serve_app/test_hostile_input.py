@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from tests.serve_app.ingress_harness import IngressApp, build_ingress, ingress_client, outside_serve
+from tests.serve_app.ingress_harness import IngressApp, build_ingress, ingress_client
 
 ITEM = {"user_id": "u1", "device_id": "d1", "entity_type": "task", "entity_id": "e1", "changed_fields": ["title"]}
 LIMIT = 8192
@@ -202,10 +202,9 @@ def test_slow_clients_get_408_and_do_not_slow_the_others(tmp_path: Path) -> None
         await ingress.writer.close()
         return slow_results, normal
 
-    with outside_serve():
-        ingress, lookup, _ = build_ingress(tmp_path)
-        ingress.body_timeout_s = 1.0
-        slow_results, normal = asyncio.run(scenario(ingress))
+    ingress, lookup, _ = build_ingress(tmp_path)
+    ingress.body_timeout_s = 1.0
+    slow_results, normal = asyncio.run(scenario(ingress))
     lookup.core.close()
     assert {status for status, _, _ in slow_results} == {408}
     assert all(json.loads(answer)["field"] == "body" for _, answer, _ in slow_results)
