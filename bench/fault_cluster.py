@@ -12,9 +12,14 @@ it. Rows (run through ``bench/fault_matrix.py --rows ...``):
   own, ``RAY_external_storage_namespace``, deleted afterwards).
 * ``gcs_restart_no_ft``: the same without external storage: what a cluster without GCS fault
   tolerance loses.
+* ``head_restart``: the whole head node (GCS, raylet, dashboard and every process on it: the
+  Serve controller, HAProxy and the replicas) killed under load and started again on the same
+  GCS port, with GCS fault tolerance on Redis: the Serve app comes back by itself.
+* ``head_restart_no_ft``: the same without external storage.
 
-Only the GCS process is restarted in the GCS rows; the head's raylet and the replica processes
-on it keep running. A whole head node restarted (raylet included) is not measured here.
+In the GCS rows only the GCS process is restarted; the head's raylet and the replica processes
+on it keep running. In the head rows everything on the head goes, as when a head Pod or VM is
+replaced.
 """
 
 from __future__ import annotations
@@ -73,18 +78,17 @@ def local_cluster(head_cpus: int, worker_cpus: tuple[int, ...], *, redis_address
 
     namespace = f"conflict-fault-matrix-{uuid.uuid4().hex[:12]}"
     env = {"RAY_REDIS_ADDRESS": redis_address, "RAY_external_storage_namespace": namespace} if redis_address else {}
+    head_args = {
+        "num_cpus": head_cpus,
+        "resources": {"head": 1},
+        "include_dashboard": True,  # the state API (replicas, tasks, nodes) is served by the dashboard
+        "dashboard_host": "127.0.0.1",
+        "dashboard_port": 8265,
+        "gcs_server_port": _free_port(),
+    }
     with _environ(env):
-        cluster = Cluster(
-            initialize_head=True,
-            head_node_args={
-                "num_cpus": head_cpus,
-                "resources": {"head": 1},
-                "include_dashboard": True,  # the state API (replicas, tasks, nodes) is served by the dashboard
-                "dashboard_host": "127.0.0.1",
-                "dashboard_port": 8265,
-                "gcs_server_port": _free_port(),
-            },
-        )
+        cluster = Cluster(initialize_head=True, head_node_args=head_args)
+        cluster.head_args = head_args  # a restarted head starts with the same arguments
         try:
             for index, cpus in enumerate(worker_cpus, start=1):
                 cluster.add_node(num_cpus=cpus, resources={f"worker{index}": 1})
@@ -375,6 +379,77 @@ def gcs_restart_row(
     return rows
 
 
+# --------------------------------------------------------------------------- the head node restarted
+
+
+def head_restart_row(
+    cluster: Any, *, fault_tolerant: bool, connections: int, warm_s: float, wait_s: float
+) -> list[Row]:
+    """Kill every process of the head node under load (``SIGKILL``), start a new head with the
+    same arguments (same GCS port; with fault tolerance, the same Redis namespace), and wait
+    up to ``wait_s`` for answers to come back; the load runs throughout."""
+    import ray
+    from ray import serve
+
+    load = Load(connections)
+    load.start()
+    time.sleep(warm_s)
+    ray.shutdown()  # the operator's driver is not part of the app
+    killed_at = time.monotonic()
+    cluster.remove_node(cluster.head_node, allow_graceful=False)
+    cluster.add_node(**cluster.head_args)
+    restarted_at = time.monotonic()
+
+    def answered_again() -> bool:
+        return any(a.status == 200 and a.finished > restarted_at for a in list(load.answers))
+
+    def serving_again() -> bool:
+        if not ray.is_initialized():
+            ray.init(address=cluster.address, log_to_driver=False)
+        return str(serve.status().applications[APP].status).endswith("RUNNING")
+
+    times = _first_times({"answer": answered_again, "serve": serving_again}, timeout_s=wait_s)
+    first = times["answer"]
+    settle_s = 15.0 if first is not None else 0.0
+    time.sleep(settle_s)
+    ended_at = time.monotonic()
+    load.stop()
+    base = summarize(load.window(killed_at - warm_s, killed_at), warm_s)
+    back_at = restarted_at + (first if first is not None else ended_at - restarted_at)
+    storage = "GCS fault tolerance on Redis" if fault_tolerant else "no GCS fault tolerance (in-memory GCS)"
+    label = f"Whole head node killed (GCS, raylet, controller, HAProxy, replicas) and restarted, {storage}"
+    rows: list[Row] = [
+        (label, "answered/s before", f"{base['answered_per_s']:.0f}"),
+        (
+            label,
+            "head processes killed and a new head up (GCS, raylet, dashboard)",
+            f"{restarted_at - killed_at:.1f} s",
+        ),
+        (
+            label,
+            "first answer after the new head was up",
+            f"not within {wait_s:.0f} s" if first is None else f"{first:.1f} s",
+        ),
+        (
+            label,
+            "Serve reports the app RUNNING after the new head was up",
+            "not within the wait" if times["serve"] is None else f"{times['serve']:.1f} s",
+        ),
+        (label, "failed requests from the kill to the first answer", failed_figure(load.window(killed_at, back_at))),
+    ]
+    if first is not None:
+        after = summarize(load.window(back_at, ended_at), ended_at - back_at)
+        rows += [
+            (
+                label,
+                f"failed requests in the {ended_at - back_at:.0f} s after",
+                failed_figure(load.window(back_at, ended_at)),
+            ),
+            (label, "answered/s after", f"{after['answered_per_s']:.0f}"),
+        ]
+    return rows
+
+
 # --------------------------------------------------------------------------- the app on a cluster
 
 
@@ -411,6 +486,16 @@ def run_cluster_rows(
                 results += gcs_restart_row(
                     cluster, fault_tolerant=redis is not None, connections=connections, warm_s=warm_s,
                     down_s=10.0, fault_s=10.0 + max(fault_s, 30.0),
+                )  # fmt: skip
+    for row, redis in (("head_restart", "127.0.0.1:6379"), ("head_restart_no_ft", None)):
+        if row in rows:
+            with (
+                local_cluster(2, (), redis_address=redis) as cluster,
+                running_app(url, work, mode, address=cluster.address),
+            ):
+                results += head_restart_row(
+                    cluster, fault_tolerant=redis is not None, connections=connections, warm_s=warm_s,
+                    wait_s=180.0 if redis else 60.0,
                 )  # fmt: skip
     print(f"cluster rows finished at {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC", flush=True)
     return results

@@ -9,7 +9,8 @@ Rows: kill_ingress, kill_feature_lookup, kill_model_inference, kill_fallback_heu
 pg_restart (the store's PostgreSQL restarted; prediction logs counted against the client's
 prediction ids), spool_full (the store down and the spool on a 256 KiB tmpfs; needs root);
 on a multi-raylet cluster of its own (bench/fault_cluster.py): spread, kill_worker_node,
-gcs_restart (GCS fault tolerance on the Redis at 127.0.0.1:6379) and gcs_restart_no_ft.
+gcs_restart (GCS fault tolerance on the Redis at 127.0.0.1:6379), gcs_restart_no_ft, head_restart
+(the whole head node, with GCS fault tolerance) and head_restart_no_ft.
 ``--soak-minutes N`` instead measures the capacity, then samples replica memory, errors and
 p95 over N minutes at half of it and writes a CSV and a PNG (``--soak-out``).
 
@@ -50,7 +51,14 @@ KILL_ROWS = {
     "kill_fallback_heuristics": "FallbackHeuristics",
 }
 LOCAL_ROWS = (*KILL_ROWS, "pg_restart", "spool_full")
-CLUSTER_ROWS = ("spread", "kill_worker_node", "gcs_restart", "gcs_restart_no_ft")  # bench/fault_cluster.py
+CLUSTER_ROWS = (
+    "spread",
+    "kill_worker_node",
+    "gcs_restart",
+    "gcs_restart_no_ft",
+    "head_restart",
+    "head_restart_no_ft",
+)  # bench/fault_cluster.py
 ROWS = (*LOCAL_ROWS, *CLUSTER_ROWS)
 BODY = {"device_id": "d", "entity_type": "task", "changed_fields": ["title", "status"]}
 
