@@ -28,6 +28,15 @@ def serve_env(mode: str) -> dict[str, str]:
     replicas. ``default``: Ray Serve's Python proxy. In every mode the HTTP ports follow the
     serve config's ``http_options.host`` (127.0.0.1).
 
+    In ``haproxy`` mode HAProxy also replays a request whose ingress replica closed the
+    connection without an answer (``empty-response``, ``junk-response``: the replica died with
+    the request in flight, e.g. with its node) on the other replica, where Ray's default retries
+    connection failures only. Both POST routes are safe to replay: a prediction whose answer
+    never reached the client is computed again (its first record, if the dead replica had
+    already written it, stays in the log under a prediction id nobody received), and the event
+    ingest skips events already stored. Measured on a 3-node cluster losing a worker node under
+    load: 0, 1 and 0 failed requests in three runs, against 4, 0 and 4 without (RELIABILITY.md).
+
     A draining ingress replica waits 30 s by default for an external load balancer to notice;
     a local instance has none, so 2 s. Values already in the environment win.
     """
@@ -38,6 +47,7 @@ def serve_env(mode: str) -> dict[str, str]:
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
             "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
             "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_launcher_path(),
+            "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
         },
     }
     if mode not in modes:

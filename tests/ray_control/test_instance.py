@@ -34,3 +34,20 @@ def test_the_ingress_mode_is_a_validated_setting(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CONFLICT_SERVE_INGRESS_MODE", "fast")
     with pytest.raises(ValidationError, match="serve_ingress_mode"):
         Settings()
+
+
+def test_haproxy_mode_replays_requests_whose_replica_died_mid_flight() -> None:
+    """Ray reads the retry policy named by serve_env into the HAProxy config it writes."""
+    import subprocess
+    import sys
+
+    from ray_control.instance import serve_env
+
+    probe = "from ray.serve._private.haproxy import HAProxyConfig; print(HAProxyConfig().retry_on)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env={**env, **serve_env("haproxy")}, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["conn-failure", "empty-response", "junk-response"]
+    default = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert default.stdout.split() == ["conn-failure"]  # Ray's own default: connection failures only
