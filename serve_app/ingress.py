@@ -32,7 +32,7 @@ from serve_app.app import ServingOptions
 from serve_app.auth import TokenGate, store_verifier
 from serve_app.batching import Coalescer
 from serve_app.circuit import CircuitBreaker
-from serve_app.deployments import awaited
+from serve_app.deployments import awaited, on_a_live_replica
 from serve_app.heuristics import (
     HEURISTIC_VERSION,
     FallbackReason,
@@ -258,7 +258,9 @@ class Ingress:
         if not self.lookup_circuit.allow():
             return failed
         try:
-            answer = await asyncio.wait_for(awaited(self.lookup.score.remote(flat)), self.score_timeout_s)
+            answer = await asyncio.wait_for(
+                on_a_live_replica(lambda: self.lookup.score.remote(flat)), self.score_timeout_s
+            )
         except Exception as exc:
             self.lookup_circuit.record_failure(FallbackReason.FEATURE_LOOKUP_FAILED.value)
             log.warning("feature lookup failed: %s: %s", type(exc).__name__, exc)
@@ -277,7 +279,9 @@ class Ingress:
         if not self.heuristics_circuit.allow():
             return heuristic_probabilities(rows)
         try:
-            result: list[float] = await asyncio.wait_for(awaited(self.fallback.predict.remote(rows)), 2.0)
+            result: list[float] = await asyncio.wait_for(
+                on_a_live_replica(lambda: self.fallback.predict.remote(rows)), 2.0
+            )
         except Exception as exc:  # the heuristics are plain Python: answer here rather than fail
             self.heuristics_circuit.record_failure()
             log.warning("FallbackHeuristics unreachable (%s); computing heuristics in the ingress", exc)

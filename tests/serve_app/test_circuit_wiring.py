@@ -107,3 +107,30 @@ def test_feature_lookup_skips_a_dead_inference_and_keeps_its_reason(tmp_path: Pa
     assert inference.predict.calls == 3
     assert results[6][0]["model_version"] == "v1"
     assert lookup.inference_circuit.state is CircuitState.CLOSED
+
+
+def test_a_call_whose_replica_died_is_made_again_not_answered_by_the_heuristics(tmp_path: Path) -> None:
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    with ingress_client(tmp_path) as (client, ingress, lookup):
+        working = lookup.score.function
+        lost = [ActorUnavailableError("Actor is unavailable.", None), ActorDiedError()]
+
+        def dies_then_works(items: list[dict[str, Any]]) -> dict[str, Any]:
+            if lost:
+                raise lost.pop(0)  # the replica that took the call is gone; the next call reaches its peer
+            return cast(dict[str, Any], working(items))
+
+        lookup.score.function = dies_then_works
+        for request in range(3):  # more requests than the breaker's threshold of failures
+            if request:
+                lost[:] = [ActorUnavailableError("Actor is unavailable.", None)]
+            response = client.post("/v1/predict", json=ITEM)
+            assert response.status_code == 200
+            assert response.json()["fallback_reason"] == "no_active_model"  # the lookup's own answer
+        assert ingress.lookup_circuit.state is CircuitState.CLOSED
+        assert lookup.score.calls == 3 + 2 + 2  # two losses then the answer; one loss each after
+
+        lost[:] = [ActorDiedError()] * 3  # every attempt lost: the heuristics answer, the breaker counts it
+        response = client.post("/v1/predict", json=ITEM)
+        assert response.json()["fallback_reason"] == "feature_lookup_failed"
