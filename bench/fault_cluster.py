@@ -88,7 +88,7 @@ def local_cluster(head_cpus: int, worker_cpus: tuple[int, ...], *, redis_address
     }
     with _environ(env):
         cluster = Cluster(initialize_head=True, head_node_args=head_args)
-        cluster.head_args = head_args  # a restarted head starts with the same arguments
+        cluster.head_args = head_args  # type: ignore[attr-defined]  # a restarted head starts with these again
         try:
             for index, cpus in enumerate(worker_cpus, start=1):
                 cluster.add_node(num_cpus=cpus, resources={f"worker{index}": 1})
@@ -477,25 +477,33 @@ def run_cluster_rows(
                     results += replica_rows()
                 if "kill_worker_node" in multinode:
                     results += kill_worker_node_row(cluster, connections, warm_s, fault_s)
-    for row, redis in (("gcs_restart", "127.0.0.1:6379"), ("gcs_restart_no_ft", None)):
+
+    # One-node clusters, with and without GCS fault tolerance on Redis: the GCS process alone, or the whole head.
+    def gcs(cluster: Any, fault_tolerant: bool) -> list[Row]:
+        return gcs_restart_row(
+            cluster, fault_tolerant=fault_tolerant, connections=connections, warm_s=warm_s, down_s=10.0,
+            fault_s=10.0 + max(fault_s, 30.0),
+        )  # fmt: skip
+
+    def head(cluster: Any, fault_tolerant: bool) -> list[Row]:
+        wait_s = 180.0 if fault_tolerant else 60.0
+        return head_restart_row(
+            cluster, fault_tolerant=fault_tolerant, connections=connections, warm_s=warm_s, wait_s=wait_s
+        )
+
+    redis = "127.0.0.1:6379"
+    one_node: dict[str, tuple[str | None, Callable[[Any, bool], list[Row]]]] = {
+        "gcs_restart": (redis, gcs),
+        "gcs_restart_no_ft": (None, gcs),
+        "head_restart": (redis, head),
+        "head_restart_no_ft": (None, head),
+    }
+    for row, (store, measure) in one_node.items():
         if row in rows:
             with (
-                local_cluster(2, (), redis_address=redis) as cluster,
+                local_cluster(2, (), redis_address=store) as cluster,
                 running_app(url, work, mode, address=cluster.address),
             ):
-                results += gcs_restart_row(
-                    cluster, fault_tolerant=redis is not None, connections=connections, warm_s=warm_s,
-                    down_s=10.0, fault_s=10.0 + max(fault_s, 30.0),
-                )  # fmt: skip
-    for row, redis in (("head_restart", "127.0.0.1:6379"), ("head_restart_no_ft", None)):
-        if row in rows:
-            with (
-                local_cluster(2, (), redis_address=redis) as cluster,
-                running_app(url, work, mode, address=cluster.address),
-            ):
-                results += head_restart_row(
-                    cluster, fault_tolerant=redis is not None, connections=connections, warm_s=warm_s,
-                    wait_s=180.0 if redis else 60.0,
-                )  # fmt: skip
+                results += measure(cluster, store is not None)
     print(f"cluster rows finished at {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC", flush=True)
     return results
