@@ -110,12 +110,21 @@ def _wait_answering(token: str, timeout_s: float) -> None:
     while time.monotonic() < deadline:
         try:
             r = httpx.post(f"{BASE}/v1/predict", json=ITEM, headers={"Authorization": f"Bearer {token}"}, timeout=5)
-            if r.status_code == 200 and r.json()["model_version"] == "v_cluster":
+            if r.status_code == 200 and r.json()["model_version"] == "v_cluster" and _all_replicas_running():
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise AssertionError(f"the app did not answer from its model within {timeout_s} s")
+    raise AssertionError(f"the app did not answer from its model with every replica running within {timeout_s} s")
+
+
+def _all_replicas_running() -> bool:
+    """Serve reports the app RUNNING: every deployment at its target replica count, healthy
+    (the first answer can come while a replica on a busy 1-CPU node is still starting)."""
+    from ray import serve
+
+    app = serve.status().applications.get("conflict_predictor")
+    return app is not None and str(app.status).endswith("RUNNING")
 
 
 def test_request_path_replicas_spread_over_the_nodes(cluster: tuple[Any, str]) -> None:

@@ -57,11 +57,6 @@ def graph(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gra
     try:
         g = Graph(pg_url, tmp_path_factory.mktemp("spool"), tmp_path_factory.mktemp("models"))
         g.config["applications"][0]["args"]["live_metrics_interval_s"] = 1.0
-        # A fixed count of ModelInference replicas: autoscaling a third one up and an old one
-        # down would look like a restart, and in-place reconfiguration is what these tests check.
-        for deployment in g.config["applications"][0]["deployments"]:
-            if deployment["name"] == "ModelInference":
-                deployment["autoscaling_config"].update(min_replicas=2, max_replicas=2)
         g.deploy(g.v1, timeout_s=120)
         grant(pg_url, name="rollout graph tests", token=TOKEN)
         # Some history first, so that the lookups compute features from real rows.
