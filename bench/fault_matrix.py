@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -98,6 +99,12 @@ class PrivatePostgres:
 
     def stop(self) -> None:
         self.ctl("stop")
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def restart(self) -> None:
         self.ctl("restart")
@@ -467,21 +474,110 @@ def replica_rss() -> dict[str, float]:
     return rss
 
 
-def soak(minutes: float, connections: int, out: Path, warmup_min: float = 5.0, sample_s: float = 10.0) -> list[Row]:
-    """Half the measured capacity for ``minutes``: replica memory, errors and p95 every ``sample_s``."""
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def machine_jiffies() -> list[int]:
+    """/proc/stat's first line: user nice system idle iowait irq softirq steal (jiffies)."""
+    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+
+
+class SoakProbe:
+    """Where a soak's time goes, per sample: CPU seconds of every replica, of the private
+    PostgreSQL and of this (client) process per answered request; the machine's busy and steal
+    share; the client's garbage-collection pauses. A p95 that moves can then be put on a part."""
+
+    def __init__(self, pg: PrivatePostgres) -> None:
+        self.pg = pg
+        self.gc_pause_s = 0.0
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+        self._last = self._read()
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pause_s += time.perf_counter() - self._gc_started
+
+    def _read(self) -> dict[str, Any]:
+        cpu: dict[str, float] = {}
+        for d in ("Ingress", "FeatureLookup", "ModelInference", "FallbackHeuristics"):
+            total = sum(c for pid in replica_actors(d).values() if (c := cpu_seconds(pid)) is not None)
+            cpu[d] = total
+        postmaster = self.pg.postmaster_pid()
+        if postmaster:
+            cpu["postgres"] = sum(cpu_seconds(p) or 0.0 for p in [postmaster, *children_of(postmaster)])
+        cpu["client"] = cpu_seconds(os.getpid()) or 0.0
+        return {"cpu": cpu, "jiffies": machine_jiffies(), "gc": self.gc_pause_s}
+
+    def sample(self, answered: int) -> dict[str, float]:
+        """CPU ms per answered request by part, machine busy/steal %, client GC ms since the last call."""
+        now, last = self._read(), self._last
+        self._last = now
+        out = {
+            f"cpu_ms_per_req:{k}": (v - last["cpu"].get(k, v)) * 1000 / max(answered, 1) for k, v in now["cpu"].items()
+        }
+        delta = [b - a for a, b in zip(last["jiffies"], now["jiffies"], strict=True)]
+        total = sum(delta) or 1
+        out["machine_busy_pct"] = 100 * (total - delta[3] - delta[4]) / total
+        out["steal_pct"] = 100 * delta[7] / total
+        out["client_gc_ms"] = (now["gc"] - last["gc"]) * 1000
+        return out
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._on_gc)
+
+
+def soak(
+    minutes: float,
+    connections: int,
+    out: Path,
+    pg: PrivatePostgres,
+    warmup_min: float = 5.0,
+    sample_s: float = 10.0,
+) -> list[Row]:
+    """Half the measured capacity for ``minutes``: replica memory, errors, p95 and where the CPU
+    goes (:class:`SoakProbe`) every ``sample_s``."""
     full = capacity(8)
     rate = full / 2
     print(f"capacity {full:.0f} answered/s with 8 connections; soak at {rate:.0f}/s", flush=True)
     load = Load(connections, rate_per_s=rate)
     load.start()
     samples: list[dict[str, Any]] = []
+    probe = SoakProbe(pg)
     began = last = time.monotonic()
     while (now := time.monotonic()) < began + minutes * 60:
         time.sleep(max(0.0, min(sample_s, began + minutes * 60 - now)))
         now = time.monotonic()
         window = summarize(load.window(last, now), now - last)
-        samples.append({"t_min": (now - began) / 60, **window, "rss": replica_rss()})
+        answered = round(window["answered_per_s"] * (now - last))
+        samples.append({"t_min": (now - began) / 60, **window, "rss": replica_rss(), **probe.sample(answered)})
+        if len(samples) % 6 == 0:
+            print(
+                f"soak {samples[-1]['t_min']:.1f} min: p95 {window['p95_ms']:.0f} ms, "
+                f"{window['answered_per_s']:.0f}/s, machine busy {samples[-1]['machine_busy_pct']:.0f} %, "
+                f"steal {samples[-1]['steal_pct']:.1f} %",
+                flush=True,
+            )
         last = now
+    probe.close()
     load.stop()
     out.mkdir(parents=True, exist_ok=True)
     _write_soak_csv(samples, out / "soak.csv")
@@ -520,14 +616,17 @@ def _write_soak_csv(samples: list[dict[str, Any]], path: Path) -> None:
     import csv
 
     replicas = sorted({k for s in samples for k in s["rss"]})
+    probe_keys = ("cpu_ms_per_req:", "machine_", "steal_", "client_")
+    probed = sorted({k for s in samples for k in s if k.startswith(probe_keys)})
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
-            ["t_min", "requests", "failed", "answered_per_s", "p95_ms", *(f"rss_mib:{r}" for r in replicas)]
+            ["t_min", "requests", "failed", "answered_per_s", "p95_ms", *probed, *(f"rss_mib:{r}" for r in replicas)]
         )
         for s in samples:
             writer.writerow(
                 [f"{s['t_min']:.2f}", s["requests"], s["failed"], f"{s['answered_per_s']:.1f}", f"{s['p95_ms']:.1f}"]
+                + [f"{s[k]:.2f}" if k in s else "" for k in probed]
                 + [f"{s['rss'][r]:.1f}" if r in s["rss"] else "" for r in replicas]
             )
 
@@ -539,17 +638,25 @@ def _plot_soak(samples: list[dict[str, Any]], path: Path, rate: float) -> None:
     import matplotlib.pyplot as plt
 
     t = [s["t_min"] for s in samples]
-    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(9, 12), sharex=True)
     fig.suptitle(f"Soak at {rate:.0f} predictions/s (half the measured capacity)")
     for name in sorted({k for s in samples for k in s["rss"]}):
         axes[0].plot(t, [s["rss"].get(name, float("nan")) for s in samples], label=name)
     axes[0].set_ylabel("replica RSS (MiB)")
     axes[0].legend(fontsize=6)
-    axes[1].plot(t, [s["p95_ms"] for s in samples])
-    axes[1].set_ylabel("p95 (ms)")
-    axes[2].plot(t, [s["failed"] for s in samples])
-    axes[2].set_ylabel("errors per sample")
-    axes[2].set_xlabel("minutes")
+    axes[1].plot(t, [s["p95_ms"] for s in samples], label="p95 (ms)")
+    axes[1].plot(t, [s.get("client_gc_ms", float("nan")) for s in samples], label="client GC pauses (ms per sample)")
+    axes[1].set_ylabel("ms")
+    axes[1].legend(fontsize=7)
+    for key in sorted({k for s in samples for k in s if k.startswith("cpu_ms_per_req:")}):
+        axes[2].plot(t, [s.get(key, float("nan")) for s in samples], label=key.split(":", 1)[1])
+    axes[2].set_ylabel("CPU ms per answered request")
+    axes[2].legend(fontsize=7)
+    axes[3].plot(t, [s["failed"] for s in samples], label="errors per sample")
+    axes[3].plot(t, [s.get("machine_busy_pct", float("nan")) for s in samples], label="machine busy %")
+    axes[3].plot(t, [s.get("steal_pct", float("nan")) for s in samples], label="steal %")
+    axes[3].legend(fontsize=7)
+    axes[3].set_xlabel("minutes")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -607,7 +714,7 @@ def main() -> None:
         if a.soak_minutes or local:
             with running_app(url, work, a.mode, a.single_replica):
                 if a.soak_minutes:
-                    results += soak(a.soak_minutes, a.soak_connections, a.soak_out)
+                    results += soak(a.soak_minutes, a.soak_connections, a.soak_out, pg)
                 for row in local if not a.soak_minutes else []:
                     if row in KILL_ROWS:
                         results += kill_row(row, KILL_ROWS[row], a.connections, a.warm_s, a.fault_s)

@@ -63,6 +63,9 @@ class TrainingResult:
     artifact_sha256: str
     notes: list[str] = field(default_factory=list)
     rollout_stage: str | None = None  # shadow or canary: the gate passed and a rollout began instead
+    # With ``defer_decision``: what :func:`carry_out_decision` is to do ("activate", "shadow",
+    # "canary"), or None when the gate kept the active model; nothing was activated yet.
+    pending: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +88,7 @@ def train_and_register(
     rollout_mode: str = "activate",
     feature_search: Sequence[ParamsResult] | None = None,
     seed_training_set: Path | None = None,
+    defer_decision: bool = False,
 ) -> TrainingResult:
     """Train, evaluate, write the artifact and report, register, and let the gate decide.
 
@@ -98,6 +102,10 @@ def train_and_register(
     winner's) is reported and registered with the model. ``seed_training_set`` holds the same
     events with the fixed default feature parameters: the seed baseline, which the shipped model
     never loses to, is then the original system on its own features (and is shipped as such).
+    ``defer_decision`` registers the candidate without carrying out the gate's decision: the
+    result's ``pending`` names it, and the caller carries it out with :func:`carry_out_decision`
+    right before publishing (the retrain does, so that a run killed in between changed nothing
+    that is served).
     """
     data = load_data(settings, training_set, seed_training_set)
     version = registry.new_version(now)
@@ -119,12 +127,15 @@ def train_and_register(
     row = registry_row(version, data, chosen, evaluation, artifact, report_path, decision.reason, feature_search)
     # The first model (or one replacing an unscorable active model) is activated, never rolled out.
     rollout = rollout_mode if active.metrics is not None else "activate"
-    stage = register_and_decide(settings, session_factory, row, decision, rollout=rollout, activated_by=activated_by)
+    decided = None if defer_decision else decision
+    stage = register_and_decide(settings, session_factory, row, decided, rollout=rollout, activated_by=activated_by)
+    pending = rollout if defer_decision and decision.activate else None
     return TrainingResult(
         version=version,
         algorithm=chosen.shipped.config["model"],
-        activated=decision.activate and stage is None,
+        activated=decision.activate and stage is None and not defer_decision,
         rollout_stage=stage,
+        pending=pending,
         gate_reason=decision.reason,
         holdout=_headline(evaluation.holdout_metrics[version]),
         seed_baseline_holdout=_headline(evaluation.holdout_metrics[SEED_BASELINE]),
@@ -354,23 +365,63 @@ def register_and_decide(
     settings: Settings,
     session_factory: sessionmaker[Session],
     row: dict[str, Any],
-    decision: registry.GateDecision,
+    decision: registry.GateDecision | None,
     *,
     rollout: str,
     activated_by: str,
 ) -> str | None:
     """Register the candidate (``row``: its registry columns) and carry out the gate's decision in
     the same transaction: activate it, or begin its ``rollout`` (``"shadow"`` or ``"canary"``).
-    Returns the rollout stage begun, if any."""
-    version = row["version"]
+    Returns the rollout stage begun, if any. ``decision`` None: register only."""
     with session_scope(session_factory) as session:
         registry.register(session, **row)
-        if not decision.activate:
+        if decision is None or not decision.activate:
             return None
-        if rollout != "activate":
-            return begin_rollout(settings, session, version, mode=rollout, by=activated_by, reason=decision.reason)
-        registry.activate(session, version, by=activated_by)
-        return None
+        return _decide(settings, session, row["version"], rollout, by=activated_by, reason=decision.reason)
+
+
+def _decide(settings: Settings, session: Session, version: str, rollout: str, *, by: str, reason: str) -> str | None:
+    """Activate ``version`` (``rollout`` "activate") or begin its rollout; the stage begun, if any."""
+    if rollout != "activate":
+        return begin_rollout(settings, session, version, mode=rollout, by=by, reason=reason)
+    registry.activate(session, version, by=by)
+    return None
+
+
+@dataclass(frozen=True)
+class CarriedOut:
+    activated: bool
+    rollout_stage: str | None
+    skipped: str | None = None  # why the pending decision was not carried out
+
+
+def carry_out_decision(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    version: str,
+    pending: str,
+    *,
+    by: str,
+    reason: str,
+    active_at_gate: str | None,
+) -> CarriedOut:
+    """Carry out a decision :func:`train_and_register` deferred (``pending``: "activate", "shadow"
+    or "canary"), in one transaction. The gate compared the candidate with ``active_at_gate``; if
+    another model was activated since (an operator, a rollback), that comparison no longer holds and
+    nothing is done."""
+    with session_scope(session_factory) as session:
+        current = registry.active(session)
+        now_active = current.version if current else None
+        if now_active != active_at_gate:
+            return CarriedOut(
+                False,
+                None,
+                f"the active model changed since the gate compared {version} with it "
+                f"({active_at_gate or 'none'} -> {now_active or 'none'}); "
+                f"{version} stays registered, its {pending} not done",
+            )
+        stage = _decide(settings, session, version, pending, by=by, reason=reason)
+    return CarriedOut(stage is None, stage)
 
 
 def registry_row(

@@ -5,10 +5,13 @@ Steps, in order (each a module-level function, so that tests can make any one fa
 1. ``export``    — sync events of the training window and its feature history to Parquet;
 2. ``extract``   — features for the last ``training_days_back`` days (Ray Data, or locally);
 3. ``train``     — sweep, calibrate, compare with the active model on the same holdout and
-   let the registry's gate decide (:func:`training.pipeline.train_and_register`); the drift
-   reference of the candidate is written next to its artifact;
-4. ``publish``   — when the gate activated the candidate (or began its rollout, see
-   ``retrain_rollout_mode``): point the live serve config at it and apply it to the running app;
+   let the registry's gate decide (:func:`training.pipeline.train_and_register`); the candidate
+   is registered, and the gate's decision kept for the next step; the drift reference of the
+   candidate is written next to its artifact;
+4. ``publish``   — when the gate passed the candidate: activate it (or begin its rollout, see
+   ``retrain_rollout_mode``) unless the active model changed since the gate, then point the live
+   serve config at it and apply it to the running app. Until this step nothing that is served
+   has changed: a run killed before it leaves registry, config and app as they were;
 5. ``retention`` — delete training data older than the retention period.
 
 A failure at any step but the last restores what the run changed: the model that was active
@@ -142,10 +145,9 @@ def train_step(
     training_set: Path,
     sweep: str,
     num_samples: int | None,
-    activated_by: str,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Train, register and gate; activation happens here, publishing does not."""
+    """Train, register and gate; the gate's decision is carried out by the publish step."""
     from training import pipeline
     from training.extract import load_training_set
 
@@ -155,9 +157,9 @@ def train_step(
         training_set=training_set,
         sweep=sweep,
         num_samples=num_samples,
-        activated_by=activated_by,
         progress=progress,
         rollout_mode=settings.retrain_rollout_mode,
+        defer_decision=True,
     )
     frame, manifest = load_training_set(training_set)
     monitoring.write_reference(
@@ -393,15 +395,9 @@ def _run_step(
             training_set=Path(summary.steps["extract"]["training_set"]),
             sweep=sweep,
             num_samples=num_samples,
-            activated_by=_tag(summary.run_id),
             progress=progress,
         )
-        summary.version, summary.activated, summary.gate_reason = (
-            result["version"],
-            result["activated"],
-            result["gate_reason"],
-        )
-        summary.rollout_stage = result.get("rollout_stage")
+        summary.version, summary.gate_reason = result["version"], result["gate_reason"]
         summary.holdout, summary.active_before_holdout = result["holdout"], result["active_before_holdout"]
         summary.report_path = result["report_path"]
         return {
@@ -409,22 +405,37 @@ def _run_step(
             for k in (
                 "version",
                 "algorithm",
-                "activated",
-                "rollout_stage",
+                "pending",
+                "active_before",
                 "gate_reason",
                 "artifact_path",
                 "artifact_sha256",
             )
         }
     if step == "publish":
+        train = summary.steps["train"]
+        if not train.get("pending"):
+            return {"skipped": "the gate kept the active model"}
+        from training.pipeline import carry_out_decision
+
+        carried = carry_out_decision(
+            settings,
+            session_factory,
+            train["version"],
+            train["pending"],
+            by=_tag(summary.run_id),
+            reason=summary.gate_reason or "",
+            active_at_gate=train.get("active_before"),
+        )
+        summary.activated, summary.rollout_stage = carried.activated, carried.rollout_stage
+        if carried.skipped:
+            log.warning("retrain #%d: %s", summary.run_id, carried.skipped)
+            return {"skipped": carried.skipped}
         if summary.rollout_stage:  # the new version is the challenger beside the active model
             _, published = publish_registry(settings, session_factory, apply=apply)
             summary.serve_config_updated = published.serve_config_updated
             summary.serve_app_reconfigured = published.serve_app_reconfigured
             return asdict(published)
-        if not summary.activated:
-            return {"skipped": "the gate kept the active model"}
-        train = summary.steps["train"]
         outcome = publish_step(
             settings,
             version=train["version"],

@@ -42,8 +42,8 @@ def run_retrain(settings: Settings, factory: Any, args: dict[str, Any]) -> None:
             block_here(marker)
         return outcome
 
-    def train(s: Settings, f: Any, *, activated_by: str, **_: Any) -> dict[str, Any]:
-        return fake_train(s, f, args["new_version"], gate=args["gate"], activated_by=activated_by)
+    def train(s: Settings, f: Any, **_: Any) -> dict[str, Any]:
+        return fake_train(s, f, args["new_version"], gate=args["gate"])
 
     def apply(path: Path) -> bool:
         if block_at == "publish:apply":

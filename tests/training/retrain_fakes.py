@@ -67,17 +67,19 @@ def add_model(
     return registry.GateDecision(activate, "test")
 
 
-def fake_train(
-    settings: Settings, factory: sessionmaker[Session], version: str, *, gate: bool, activated_by: str
-) -> dict[str, Any]:
-    """What the train step returns after registering ``version`` (active when ``gate`` passes)."""
-    add_model(settings, factory, version, activate=gate, by=activated_by)
+def fake_train(settings: Settings, factory: sessionmaker[Session], version: str, *, gate: bool) -> dict[str, Any]:
+    """What the train step returns after registering ``version``: the gate's decision pending
+    ("activate" when ``gate`` passes), carried out by the retrain's publish step."""
+    add_model(settings, factory, version, activate=False)
     with factory() as session:
         row = registry.get(session, version)
+        active = registry.active(session)
     return {
         "version": version,
         "algorithm": "logreg",
-        "activated": gate,
+        "activated": False,
+        "pending": "activate" if gate else None,
+        "active_before": active.version if active else None,
         "gate_reason": "test gate",
         "holdout": {"roc_auc": 0.9},
         "active_before_holdout": {"roc_auc": 0.8},

@@ -101,11 +101,12 @@ def test_a_retrain_killed_at_any_point_is_recovered_by_the_next_run(
     run.wait(timeout=30)
     assert run.returncode == -signal.SIGKILL
 
-    # What the kill leaves behind: the old model's artifact is never touched. Before the gate's
-    # activation (inside train) the registry and the live config are untouched too; after it, the
-    # registry names the crashed run's model until the next run restores it.
+    # What the kill leaves behind: the old model's artifact is never touched. Before the publish
+    # step (which carries out the gate's decision) the registry and the live config are untouched
+    # too; after its activation, the registry names the crashed run's model until the next run
+    # restores it.
     assert sha(artifact) == artifact_before
-    activated = block_at in ("train:done", "publish:apply", "retention")
+    activated = block_at in ("publish:apply", "retention")
     assert active_version(session_factory) == ("v_crash" if activated else "v_old")
     published = block_at == "retention" or block_at == "publish:apply"
     assert configured_version(settings) == ("v_crash" if published else "v_old")

@@ -34,8 +34,8 @@ def fake_steps(
     monkeypatch.setattr(retrain, "export_step", lambda s, e, *, now: {"rows": 10})
     monkeypatch.setattr(retrain, "extract_step", lambda s, *, now, use_ray: {"training_set": "unused", "rows": 10})
 
-    def train(s: Settings, factory: sessionmaker[Session], *, activated_by: str, **_: Any) -> dict[str, Any]:
-        return fake_train(s, factory, f"v_new{len(state)}", gate=state["gate"], activated_by=activated_by)
+    def train(s: Settings, factory: sessionmaker[Session], **_: Any) -> dict[str, Any]:
+        return fake_train(s, factory, f"v_new{len(state)}", gate=state["gate"])
 
     monkeypatch.setattr(retrain, "train_step", train)
     return state
@@ -80,10 +80,10 @@ def test_gate_refusal_leaves_model_and_config_alone(
     assert active_version(session_factory) == "v_old" and settings.serve_config_path.read_text() == before
 
 
-def _fail_after_activation(original: Any) -> Any:
+def _fail_after_registering(original: Any) -> Any:
     def train(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        original(*args, **kwargs)  # the candidate is registered and activated ...
-        raise RuntimeError("injected: train crashed after activation")  # ... then the step fails
+        original(*args, **kwargs)  # the candidate is registered, its activation pending ...
+        raise RuntimeError("injected: train crashed after registering")  # ... then the step fails
 
     return train
 
@@ -93,7 +93,7 @@ def _refusing_apply(path: Path) -> bool:
     raise ConfigurationError("injected: Serve refused the config")
 
 
-@pytest.mark.parametrize("where", ["export", "extract", "train", "train_after_activation", "publish", "publish_apply"])
+@pytest.mark.parametrize("where", ["export", "extract", "train", "train_after_registering", "publish", "publish_apply"])
 def test_failure_at_any_step_leaves_the_active_model_and_serve_config_untouched(
     where: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -106,8 +106,8 @@ def test_failure_at_any_step_leaves_the_active_model_and_serve_config_untouched(
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"injected failure in {where}")
 
-    if where == "train_after_activation":
-        monkeypatch.setattr(retrain, "train_step", _fail_after_activation(retrain.train_step))
+    if where == "train_after_registering":
+        monkeypatch.setattr(retrain, "train_step", _fail_after_registering(retrain.train_step))
     elif where != "publish_apply":
         monkeypatch.setattr(retrain, f"{where}_step", boom)
 
@@ -167,6 +167,34 @@ def test_an_activation_by_someone_else_is_not_undone(
     with pytest.raises(retrain.RetrainError):
         run(settings, session_factory)
     assert active_version(session_factory) == "v_operator"
+
+
+def test_a_model_activated_between_the_gate_and_the_publish_step_is_not_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    fake_steps: dict[str, Any],
+) -> None:
+    """The gate compared the candidate with v_old; an operator activates v_operator before the
+    publish step: the comparison no longer holds, so the candidate stays registered, inactive."""
+    config_before = settings.serve_config_path.read_text()
+    original = retrain.train_step
+
+    def train_then_operator_activates(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        result: dict[str, Any] = original(*args, **kwargs)
+        add_model(settings, session_factory, "v_operator", activate=True, by="alice")
+        return result
+
+    monkeypatch.setattr(retrain, "train_step", train_then_operator_activates)
+    summary = run(settings, session_factory)
+    assert summary.status == "succeeded" and not summary.activated and summary.rollout_stage is None
+    assert "the active model changed since the gate" in summary.steps["publish"]["skipped"]
+    assert "(v_old -> v_operator)" in summary.steps["publish"]["skipped"]
+    assert active_version(session_factory) == "v_operator"
+    assert settings.serve_config_path.read_text() == config_before
+    with session_factory() as session:
+        candidate = registry.get(session, summary.version or "")
+        assert not candidate.is_active and candidate.activated_at is None
 
 
 def test_two_runs_never_overlap(

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from conflict_core import registry, rollout, serve_config
 from conflict_core.errors import ConfigurationError
 from conflict_core.settings import Settings
-from tests.training.retrain_fakes import NOW, add_model
+from tests.training import retrain_fakes
+from tests.training.retrain_fakes import NOW
 from tests.training.test_retrain import (  # noqa: F401 (fixtures)
     active_version,
     fake_steps,
@@ -29,30 +30,12 @@ def rollout_steps(
     session_factory: sessionmaker[Session],
     fake_steps: dict[str, Any],  # noqa: F811
 ) -> dict[str, Any]:
-    """A fake train step that, like the pipeline, begins a rollout when the gate passes."""
+    """A fake train step that, like the pipeline, leaves a rollout pending when the gate passes."""
 
-    def fake_train(s: Settings, factory: sessionmaker[Session], *, activated_by: str, **_: Any) -> dict[str, Any]:
+    def fake_train(s: Settings, factory: sessionmaker[Session], **_: Any) -> dict[str, Any]:
         version = f"v_new{len(fake_steps)}"
         fake_steps[version] = True
-        add_model(s, factory, version, activate=False)
-        with factory.begin() as session:
-            stage = pipeline.begin_rollout(
-                s, session, version, mode=s.retrain_rollout_mode, by=activated_by, reason="test gate"
-            )
-            row = registry.get(session, version)
-            path, sha = row.artifact_path, row.artifact_sha256
-        return {
-            "version": version,
-            "algorithm": "logreg",
-            "activated": False,
-            "rollout_stage": stage,
-            "gate_reason": "test gate",
-            "holdout": {"roc_auc": 0.9},
-            "active_before_holdout": {"roc_auc": 0.8},
-            "report_path": "r.md",
-            "artifact_path": path,
-            "artifact_sha256": sha,
-        }
+        return {**retrain_fakes.fake_train(s, factory, version, gate=True), "pending": s.retrain_rollout_mode}
 
     monkeypatch.setattr(retrain, "train_step", fake_train)
     return fake_steps
