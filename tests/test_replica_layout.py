@@ -9,9 +9,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 REQUEST_PATH = ("Ingress", "FeatureLookup", "ModelInference")
 MACHINE_CPUS = 2.0
-# What a job beside the running app needs free: `conflictctl run` gives the retrain's own tasks
-# 0.25 CPU each, but Ray Data's read and sampling tasks ask for a whole CPU, and a job that
-# cannot place them waits forever.
+# What the jobs beside the running app get: a whole CPU, room for four of their tasks at
+# `conflictctl run`'s 0.25 CPU each (every extraction task and sweep trial asks for
+# `job_task_cpus`), so the weekly retrain does not crawl beside the app.
 JOB_TASK_CPUS = 1.0
 
 

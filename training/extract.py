@@ -19,7 +19,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -223,23 +222,28 @@ def extract_local(
     return _assemble(events, window, [part])
 
 
-@contextmanager
-def _parquet_datasource_v1() -> Iterator[None]:
-    """Read Parquet with Ray Data's file-task datasource rather than the V2 one.
+def _event_files_datasource(files: Sequence[Path]) -> Any:
+    """A Ray Data datasource over the export's Parquet files whose every task is a read task.
 
-    On Ray 2.60 the V2 datasource lists the files in one task and reads a day-partitioned
-    export into a single block (5-10 s for 1M events on two cores); the file-task reader
-    with one block per CPU reads the same files in about 0.5 s.
+    Ray Data's own Parquet reader first samples files in tasks that each ask for a whole CPU,
+    whatever ``num_cpus`` the read gets; beside a Serve app whose fractional replicas are spread
+    over 1-CPU nodes no node has one free, and the read never starts. This reader does no
+    sampling: one task per group of files (local files are listed in the driver), each asking
+    only for the ``num_cpus`` given to ``read_datasource``, each file read whole with the
+    columns the features need.
     """
-    import ray
+    from ray.data.datasource import FileBasedDatasource
 
-    context = ray.data.DataContext.get_current()
-    previous = context.use_datasource_v2
-    context.use_datasource_v2 = False
-    try:
-        yield
-    finally:
-        context.use_datasource_v2 = previous
+    class EventFiles(FileBasedDatasource):
+        _FILE_EXTENSIONS = ["parquet"]
+
+        def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> Any:
+            return filesystem.open_input_file(path)  # Parquet needs random access, not a stream
+
+        def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
+            yield pq.read_table(f, columns=list(EVENT_COLUMNS))
+
+    return EventFiles([str(f) for f in files])
 
 
 def extract_with_ray(
@@ -254,8 +258,9 @@ def extract_with_ray(
 ) -> pd.DataFrame:
     """The training frame computed by Ray tasks over the blocks Ray Data read.
 
-    Ray Data reads the partitions into one block per CPU and tags each row with its user and
-    entity hash buckets in the same tasks. Then one Ray task per bucket computes that
+    Ray Data reads the partitions (:func:`_event_files_datasource`, one task per group of files,
+    as many groups as CPUs) and tags each row with its user and entity hash buckets in the
+    same tasks. Then one Ray task per bucket computes that
     bucket's side of the features from the shared blocks (zero-copy from the object store).
     The entity side costs about twice the user side, so it gets twice the buckets;
     the defaults keep two cores evenly busy. ``task_cpus`` is the logical CPU share each read
@@ -267,15 +272,10 @@ def extract_with_ray(
         ray.init()  # joins the job's cluster (RAY_ADDRESS) or starts a local one, as Ray Data would
     buckets = Buckets(entity=entity_buckets, user=user_buckets)
     n_blocks = max(1, min(len(files), int(ray.available_resources().get("CPU", 1) / task_cpus) or 1))
-    with _parquet_datasource_v1():
-        ds = (
-            ray.data.read_parquet(
-                [str(f) for f in files], partitioning=None, num_cpus=task_cpus, override_num_blocks=n_blocks
-            )
-            .select_columns(list(EVENT_COLUMNS))
-            .map_batches(buckets.with_bucket_columns, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus)
-        )
-        block_refs = ds.to_arrow_refs()
+    ds = ray.data.read_datasource(
+        _event_files_datasource(files), num_cpus=task_cpus, override_num_blocks=n_blocks
+    ).map_batches(buckets.with_bucket_columns, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus)
+    block_refs = ds.to_arrow_refs()
 
     @ray.remote(num_cpus=task_cpus)
     def bucket_task(refs: list[Any], side: str, bucket: int, n: int) -> tuple[np.ndarray, pd.DataFrame]:

@@ -1,8 +1,9 @@
 """The app on a three-node Ray cluster on this machine: a head and two worker raylets (Ray's own
 cluster test utility, one logical CPU each). The replicas of every request-path deployment
-spread over the nodes, and when a worker node dies under load the clients keep getting
-answers while Serve replaces its replicas on the nodes that are left: the only requests lost
-are those in flight on an ingress replica of the dead node, at most one per client connection.
+spread over the nodes; the extraction's Ray tasks run beside the app although no node has a
+whole CPU free; and when a worker node dies under load the clients keep getting answers while
+Serve replaces its replicas on the nodes that are left: the only requests lost are those in
+flight on an ingress replica of the dead node, at most one per client connection.
 """
 
 from __future__ import annotations
@@ -134,6 +135,38 @@ def test_request_path_replicas_spread_over_the_nodes(cluster: tuple[Any, str]) -
         assert len(nodes) == 2, f"{deployment}: {len(nodes)} replicas"
         assert len(set(nodes)) == 2, f"both {deployment} replicas on one node"
     assert len({n for d in DEPLOYMENTS for n in placement[d].values()}) == 3
+
+
+def test_the_extraction_runs_on_the_nodes_beside_the_app(cluster: tuple[Any, str], tmp_path: Path) -> None:
+    """The app's fractional replicas are spread over the three 1-CPU nodes, so no node has a
+    whole CPU free: the extraction's tasks ask only for ``task_cpus`` each and still run, and
+    the frame equals the single-process one."""
+    import pandas as pd
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    from conflict_core.simulator import simulate, simulation_size_for_events
+    from training.extract import ExtractionWindow, extract_local, extract_with_ray, latest_event_time, partition_files
+
+    table = simulate(simulation_size_for_events(5_000, days=10))
+    table = table.append_column("date", pc.strftime(table["synced_at"], format="%Y-%m-%d"))
+    pads.write_dataset(table, tmp_path, format="parquet", partitioning=["date"], partitioning_flavor="hive")
+    window = ExtractionWindow.days_back(10, end=latest_event_time(tmp_path))
+    files = partition_files(tmp_path, window)
+    result: dict[str, Any] = {}
+
+    def extract() -> None:
+        try:
+            result["frame"] = extract_with_ray(files, window, task_cpus=0.25)
+        except Exception as exc:  # reported below
+            result["error"] = exc
+
+    worker = threading.Thread(target=extract, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the extraction did not finish within 120 s beside the app (tasks waiting for CPUs?)"
+    assert "error" not in result, result.get("error")
+    pd.testing.assert_frame_equal(result["frame"], extract_local(files, window))
 
 
 def test_losing_a_worker_node_under_load_loses_at_most_the_requests_in_flight_on_it(cluster: tuple[Any, str]) -> None:
