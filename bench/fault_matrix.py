@@ -138,6 +138,7 @@ class Load:
     timeout_s: float = 10.0
     rate_per_s: float | None = None  # all clients together; None: each sends as soon as it has an answer
     answers: list[Answer] = field(default_factory=list)
+    skipped: int = 0  # paced slots a client missed because its previous answer came after them
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -153,7 +154,16 @@ class Load:
             while not self._stop.is_set():
                 if interval:
                     self._stop.wait(max(0.0, due - time.monotonic()))
-                    due = max(due + interval, time.monotonic())  # behind: no burst to catch up
+                    # Each client keeps its own slot on the grid: one that fell behind skips the
+                    # slots it missed rather than sending at the moment its answer came, which
+                    # would line it up with the clients answered in the same batch and, over a
+                    # long run, turn even arrivals into bursts.
+                    due += interval
+                    behind = time.monotonic() - due
+                    if behind > 0:
+                        skipped = int(behind // interval) + 1
+                        due += skipped * interval
+                        self.skipped += skipped
                 n += 1
                 body = {**BODY, "user_id": f"user-{(index * 7919 + n) % 300}", "entity_id": f"task-{n % 2000}"}
                 started = time.monotonic()
@@ -545,6 +555,11 @@ class SoakProbe:
         gc.callbacks.remove(self._on_gc)
 
 
+def arrival_peak(answers: list[Answer], bin_s: float) -> int:
+    """The most requests sent within one ``bin_s`` bin: how bursty the arrivals were."""
+    return max(Counter(int(a.started // bin_s) for a in answers).values(), default=0)
+
+
 def soak(
     minutes: float,
     connections: int,
@@ -568,12 +583,22 @@ def soak(
         now = time.monotonic()
         window = summarize(load.window(last, now), now - last)
         answered = round(window["answered_per_s"] * (now - last))
-        samples.append({"t_min": (now - began) / 60, **window, "rss": replica_rss(), **probe.sample(answered)})
+        samples.append(
+            {
+                "t_min": (now - began) / 60,
+                **window,
+                "rss": replica_rss(),
+                **probe.sample(answered),
+                "client_arrivals_max_per_20ms": arrival_peak(load.window(last, now), 0.02),
+                "client_skipped_slots": load.skipped,
+            }
+        )
         if len(samples) % 6 == 0:
             print(
                 f"soak {samples[-1]['t_min']:.1f} min: p95 {window['p95_ms']:.0f} ms, "
                 f"{window['answered_per_s']:.0f}/s, machine busy {samples[-1]['machine_busy_pct']:.0f} %, "
-                f"steal {samples[-1]['steal_pct']:.1f} %",
+                f"steal {samples[-1]['steal_pct']:.1f} %, most arrivals in 20 ms "
+                f"{samples[-1]['client_arrivals_max_per_20ms']}, skipped slots {load.skipped}",
                 flush=True,
             )
         last = now
@@ -607,6 +632,12 @@ def soak(
             label,
             "p95 median: first tenth -> last tenth of the run",
             f"{statistics.median(p95s[:tenth]):.0f} -> {statistics.median(p95s[-tenth:]):.0f} ms",
+        ),
+        (
+            label,
+            "most requests sent within 20 ms, median: first tenth -> last tenth; paced slots skipped",
+            f"{statistics.median(s['client_arrivals_max_per_20ms'] for s in warm[:tenth]):.0f} -> "
+            f"{statistics.median(s['client_arrivals_max_per_20ms'] for s in warm[-tenth:]):.0f}; {load.skipped}",
         ),
         (label, "samples and plot", f"{out / 'soak.csv'}, {out / 'soak.png'}"),
     ]
@@ -655,6 +686,9 @@ def _plot_soak(samples: list[dict[str, Any]], path: Path, rate: float) -> None:
     axes[3].plot(t, [s["failed"] for s in samples], label="errors per sample")
     axes[3].plot(t, [s.get("machine_busy_pct", float("nan")) for s in samples], label="machine busy %")
     axes[3].plot(t, [s.get("steal_pct", float("nan")) for s in samples], label="steal %")
+    axes[3].plot(
+        t, [s.get("client_arrivals_max_per_20ms", float("nan")) for s in samples], label="most requests sent in 20 ms"
+    )
     axes[3].legend(fontsize=7)
     axes[3].set_xlabel("minutes")
     fig.tight_layout()
