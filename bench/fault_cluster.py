@@ -189,9 +189,15 @@ def _extraction_on_cluster(work: Path, events: int = 20_000) -> tuple[Any, dict[
     job = ray.get_runtime_context().get_job_id()
     frame = extract_with_ray(partition_files(events_dir, window), window, task_cpus=0.5)
     tasks: dict[str, list[str]] = {}
-    for t in list_tasks(address=DASHBOARD, filters=[("job_id", "=", job)], limit=10_000, detail=True):
-        if t.node_id and t.type == "NORMAL_TASK":
-            tasks.setdefault(t.name, []).append(t.node_id)
+    deadline = time.monotonic() + 15  # task events reach the GCS a second or so after the tasks end
+    while time.monotonic() < deadline:
+        tasks = {}
+        for t in list_tasks(address=DASHBOARD, filters=[("job_id", "=", job)], limit=10_000, detail=True):
+            if t.node_id and t.type == "NORMAL_TASK":
+                tasks.setdefault(t.name, []).append(t.node_id)
+        if sum(len(nodes) for name, nodes in tasks.items() if "bucket_task" in name) >= 6:  # 4 entity + 2 user
+            break
+        time.sleep(1)
     return frame, tasks
 
 
