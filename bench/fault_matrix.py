@@ -473,11 +473,16 @@ def capacity(connections: int, seconds: float = 20.0, settle_s: float = 5.0) -> 
     return summarize(load.window(started, started + seconds), seconds)["answered_per_s"]
 
 
-def replica_rss() -> dict[str, float]:
-    """RSS in MiB of every replica of the app, keyed ``deployment:actor id``."""
+def replica_pids() -> dict[str, dict[str, int]]:
+    """Every alive replica of the app: deployment -> {actor id: pid}."""
+    return {d: replica_actors(d) for d in ("Ingress", "FeatureLookup", "ModelInference", "FallbackHeuristics")}
+
+
+def replica_rss(pids: dict[str, dict[str, int]]) -> dict[str, float]:
+    """RSS in MiB of every replica in ``pids`` (:func:`replica_pids`), keyed ``deployment:actor id``."""
     rss = {}
-    for d in ("Ingress", "FeatureLookup", "ModelInference", "FallbackHeuristics"):
-        for actor, pid in replica_actors(d).items():
+    for d, actors in pids.items():
+        for actor, pid in actors.items():
             mib = rss_mib(pid)
             if mib is not None:
                 rss[f"{d}:{actor[:8]}"] = mib
@@ -518,7 +523,7 @@ class SoakProbe:
         self.gc_pause_s = 0.0
         self._gc_started = 0.0
         gc.callbacks.append(self._on_gc)
-        self._last = self._read()
+        self._last = self._read(replica_pids())
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -526,20 +531,18 @@ class SoakProbe:
         else:
             self.gc_pause_s += time.perf_counter() - self._gc_started
 
-    def _read(self) -> dict[str, Any]:
-        cpu: dict[str, float] = {}
-        for d in ("Ingress", "FeatureLookup", "ModelInference", "FallbackHeuristics"):
-            total = sum(c for pid in replica_actors(d).values() if (c := cpu_seconds(pid)) is not None)
-            cpu[d] = total
+    def _read(self, pids: dict[str, dict[str, int]]) -> dict[str, Any]:
+        cpu = {d: sum(cpu_seconds(pid) or 0.0 for pid in actors.values()) for d, actors in pids.items()}
         postmaster = self.pg.postmaster_pid()
         if postmaster:
             cpu["postgres"] = sum(cpu_seconds(p) or 0.0 for p in [postmaster, *children_of(postmaster)])
         cpu["client"] = cpu_seconds(os.getpid()) or 0.0
         return {"cpu": cpu, "jiffies": machine_jiffies(), "gc": self.gc_pause_s}
 
-    def sample(self, answered: int) -> dict[str, float]:
-        """CPU ms per answered request by part, machine busy/steal %, client GC ms since the last call."""
-        now, last = self._read(), self._last
+    def sample(self, answered: int, pids: dict[str, dict[str, int]]) -> dict[str, float]:
+        """CPU ms per answered request by part (replicas: ``pids``), machine busy/steal %, client GC ms
+        since the last call."""
+        now, last = self._read(pids), self._last
         self._last = now
         out = {
             f"cpu_ms_per_req:{k}": (v - last["cpu"].get(k, v)) * 1000 / max(answered, 1) for k, v in now["cpu"].items()
@@ -583,12 +586,13 @@ def soak(
         now = time.monotonic()
         window = summarize(load.window(last, now), now - last)
         answered = round(window["answered_per_s"] * (now - last))
+        pids = replica_pids()  # one state-API read per sample, for memory and CPU alike
         samples.append(
             {
                 "t_min": (now - began) / 60,
                 **window,
-                "rss": replica_rss(),
-                **probe.sample(answered),
+                "rss": replica_rss(pids),
+                **probe.sample(answered, pids),
                 "client_arrivals_max_per_20ms": arrival_peak(load.window(last, now), 0.02),
                 "client_skipped_slots": load.skipped,
             }

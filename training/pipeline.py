@@ -133,7 +133,7 @@ def train_and_register(
     return TrainingResult(
         version=version,
         algorithm=chosen.shipped.config["model"],
-        activated=decision.activate and stage is None and not defer_decision,
+        activated=decided is not None and decided.activate and stage is None,
         rollout_stage=stage,
         pending=pending,
         gate_reason=decision.reason,
