@@ -36,6 +36,7 @@ import tempfile
 import time
 import types
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def in_process(database_url: str, work: Path, iterations: int) -> None:
     from conflict_core.store import utcnow
     from serve_app.feature_lookup import OnlineFeatureLookup
     from serve_app.inference import load_model
-    from serve_app.rendering import features_json, render_predictions
+    from serve_app.rendering import features_json, item_reasons, render_predictions
     from serve_app.schemas import NUL_ESCAPE, parse_json, parse_predict_body
 
     threadpool_limits(limits=1)  # as ModelInference
@@ -109,10 +110,15 @@ def in_process(database_url: str, work: Path, iterations: int) -> None:
             for i in items
         ]
 
-    def render(items: list[Any], matrix: np.ndarray, probabilities: np.ndarray, single: bool) -> bytes:
-        features = features_json(matrix.tolist())
-        responses = respond(items, features, probabilities, "v_bench", None, utcnow())
-        return render_predictions(responses, features, single)
+    feature_params = asdict(model.feature_params)
+
+    def render(items: list[Any], matrix: np.ndarray, scored: tuple[np.ndarray, list[list[str]]], single: bool) -> bytes:
+        """The ingress's answer to scored items: bodies, log records, reasons in words, bytes."""
+        probabilities, factors = scored
+        values = matrix.tolist()
+        features = features_json(values)
+        responses = respond(items, features, probabilities, "v_bench", None, utcnow(), 0.2, 0.5)
+        return render_predictions(responses, features, single, item_reasons(items, values, factors, feature_params))
 
     def stages(size: int) -> dict[str, tuple[float, float]]:
         """CPU ms per call of each stage for ``size``-item requests, and per 8-request batch (or NaN)."""
@@ -140,8 +146,12 @@ def in_process(database_url: str, work: Path, iterations: int) -> None:
                 lambda: sklearn_model.predict_proba(big),
             ),
             "predict, compiled": (lambda: model.predict_proba(nth(matrices)), lambda: model.predict_proba(big)),
+            "predict + factors, compiled": (
+                lambda: model.predict_with_factors(nth(matrices)),
+                lambda: model.predict_with_factors(big),
+            ),
             "respond + render": (
-                lambda: render(parsed[0][0], matrices[0], model.predict_proba(matrices[0]), parsed[0][1]),
+                lambda: render(parsed[0][0], matrices[0], model.predict_with_factors(matrices[0]), parsed[0][1]),
                 None,
             ),
         }
@@ -166,7 +176,7 @@ def in_process(database_url: str, work: Path, iterations: int) -> None:
         for body in bodies[: max(iterations // 2, 50)]:
             items, single = parse(body)
             matrix = lookup.compute_many([targets(items)])[0]
-            render(items, matrix, model.predict_proba(matrix), single)
+            render(items, matrix, model.predict_with_factors(matrix), single)
         profile.disable()
         RESULTS.mkdir(exist_ok=True)
         out = RESULTS / f"profile_serving_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.prof"

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application, Deployment
 
 from conflict_core.settings import Settings
+from serve_app.batching import WaitPolicy
 
 
 class AppArgs(BaseModel):
@@ -49,11 +50,11 @@ class AppArgs(BaseModel):
         ge=0,
         description="How long the ingress waits for more requests to join a FeatureLookup call.",
     )
-    ingress_dispatch_when_idle: bool = Field(
-        default=False,
+    ingress_batch_wait_policy: WaitPolicy = Field(
+        default="adaptive",
         description=(
-            "Send a request that finds no FeatureLookup call in flight at once, without the batching"
-            " wait: lower latency at light load, fewer requests/s under load (BENCHMARKS.md)."
+            "When a FeatureLookup call skips the batching wait: fixed (never), when_idle (nothing in"
+            " flight) or adaptive (recent requests found no company within the wait); serve_app.batching."
         ),
     )
     live_metrics_interval_s: float = Field(
@@ -126,7 +127,7 @@ class ServingOptions:
     log_spill_after_s: float
     ingress_max_batch_size: int
     ingress_batch_wait_timeout_s: float
-    ingress_dispatch_when_idle: bool
+    ingress_batch_wait_policy: WaitPolicy
     live_metrics_interval_s: float
     access_control_enabled: bool = True
     token_cache_ttl_s: float = 5.0

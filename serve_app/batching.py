@@ -7,19 +7,33 @@ into one model call). :class:`Coalescer` does that with the semantics of ``@serv
 without its per-batch bookkeeping, which on the 2-core machine cost more than the hop itself.
 
 A fixed wait makes every call pay it, including the lone request of a quiet minute, which gains
-nothing by waiting because nobody else is coming. ``when_idle`` is Nagle's rule: a call that
-finds no batch in flight goes out at once; while batches are in flight a new one waits up to
-``wait_s`` for others to join it, exactly as a fixed wait would. It is off by default, like
-Nagle's own switch is a choice: measured on the 2-core machine (BENCHMARKS.md), it cut the
-single-connection p50 from 16 to 12 ms but cost 15-20 % of the requests/s at 8 and 32
-connections. Clients that each wait for their answer arrive together right after a batch
-completes; the first of them finds nothing in flight and leaves alone, so the batches split.
+nothing by waiting because nobody else is coming. The wait ``policy`` says when to skip it:
+
+- ``fixed``: every batch waits ``wait_s`` for company (``@serve.batch``'s rule).
+- ``when_idle``: Nagle's rule: a call that finds no batch in flight goes out at once; while
+  batches are in flight a new one waits. Measured on the 2-core machine (BENCHMARKS.md), it cut
+  the single-connection p50 from 16 to 12 ms but cost 15-20 % of the requests/s at 8 and 32
+  connections: clients that each wait for their answer arrive together right after a batch
+  completes; the first of them finds nothing in flight and leaves alone, so the batches split.
+- ``adaptive``: wait only while waiting pays. Every call that arrives more than ``wait_s``
+  after the last window opened opens a new one; the calls arriving within a window are the
+  company a batch opened then would have found. Their count per window, averaged over the
+  recent windows, says whether the next batch will find any: at half a call or more it waits,
+  below that it goes at once. The count does not depend on what was dispatched, so the rule
+  cannot talk itself out of waiting: a lone client's requests (no company) go at once, and
+  clients arriving together (company) share batches as under ``fixed``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
+
+WaitPolicy = Literal["fixed", "when_idle", "adaptive"]
+WAIT_POLICIES: tuple[WaitPolicy, ...] = ("fixed", "when_idle", "adaptive")
+COMPANY_TO_WAIT = 0.25  # ``adaptive`` waits while the recent windows averaged at least this many joiners
+_MOST_COUNTED = 2  # joiners counted per window: after a burst, light traffic stops waiting within ~15 windows
+_COMPANY_WEIGHT = 0.1  # weight of the newest window in that average (about the last ten windows)
 
 
 class Coalescer:
@@ -32,8 +46,8 @@ class Coalescer:
     ``max_concurrent_batches`` batches are running, form the next batch. ``fn`` takes the
     calls' arguments as a list and returns one result per call, in order; its exception goes
     to every call of that batch. A caller that gives up (cancelled, timed out) leaves its
-    batch running for the others. With ``when_idle``, a call that finds no batch in flight
-    does not wait. Between two hops of trivial deployments on the 2-core
+    batch running for the others. ``policy`` says when a batch skips the wait (the module's
+    docstring). Between two hops of trivial deployments on the 2-core
     machine it answered a lone request 1.7 ms sooner than ``@serve.batch`` and carried 20-25 %
     more requests/s (``bench/bench_hops.py``, BENCHMARKS.md).
     """
@@ -45,17 +59,24 @@ class Coalescer:
         max_batch_size: int,
         wait_s: float = 0.0,
         max_concurrent_batches: int = 1,
-        when_idle: bool = False,
+        policy: WaitPolicy = "fixed",
     ) -> None:
+        if policy not in WAIT_POLICIES:
+            raise ValueError(f"the wait policy must be one of {', '.join(WAIT_POLICIES)}, got {policy!r}")
         self.fn = fn
         self.max_concurrent_batches = max_concurrent_batches
-        self.when_idle = when_idle
+        self.policy = policy
         self.configure(max_batch_size=max_batch_size, wait_s=wait_s)
         if max_concurrent_batches < 1:
             raise ValueError(f"max_concurrent_batches must be at least 1, got {max_concurrent_batches}")
         self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
         self._running: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Handle | None = None
+        # ``adaptive``: when the current arrival window opened, the calls that joined it, and the
+        # recent windows' average of those (starting at one: it waits until a few windows show otherwise).
+        self._window_opened: float | None = None
+        self._joined = 0
+        self.company = 1.0
 
     def configure(self, *, max_batch_size: int, wait_s: float) -> None:
         """Batch size and wait for the batches from now on (a deployment's ``reconfigure``)."""
@@ -68,9 +89,28 @@ class Coalescer:
     async def __call__(self, argument: Any) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        if self.policy == "adaptive":
+            self._count_arrival(loop.time())
         self._pending.append((argument, future))
         self._schedule(loop)
         return await future
+
+    def _count_arrival(self, now: float) -> None:
+        opened = self._window_opened
+        if opened is not None and now - opened <= self.wait_s:
+            self._joined += 1
+            return
+        if opened is not None:
+            self.company += _COMPANY_WEIGHT * (min(self._joined, _MOST_COUNTED) - self.company)
+        self._window_opened, self._joined = now, 0
+
+    def _wait_s(self) -> float:
+        """How long a batch opened now waits for company."""
+        if self.policy == "when_idle" and not self._running:
+            return 0.0
+        if self.policy == "adaptive" and self.company < COMPANY_TO_WAIT:
+            return 0.0
+        return self.wait_s
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._pending or len(self._running) >= self.max_concurrent_batches:
@@ -80,7 +120,7 @@ class Coalescer:
                 self._timer.cancel()
             self._dispatch(loop)
         elif self._timer is None:  # after the wait, or after this turn's other arrivals
-            wait_s = 0.0 if self.when_idle and not self._running else self.wait_s
+            wait_s = self._wait_s()
             self._timer = (
                 loop.call_later(wait_s, self._dispatch, loop) if wait_s else loop.call_soon(self._dispatch, loop)
             )

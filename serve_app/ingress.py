@@ -99,7 +99,7 @@ class Ingress:
             max_batch_size=options.ingress_max_batch_size,
             wait_s=options.ingress_batch_wait_timeout_s,
             max_concurrent_batches=8,
-            when_idle=options.ingress_dispatch_when_idle,
+            policy=options.ingress_batch_wait_policy,
         )
         self.engine = make_engine(options.database_url)
         self.sessions = make_session_factory(self.engine)

@@ -98,7 +98,7 @@ def test_when_idle_a_lone_call_goes_at_once_and_calls_under_load_wait_to_share_a
     async def scenario() -> tuple[float, list[list[Any]]]:
         release = asyncio.Event()
         fn = _Recorder(release)
-        batches = Coalescer(fn, max_batch_size=64, wait_s=0.05, max_concurrent_batches=2, when_idle=True)
+        batches = Coalescer(fn, max_batch_size=64, wait_s=0.05, max_concurrent_batches=2, policy="when_idle")
         started = time.perf_counter()
         first = asyncio.ensure_future(batches("a"))
         await asyncio.sleep(0.005)
@@ -115,6 +115,57 @@ def test_when_idle_a_lone_call_goes_at_once_and_calls_under_load_wait_to_share_a
     elapsed, batches = asyncio.run(scenario())
     assert batches == [["a"], ["b", "c"]]
     assert elapsed >= 0.05
+
+
+def test_adaptive_stops_waiting_for_a_lone_client_and_waits_again_when_clients_arrive_together() -> None:
+    async def scenario() -> tuple[list[float], list[float], list[list[Any]]]:
+        fn = _Recorder()
+        batches = Coalescer(fn, max_batch_size=64, wait_s=0.02, max_concurrent_batches=8, policy="adaptive")
+        lone: list[float] = []
+        for k in range(30):  # one client, one request at a time, 30 ms apart: nobody ever joins
+            started = time.perf_counter()
+            await batches(k)
+            lone.append(time.perf_counter() - started)
+            await asyncio.sleep(0.03)
+        fn.batches.clear()
+        together: list[float] = []
+        for round_ in range(20):  # four clients arriving at once: each window has three joiners
+            started = time.perf_counter()
+            await asyncio.gather(*(batches(round_ * 10 + c) for c in range(4)))
+            together.append(time.perf_counter() - started)
+            await asyncio.sleep(0.03)
+        return lone, together, fn.batches
+
+    lone, together, batches = asyncio.run(scenario())
+    # The first lone calls wait (the policy starts by waiting); once the windows showed no
+    # company, they go at once.
+    assert min(lone[:3]) >= 0.02
+    assert max(lone[-10:]) < 0.015
+    # Clients arriving together soon make it wait again, and then share one batch a round.
+    assert all(len(batch) == 4 for batch in batches[-10:])
+    assert min(together[-10:]) >= 0.02
+
+
+def test_adaptive_counts_arrivals_not_dispatches_so_a_lone_burst_client_is_still_batched() -> None:
+    """Calls that came while the policy was not waiting still count as company: under load that
+    starts after a quiet spell the waiting comes back although no batch had waited to find them."""
+
+    async def scenario() -> float:
+        batches = Coalescer(_Recorder(), max_batch_size=64, wait_s=0.02, policy="adaptive")
+        batches.company = 0.0  # a quiet spell: not waiting
+        for _ in range(15):  # pairs of calls a few ms apart: each window has a joiner
+            first = asyncio.ensure_future(batches(1))
+            await asyncio.sleep(0.003)
+            await asyncio.gather(first, batches(2))
+            await asyncio.sleep(0.03)
+        return batches.company
+
+    assert asyncio.run(scenario()) >= 0.5
+
+
+def test_an_unknown_wait_policy_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="fixed, when_idle, adaptive"):
+        Coalescer(_Recorder(), max_batch_size=8, policy="sometimes")  # type: ignore[arg-type]
 
 
 def test_the_batch_functions_error_reaches_every_caller_of_that_batch_only() -> None:
