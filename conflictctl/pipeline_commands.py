@@ -245,9 +245,13 @@ def _jobs_and_serving(app: AppContext, plan: RunPlan, day: SimulatedDay) -> dict
         deployed = load_config(live_config, settings.database_url)
         # The replay compresses a day into seconds: half a second of refresh lag would hide
         # minutes of simulated syncs from the features, so the app tails the store per batch.
+        # Each push is predicted as of its own instant on that past day: the replicas keep
+        # enough history beyond the lookback to answer all of them from memory.
+        replayed_since = dt.datetime.now(dt.UTC) - day.live_start
         for application in deployed["applications"]:
             if application["import_path"] == PREDICTION_APP:
                 application["args"]["feature_refresh_interval_s"] = 0
+                application["args"]["feature_window_margin_s"] = replayed_since.total_seconds() + 3600
         fill_console_args(deployed, settings)
         deploy_config(deployed)
         wait_until_running()

@@ -36,6 +36,14 @@ class AppArgs(BaseModel):
     feature_max_staleness_s: float = Field(
         default=5.0, gt=0, description="Older in-memory history fails the lookup (heuristics answer)."
     )
+    feature_window_margin_s: float = Field(
+        default=6 * 3600.0,
+        ge=0,
+        description=(
+            "History FeatureLookup keeps beyond the features' lookback: items asked about as of up"
+            " to this long ago are answered from memory; older ones read the store."
+        ),
+    )
     log_batch_size: int = Field(default=1000, gt=0)
     log_flush_interval_s: float = Field(default=0.25, gt=0)
     log_max_buffer: int = Field(default=20_000, gt=0)
@@ -121,6 +129,7 @@ class ServingOptions:
     inference_timeout_s: float
     feature_refresh_interval_s: float
     feature_max_staleness_s: float
+    feature_window_margin_s: float
     log_batch_size: int
     log_flush_interval_s: float
     log_max_buffer: int
@@ -167,6 +176,7 @@ def build_graph(args: AppArgs, inference_user_config: dict[str, Any] | None = No
         inference=inference,
         lookup_timeout_s=options.lookup_timeout_s,
         inference_timeout_s=options.inference_timeout_s,
+        window_margin_s=options.feature_window_margin_s,
     )
     fallback = fallback_heuristics.bind()
     return ingress_deployment.bind(lookup=lookup, inference=inference, fallback=fallback, options=options)

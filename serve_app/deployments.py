@@ -10,6 +10,7 @@ only make ``serve.run`` of the builder work without it.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import time
@@ -102,10 +103,14 @@ class FeatureLookup:
         inference: DeploymentHandle | None = None,
         lookup_timeout_s: float = 2.0,
         inference_timeout_s: float = 1.0,
+        window_margin_s: float = 0.0,
     ):
         log_through_serve()
         self.core = OnlineFeatureLookup(
-            database_url, refresh_interval_s=refresh_interval_s, max_staleness_s=max_staleness_s
+            database_url,
+            refresh_interval_s=refresh_interval_s,
+            max_staleness_s=max_staleness_s,
+            window_margin=dt.timedelta(seconds=window_margin_s),
         )
         self.inference = inference
         self.lookup_timeout_s = lookup_timeout_s

@@ -72,6 +72,10 @@ def _matrix(arrays: dict[str, Any]) -> np.ndarray:
 class OnlineFeatureLookup:
     """Features of prospective syncs, computed from an in-memory window of the store's history.
 
+    The window holds ``params.lookback`` plus ``window_margin`` of history, so items asked
+    about as of up to ``window_margin`` in the past (a device that was offline, a replay) are
+    answered from memory too; only older ones read the store.
+
     ``refresh_interval_s`` > 0: a background thread tails the store that often, and
     :meth:`compute` refuses a window older than ``max_staleness_s``. ``refresh_interval_s``
     == 0: every :meth:`compute` tails the store first (read-your-writes, one indexed query
@@ -93,6 +97,7 @@ class OnlineFeatureLookup:
         refresh_interval_s: float = 0.5,
         max_staleness_s: float = 5.0,
         index_rebuild_rows: int = 2_000,
+        window_margin: dt.timedelta = dt.timedelta(0),
     ):
         if engine is None:
             if database_url is None:
@@ -106,7 +111,10 @@ class OnlineFeatureLookup:
         self.params = params
         self.refresh_interval_s = refresh_interval_s
         self.max_staleness_s = max_staleness_s
-        self.window = EventWindow(engine, params.lookback.to_pytimedelta())
+        if window_margin < dt.timedelta(0):
+            raise ValueError(f"window_margin must not be negative, got {window_margin}")
+        self.window_margin = window_margin
+        self.window = EventWindow(engine, params.lookback.to_pytimedelta() + window_margin)
         self.index_rebuild_rows = index_rebuild_rows
         # The index, the window generation it indexes and the parameters it counts with.
         self._user_index: tuple[UserHistoryIndex, int, FeatureParams] | None = None
@@ -157,7 +165,7 @@ class OnlineFeatureLookup:
             self._maybe_rebuild_index()
 
     def _grow_window(self, params: FeatureParams) -> None:
-        lookback = params.lookback.to_pytimedelta()
+        lookback = params.lookback.to_pytimedelta() + self.window_margin
         if lookback > self.window.lookback:
             window = EventWindow(self.engine, lookback)
             window.refresh()

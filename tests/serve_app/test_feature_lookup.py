@@ -135,6 +135,33 @@ def test_only_the_items_older_than_the_window_read_the_store(sqlite_url: str, mo
     assert len(from_store) == 1 and from_store[0] <= 3  # one store query, for the old items' users only
 
 
+def test_items_within_the_window_margin_are_answered_from_memory(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device asking as of its edit's time, up to the margin ago, costs no store query; one
+    asking further back does, and both get the store's own features."""
+    store_with(sqlite_url, events(300, span_days=70))
+    lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0, window_margin=dt.timedelta(days=2))
+    now = dt.datetime.now(dt.UTC)
+    from_store: list[int] = []
+    real = feature_lookup.load_events
+
+    def counting_load_events(*args: Any, **kwargs: Any) -> Any:
+        from_store.append(len(kwargs["user_ids"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(feature_lookup, "load_events", counting_load_events)
+    recent = [dict(i, at=now - dt.timedelta(hours=40)) for i in _items(20)]
+    np.testing.assert_allclose(lookup.compute(recent), _from_store(sqlite_url, recent), rtol=0, atol=1e-12)
+    assert from_store == []
+    older = [dict(i, at=now - dt.timedelta(hours=50)) for i in _items(5, seed=2)]
+    np.testing.assert_allclose(lookup.compute(older), _from_store(sqlite_url, older), rtol=0, atol=1e-12)
+    assert len(from_store) == 1
+    assert lookup.window.lookback == FeatureParams().lookback.to_pytimedelta() + dt.timedelta(days=2)
+    with pytest.raises(ValueError, match="window_margin"):
+        OnlineFeatureLookup(sqlite_url, refresh_interval_s=0, window_margin=dt.timedelta(hours=-1))
+
+
 def test_new_events_are_seen_after_the_next_refresh(sqlite_url: str) -> None:
     factory = store_with(sqlite_url, events(50))
     lookup = OnlineFeatureLookup(sqlite_url, refresh_interval_s=0.05, max_staleness_s=2)
