@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from conflict_core import db
 from conflict_core.store import PredictionLog, make_engine
 from serve_app.prediction_log import PredictionLogWriter, insert_ignoring_duplicates, spooled_records
 
@@ -318,3 +319,23 @@ def test_a_failure_of_every_row_keeps_the_records_for_the_retry(
     asyncio.run(scenario())
     engine.dispose()
     assert _count(session_factory) == 100 and writer.rejected == 0 and writer.rejected_files() == []
+
+
+def test_postgresql_refuses_an_overlong_value_instead_of_truncating_it(postgres_url: str, tmp_path: Path) -> None:
+    """The batch insert sends strings as text arrays: VARCHAR(n) still refuses what does not fit,
+    so the record is set aside whole and its neighbours are written."""
+    db.upgrade(postgres_url)
+    overlong = _record(model_version="v" * 65)  # model_version is VARCHAR(64)
+    writer = PredictionLogWriter(postgres_url, tmp_path / "spool", batch_size=16, flush_interval_s=0.02)
+
+    async def scenario() -> None:
+        writer.submit([_record(), overlong, _record()])
+        await writer.close()
+
+    asyncio.run(scenario())
+    assert writer.written == 2 and writer.rejected == 1
+    engine = make_engine(postgres_url)
+    with engine.connect() as connection:
+        versions = connection.exec_driver_sql("SELECT model_version FROM prediction_log").scalars().all()
+    engine.dispose()
+    assert len(versions) == 2 and all(len(v) <= 64 for v in versions)
