@@ -39,6 +39,12 @@ def serve_env(mode: str) -> dict[str, str]:
 
     A draining ingress replica waits 30 s by default for an external load balancer to notice;
     a local instance has none, so 2 s. Values already in the environment win.
+
+    In every mode Ray's workers, the replicas and HAProxy included, run at niceness 0 instead
+    of Ray's default 15: at 15 any ordinary process on the machine takes the CPU first, and two
+    CPU-bound processes beside the app took single-item requests from 382 to 16 req/s at 8
+    connections, 1 s p50; at 0 the app kept 201 req/s, p50 38 ms (BENCHMARKS.md). The jobs'
+    tasks are Ray workers too, so they and the replicas still share the CPU as equals.
     """
     modes: dict[str, dict[str, str]] = {
         "default": {},
@@ -52,7 +58,8 @@ def serve_env(mode: str) -> dict[str, str]:
     }
     if mode not in modes:
         raise ValueError(f"serve ingress mode must be one of {sorted(modes)}, got {mode!r}")
-    return {**modes[mode], "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"} if modes[mode] else {}
+    draining = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"} if modes[mode] else {}
+    return {**modes[mode], **draining, "RAY_worker_niceness": "0"}
 
 
 def haproxy_launcher_path() -> str:

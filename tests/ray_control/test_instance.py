@@ -11,7 +11,9 @@ import pytest
 def test_serve_env_names_each_ingress_mode_and_refuses_others() -> None:
     from ray_control.instance import serve_env
 
-    assert serve_env("default") == {}
+    assert serve_env("default") == {"RAY_worker_niceness": "0"}
+    # Replicas must not yield the CPU to every ordinary process on the machine (Ray's default is 15).
+    assert all(serve_env(mode)["RAY_worker_niceness"] == "0" for mode in ("default", "throughput", "haproxy"))
     assert serve_env("throughput")["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in serve_env("throughput")
     haproxy = serve_env("haproxy")
