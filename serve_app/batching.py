@@ -18,8 +18,8 @@ nothing by waiting because nobody else is coming. The wait ``policy`` says when 
 - ``adaptive``: wait only while waiting pays. Every call that arrives more than ``wait_s``
   after the last window opened opens a new one; the calls arriving within a window are the
   company a batch opened then would have found. Their count per window, averaged over the
-  recent windows, says whether the next batch will find any: at half a call or more it waits,
-  below that it goes at once. The count does not depend on what was dispatched, so the rule
+  recent windows, says whether the next batch will find any: at a quarter of a call or more it
+  waits, below that it goes at once. The count does not depend on what was dispatched, so the rule
   cannot talk itself out of waiting: a lone client's requests (no company) go at once, and
   clients arriving together (company) share batches as under ``fixed``.
 """
@@ -27,12 +27,12 @@ nothing by waiting because nobody else is coming. The wait ``policy`` says when 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 WaitPolicy = Literal["fixed", "when_idle", "adaptive"]
-WAIT_POLICIES: tuple[WaitPolicy, ...] = ("fixed", "when_idle", "adaptive")
+WAIT_POLICIES: tuple[WaitPolicy, ...] = get_args(WaitPolicy)
 COMPANY_TO_WAIT = 0.25  # ``adaptive`` waits while the recent windows averaged at least this many joiners
-_MOST_COUNTED = 2  # joiners counted per window: after a burst, light traffic stops waiting within ~15 windows
+_MOST_COUNTED = 2  # joiners counted per window: after a burst, light traffic stops waiting within ~20 windows
 _COMPANY_WEIGHT = 0.1  # weight of the newest window in that average (about the last ten windows)
 
 

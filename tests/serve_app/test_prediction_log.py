@@ -322,8 +322,8 @@ def test_a_failure_of_every_row_keeps_the_records_for_the_retry(
 
 
 def test_postgresql_refuses_an_overlong_value_instead_of_truncating_it(postgres_url: str, tmp_path: Path) -> None:
-    """The batch insert sends strings as text arrays: VARCHAR(n) still refuses what does not fit,
-    so the record is set aside whole and its neighbours are written."""
+    """VARCHAR(n) refuses what does not fit (SQLite would keep it): the record is set aside whole,
+    never stored cut short, and its neighbours in the same batch are written."""
     db.upgrade(postgres_url)
     overlong = _record(model_version="v" * 65)  # model_version is VARCHAR(64)
     writer = PredictionLogWriter(postgres_url, tmp_path / "spool", batch_size=16, flush_interval_s=0.02)
