@@ -58,6 +58,14 @@ class AppArgs(BaseModel):
         ge=0,
         description="How long the ingress waits for more requests to join a FeatureLookup call.",
     )
+    ingress_max_concurrent_batches: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "FeatureLookup calls one ingress replica keeps in flight; requests arriving meanwhile"
+            " wait and join the next call (under load the batches grow with the load)."
+        ),
+    )
     ingress_batch_wait_policy: WaitPolicy = Field(
         default="adaptive",
         description=(
@@ -136,6 +144,7 @@ class ServingOptions:
     log_spill_after_s: float
     ingress_max_batch_size: int
     ingress_batch_wait_timeout_s: float
+    ingress_max_concurrent_batches: int
     ingress_batch_wait_policy: WaitPolicy
     live_metrics_interval_s: float
     access_control_enabled: bool = True

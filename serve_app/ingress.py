@@ -93,12 +93,13 @@ class Ingress:
         # While a stage fails, answer from the heuristics at once instead of waiting out its timeout.
         self.lookup_circuit = CircuitBreaker("FeatureLookup")
         self.heuristics_circuit = CircuitBreaker("FallbackHeuristics")
-        # Concurrent requests' items as one FeatureLookup call; up to 8 such calls in flight.
+        # Concurrent requests' items as one FeatureLookup call; requests that arrive while
+        # ingress_max_concurrent_batches calls are in flight (one, as shipped) join the next call.
         self._batches = Coalescer(
             self._score,
             max_batch_size=options.ingress_max_batch_size,
             wait_s=options.ingress_batch_wait_timeout_s,
-            max_concurrent_batches=8,
+            max_concurrent_batches=options.ingress_max_concurrent_batches,
             policy=options.ingress_batch_wait_policy,
         )
         self.engine = make_engine(options.database_url)
