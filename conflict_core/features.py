@@ -197,16 +197,25 @@ class _Queries:
 
 
 class _KeyedTimes:
-    """Event times grouped by an integer code, sorted, answering window counts in bulk."""
+    """Event times grouped by an integer code, sorted, answering window counts in bulk.
+
+    Only the sorted ``code * stride + time`` keys are kept (8 bytes an event): every count and
+    :meth:`last_time_before` read them alone, which matters for an index held over millions of
+    events; :class:`_SortedEvents` also keeps the order, codes and times.
+    """
 
     def __init__(self, codes: np.ndarray, times: np.ndarray, stride: np.int64, n_codes: int):
+        self._sort(codes, times, stride, n_codes)
+
+    def _sort(self, codes: np.ndarray, times: np.ndarray, stride: np.int64, n_codes: int) -> np.ndarray:
+        """Sort the keys; returns the order (the events' positions in key order)."""
         self.stride = stride
-        keys = codes * stride + times
-        self.order = np.argsort(keys, kind="stable")
-        self.keys = keys[self.order]
-        self.codes = codes[self.order]
-        self.times = times[self.order]
+        keys = codes * stride
+        keys += times
+        order = np.argsort(keys, kind="stable")
+        self.keys = keys[order]
         self.group_start = np.searchsorted(self.keys, np.arange(n_codes, dtype=np.int64) * stride, "left")
+        return order
 
     def _positions(self, queries: _Queries, times: np.ndarray) -> np.ndarray:
         """For each query, the sorted position of the first event of its code at or after ``time``."""
@@ -229,7 +238,20 @@ class _KeyedTimes:
         return np.where(pos >= self.group_start[queries.codes], pos, -1)
 
     def last_time_before(self, queries: _Queries, times: np.ndarray) -> np.ndarray:
-        return _take(self.times, self.last_before(queries, times))
+        """Time of each code's latest event strictly before each time, or -1."""
+        pos = self.last_before(queries, times)
+        # A found position lies in its query's group, so its key is code * stride + time.
+        return _take(self.keys, pos) - np.where(pos >= 0, queries.codes * self.stride, 0)
+
+
+class _SortedEvents(_KeyedTimes):
+    """:class:`_KeyedTimes` that also keeps the sort order and the sorted codes and times, for
+    walking the events in key order."""
+
+    def __init__(self, codes: np.ndarray, times: np.ndarray, stride: np.int64, n_codes: int):
+        self.order = self._sort(codes, times, stride, n_codes)
+        self.codes = codes[self.order]
+        self.times = times[self.order]
 
 
 def _take(values: np.ndarray, positions: np.ndarray, missing: Any = _NONE) -> np.ndarray:
@@ -461,9 +483,12 @@ class UserHistoryIndex:
         h_resolved = to_epoch_ms(_column(history, "resolved_at"))
         users = _column(history, "user_id")
         if isinstance(users, pa.ChunkedArray):
-            encoded = users.combine_chunks().cast(pa.string()).dictionary_encode()
-            codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-            names = encoded.dictionary.to_pylist()
+            # A dictionary column (the online window's) is used as it is: no copy of its strings.
+            encoded = users if pa.types.is_dictionary(users.type) else users.cast(pa.string()).dictionary_encode()
+            encoded = encoded.unify_dictionaries()  # one dictionary for every chunk
+            indices = [chunk.indices.to_numpy(zero_copy_only=False) for chunk in encoded.chunks]
+            codes = np.concatenate(indices).astype(np.int64) if indices else np.zeros(0, dtype=np.int64)
+            names = encoded.chunk(0).dictionary.to_pylist() if encoded.num_chunks else []
         else:
             codes, uniques = pd.factorize(users.astype("str"))
             names = list(uniques)
@@ -502,7 +527,7 @@ def _entity_side(f: _Frame, history: Frame, targets: Frame) -> dict[str, np.ndar
     h_user, t_user, _ = f.split(f.users, "user")
     h_pair, t_pair, n_pairs = f.split(_codes(f.entities, f.users), "user-entity")
     by_entity = _KeyedTimes(h_ent, f.h_time, f.stride, n_entities)
-    by_pair = _KeyedTimes(h_pair, f.h_time, f.stride, n_pairs)
+    by_pair = _SortedEvents(h_pair, f.h_time, f.stride, n_pairs)
     q_ent = _Queries(t_ent, f.t_time, f.stride)
     q_pair = _Queries(t_pair, f.t_time, f.stride)
 
@@ -560,7 +585,7 @@ def _field_overlap(
     slots = _codes(np.concatenate([h_ent[h_parent], t_ent[t_parent]]), fields)
     h_slot, t_slot = slots[:n_hf], slots[n_hf:]
 
-    changes = _KeyedTimes(h_slot, h_time[h_parent], stride, int(slots.max()) + 1)
+    changes = _SortedEvents(h_slot, h_time[h_parent], stride, int(slots.max()) + 1)
     changed_by = h_user[h_parent][changes.order]
     new_run = np.ones(n_hf, dtype=bool)
     new_run[1:] = (changes.codes[1:] != changes.codes[:-1]) | (changed_by[1:] != changed_by[:-1])

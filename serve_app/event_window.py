@@ -22,7 +22,7 @@ from conflict_core.errors import ConflictPredictorError
 from conflict_core.events.store_reads import tail_events
 from conflict_core.features import HISTORY_COLUMNS
 from conflict_core.store import utcnow
-from serve_app.window_index import KeyPositions, coalesce_chunks, row_keys, take_rows
+from serve_app.window_index import KeyPositions, coalesce_chunks, compact_rows, plain_rows, row_keys, take_rows
 
 log = logging.getLogger(__name__)
 
@@ -75,28 +75,42 @@ class EventWindow:
         return 0 if table is None else table.num_rows
 
     def refresh(self, now: dt.datetime | None = None) -> int:
-        """Load the rows stored since the last refresh; returns how many. Raises if the store fails."""
+        """Load the rows stored since the last refresh; returns how many. Raises if the store fails.
+
+        Pages are gathered into a table of the window's own (:func:`compact_rows`) and published
+        with their index entries once, at the end: a large first load keys its rows in one
+        pass over them instead of one per page, and readers never see rows the index lacks.
+        Rows read before a store failure are published too (their ids are marked as loaded).
+        """
         now = now or utcnow()
         cutoff = now - self.lookback
         added = 0
-        while True:
-            expired = [i for i, first in self._gaps.items() if time.monotonic() - first > self.gap_recheck_s]
-            for i in expired:
-                del self._gaps[i]
-            page = tail_events(
-                self.engine,
-                after_id=self._last_id,
-                since=cutoff,
-                recheck_ids=list(self._gaps),
-                limit=self.page_rows,
-                columns=HISTORY_COLUMNS,
-            )
-            added += self._append(page)
-            if page.num_rows < self.page_rows:
-                break
-        with self._lock:
-            self._by_user.merge()
-            self._by_entity.merge()
+        table = self._table
+        try:
+            while True:
+                expired = [i for i, first in self._gaps.items() if time.monotonic() - first > self.gap_recheck_s]
+                for i in expired:
+                    del self._gaps[i]
+                page = tail_events(
+                    self.engine,
+                    after_id=self._last_id,
+                    since=cutoff,
+                    recheck_ids=list(self._gaps),
+                    limit=self.page_rows,
+                    columns=HISTORY_COLUMNS,
+                )
+                fresh = compact_rows(self._fresh(page))
+                if table is None:
+                    table = fresh  # an empty store: no history yet, which is not a failure
+                elif fresh.num_rows:
+                    table = pa.concat_tables([table, fresh])
+                    if table.column(0).num_chunks > self.max_chunks:
+                        table = coalesce_chunks(table, self.max_chunks)
+                added += fresh.num_rows
+                if page.num_rows < self.page_rows:
+                    break
+        finally:
+            self._publish(table)
         if self.covered_since is None:
             self.covered_since = cutoff
         self.loaded_at = time.monotonic()
@@ -104,7 +118,8 @@ class EventWindow:
         self._compact_if_worth_it(cutoff)
         return added
 
-    def _append(self, page: pa.Table) -> int:
+    def _fresh(self, page: pa.Table) -> pa.Table:
+        """The rows of ``page`` not loaded yet; records their ids and the gaps between them."""
         ids = page.column("row_id").to_numpy()
         # New rows: past the newest id loaded, or a gap re-asked for (ids at or below it were
         # loaded already, or skipped and recorded in _gaps until they expire).
@@ -124,20 +139,20 @@ class EventWindow:
             while len(self._gaps) > _MAX_GAPS:
                 del self._gaps[next(iter(self._gaps))]
         self._last_id = max(self._last_id, top)
-        if not len(ids):
-            if self._table is None:  # an empty store: no history yet, which is not a failure
-                with self._lock:
-                    self._table = page
-            return 0
-        users, entities = row_keys(page)
+        return page
+
+    def _publish(self, table: pa.Table | None) -> None:
+        """Make ``table`` (the published one plus rows after it) the window, its new rows indexed."""
+        if table is None or table is self._table:
+            return
+        new = table.slice(self.rows)
+        users, entities = row_keys(new)
         with self._lock:
-            table = page if self._table is None else pa.concat_tables([self._table, page])
-            if table.column("row_id").num_chunks > self.max_chunks:
-                table = coalesce_chunks(table, self.max_chunks)
             self._by_user.append(*users)
             self._by_entity.append(*entities)
+            self._by_user.merge()
+            self._by_entity.merge()
             self._table = table
-        return len(ids)
 
     def _compact_if_worth_it(self, cutoff: dt.datetime) -> None:
         table = self._table
@@ -148,7 +163,15 @@ class EventWindow:
         dropped = table.num_rows - pc.sum(keep, min_count=0).as_py()
         if dropped == 0 or dropped < max(self.compact_min_rows, table.num_rows // 4):
             return
-        kept = table.filter(keep).combine_chunks()
+        # Re-encoded batch by batch: dictionaries then hold only the keys still in the window.
+        kept = pa.Table.from_batches(
+            [
+                b
+                for batch in table.filter(keep).to_batches()
+                for b in compact_rows(plain_rows(pa.table(batch))).to_batches()
+            ],
+            schema=table.schema,
+        ).combine_chunks()
         users, entities = row_keys(kept)
         by_user, by_entity = KeyPositions(*users), KeyPositions(*entities)
         with self._lock:
@@ -181,9 +204,10 @@ class EventWindow:
         # Sorted and distinct: each row once, in ingest order; the cost follows the rows taken,
         # not the window's size.
         positions = by_entity if not len(by_user) else np.union1d(by_user, by_entity) if len(by_entity) else by_user
-        return take_rows(table, positions)
+        return plain_rows(take_rows(table, positions))
 
     def snapshot(self) -> tuple[pa.Table | None, int]:
-        """The window's rows as of now (an immutable table) and their generation."""
+        """The window's rows as of now (an immutable table of :func:`compact_rows`: dictionary-encoded
+        strings) and their generation."""
         with self._lock:
             return self._table, self.generation

@@ -30,7 +30,7 @@ def test_ids_committed_out_of_order_are_picked_up(sqlite_url: str) -> None:
             "device_id": "d",
             "entity_type": "task",
             "entity_id": "e1",
-            "changed_fields": ["a"],
+            "changed_fields": [f"field-{row_id}"],
             "synced_at": NOW,
             "conflict": False,
         }
@@ -42,7 +42,8 @@ def test_ids_committed_out_of_order_are_picked_up(sqlite_url: str) -> None:
         session.execute(insert(SyncLog), [row(11)])
     assert window.refresh() == 1
     assert window.refresh() == 0
-    assert sorted(window.history(["u1"], []).column("row_id").to_pylist())[-2:] == [11, 13]
+    fields = window.history(["u1"], []).column("changed_fields").to_pylist()
+    assert fields[-2:] == [["field-13"], ["field-11"]]  # in ingest order
 
 
 def test_compaction_drops_events_older_than_the_lookback(sqlite_url: str) -> None:
