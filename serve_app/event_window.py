@@ -22,7 +22,15 @@ from conflict_core.errors import ConflictPredictorError
 from conflict_core.events.store_reads import tail_events
 from conflict_core.features import HISTORY_COLUMNS
 from conflict_core.store import utcnow
-from serve_app.window_index import KeyPositions, coalesce_chunks, compact_rows, plain_rows, row_keys, take_rows
+from serve_app.window_index import (
+    KeyPositions,
+    coalesce_chunks,
+    compact_rows,
+    pack_tables,
+    plain_rows,
+    row_keys,
+    take_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +85,15 @@ class EventWindow:
     def refresh(self, now: dt.datetime | None = None) -> int:
         """Load the rows stored since the last refresh; returns how many. Raises if the store fails.
 
-        Pages are gathered into a table of the window's own (:func:`compact_rows`) and published
-        with their index entries once, at the end: a large first load keys its rows in one
-        pass over them instead of one per page, and readers never see rows the index lacks.
-        Rows read before a store failure are published too (their ids are marked as loaded).
+        Pages are gathered in the window's own form (:func:`compact_rows`) and published with
+        their index entries once, at the end: a large first load keys and packs its rows in
+        one pass over them instead of one per page, and readers never see rows the index
+        lacks. Rows read before a store failure are published too (their ids count as loaded).
         """
         now = now or utcnow()
         cutoff = now - self.lookback
+        pending: list[pa.Table] = []
         added = 0
-        table = self._table
         try:
             while True:
                 expired = [i for i, first in self._gaps.items() if time.monotonic() - first > self.gap_recheck_s]
@@ -100,17 +108,14 @@ class EventWindow:
                     columns=HISTORY_COLUMNS,
                 )
                 fresh = compact_rows(self._fresh(page))
-                if table is None:
-                    table = fresh  # an empty store: no history yet, which is not a failure
-                elif fresh.num_rows:
-                    table = pa.concat_tables([table, fresh])
-                    if table.column(0).num_chunks > self.max_chunks:
-                        table = coalesce_chunks(table, self.max_chunks)
+                if fresh.num_rows or (self._table is None and not pending):  # an empty store's table
+                    pending.append(fresh)
                 added += fresh.num_rows
                 if page.num_rows < self.page_rows:
                     break
         finally:
-            self._publish(table)
+            if pending:
+                self._publish(pending)
         if self.covered_since is None:
             self.covered_since = cutoff
         self.loaded_at = time.monotonic()
@@ -141,11 +146,12 @@ class EventWindow:
         self._last_id = max(self._last_id, top)
         return page
 
-    def _publish(self, table: pa.Table | None) -> None:
-        """Make ``table`` (the published one plus rows after it) the window, its new rows indexed."""
-        if table is None or table is self._table:
-            return
-        new = table.slice(self.rows)
+    def _publish(self, pages: list[pa.Table]) -> None:
+        """Add ``pages`` (rows of :func:`compact_rows`, emptied) to the window and its index."""
+        new = pack_tables(pages, self.max_chunks)
+        table = new if self._table is None else pa.concat_tables([self._table, new])
+        if table.column(0).num_chunks > self.max_chunks:
+            table = coalesce_chunks(table, self.max_chunks)
         users, entities = row_keys(new)
         with self._lock:
             self._by_user.append(*users)

@@ -190,6 +190,28 @@ def row_keys(table: pa.Table) -> tuple[tuple[list[str], np.ndarray], tuple[list[
     return users, (entities, inverse)
 
 
+def pack_tables(tables: list[pa.Table], max_chunks: int) -> pa.Table:
+    """``tables`` (of one schema) end to end in at most ``max_chunks`` chunks, each row copied once.
+
+    Consecutive tables whose first rows fall in the same ``1/max_chunks`` share of all the rows
+    are combined. The list is emptied, so that each group's tables are freed once combined and
+    a large first load is not held twice. Merging pages pairwise as they arrive instead copied
+    each of 10 M rows ~4 times, unifying two chunks' dictionaries per merge (3.6 s).
+    """
+    share = max(-(-sum(t.num_rows for t in tables) // max(max_chunks, 1)), 1)
+    groups: dict[int, list[pa.Table]] = {}
+    start = 0
+    for table in tables:
+        groups.setdefault(start // share, []).append(table)
+        start += table.num_rows
+    tables.clear()
+    chunks = []
+    for k in sorted(groups):
+        group = groups.pop(k)
+        chunks.append(pa.concat_tables(group).combine_chunks() if len(group) > 1 else group[0])
+    return pa.concat_tables(chunks)
+
+
 def coalesce_chunks(table: pa.Table, max_chunks: int) -> pa.Table:
     """``table`` with at most ``max_chunks`` chunks, merging the adjacent pair with the fewest rows first.
 
