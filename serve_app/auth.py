@@ -3,7 +3,12 @@
 Each route needs one scope (``ROUTE_SCOPES``); health, readiness and the OpenAPI document need none. A replica
 verifies a token against the store once, then trusts the answer for ``ttl_s`` seconds from an
 in-memory cache keyed by the token's sha256: the hot path costs one hash and one dict lookup,
-and a revocation reaches every replica within ``ttl_s``. Unknown tokens are cached too (a
+and a revocation reaches every replica within ``ttl_s``. A token in use is verified again in
+the background during the last fifth of its cache period, while requests go on being answered
+from the cache, so under steady traffic no request waits for the store; requests that do have
+to wait (a token first seen, or back after a quiet spell) share one store query per token.
+Under CPU contention on PostgreSQL, waiting requests had cost a p99 of ~1 s every cache period
+(BENCHMARKS.md). Unknown tokens are cached too (a
 flood of made-up tokens cannot turn into a flood of store queries beyond one per token). When
 the store is unreachable, a token it vouched for within ``stale_if_error_s`` stays good, so
 predictions go on through an outage as the rest of the serving path does.
@@ -30,6 +35,8 @@ from conflict_core.store import session_scope
 from conflict_core.tokens import Scope, TokenInfo, hash_token
 
 log = logging.getLogger(__name__)
+
+REFRESH_AHEAD = 0.2  # the share of the cache period, at its end, in which use re-verifies in the background
 
 ROUTE_SCOPES: dict[tuple[str, str], Scope] = {
     ("POST", "/v1/predict"): Scope.PREDICT,
@@ -73,11 +80,18 @@ class _Entry:
     verified: float  # when the store last answered for this token
 
 
+def _retrieve_failure(task: asyncio.Task[TokenInfo | None]) -> None:
+    """Mark a verification's failure as seen: a background one has nobody awaiting it, and the
+    next request that needs the answer asks the store again (and handles the failure)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("token verification failed: %s", task.exception())
+
+
 class TokenGate:
     """Decides, per request, whether its bearer token may use the route.
 
     ``verify`` is the store lookup (:func:`conflict_core.tokens.verify` in a session); it runs in
-    a worker thread, at most once per token per ``ttl_s``.
+    a worker thread, one at a time per token, about once per token in use per ``ttl_s``.
     """
 
     def __init__(
@@ -94,6 +108,7 @@ class TokenGate:
         self.verify, self.enabled, self.ttl_s, self.stale_if_error_s = verify, enabled, ttl_s, stale_if_error_s
         self.max_entries, self.clock = max_entries, clock
         self.cache: dict[str, _Entry] = {}
+        self._verifying: dict[str, asyncio.Task[TokenInfo | None]] = {}
         if not enabled:
             log.warning(
                 "access control is OFF for %s (access_control_enabled=false): every route is open to anyone "
@@ -106,23 +121,42 @@ class TokenGate:
         digest = hash_token(token)
         now = self.clock()
         entry = self.cache.get(digest)
-        if entry is None or entry.expires <= now:
+        if entry is not None and now < entry.expires:
+            if now >= entry.expires - REFRESH_AHEAD * self.ttl_s and digest not in self._verifying:
+                self._verification(digest, token)  # answered from the cache; the store is asked beside it
+            return entry.info
+        try:
+            # asyncio.shield: a caller that gives up leaves the query to the others waiting on it.
+            return await asyncio.shield(self._verifying.get(digest) or self._verification(digest, token))
+        except Exception:
+            # The store is down: predictions go on with the heuristics and a spilled log, so a
+            # token it vouched for lately stays good (a revocation cannot be learned meanwhile);
+            # asked again after another cache period.
+            entry = self.cache.get(digest)
+            if entry is None or entry.info is None or now - entry.verified > self.stale_if_error_s:
+                raise
+            entry.expires = max(entry.expires, now + self.ttl_s)
+            return entry.info
+
+    def _verification(self, digest: str, token: str) -> asyncio.Task[TokenInfo | None]:
+        """The store query for ``token`` in a worker thread; its answer goes into the cache."""
+
+        async def verify() -> TokenInfo | None:
             try:
                 info = await asyncio.to_thread(self.verify, token)
-            except Exception:
-                # The store is down: predictions go on with the heuristics and a spilled log, so a
-                # token it vouched for lately stays good (a revocation cannot be learned meanwhile);
-                # asked again after another cache period.
-                if entry is None or entry.info is None or now - entry.verified > self.stale_if_error_s:
-                    raise
-                entry.expires = now + self.ttl_s
-                return entry.info
+            finally:
+                self._verifying.pop(digest, None)
+            now = self.clock()
             if len(self.cache) >= self.max_entries:
                 self.cache = {k: v for k, v in self.cache.items() if v.expires > now}
                 if len(self.cache) >= self.max_entries:
                     self.cache.clear()
-            entry = self.cache[digest] = _Entry(info, now + self.ttl_s, now)
-        return entry.info
+            self.cache[digest] = _Entry(info, now + self.ttl_s, now)
+            return info
+
+        task = self._verifying[digest] = asyncio.get_running_loop().create_task(verify())
+        task.add_done_callback(_retrieve_failure)
+        return task
 
     async def check(self, token: str | None, scope: Scope) -> JSONResponse | None:
         """``None`` when ``token`` may act with ``scope``; otherwise the refusal to send."""

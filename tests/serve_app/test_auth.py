@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -182,6 +183,67 @@ def test_revocation_takes_effect_once_the_cache_period_ends(sqlite_url: str) -> 
     now[0] = 5.1
     assert asyncio.run(check()) == 401
     engine.dispose()
+
+
+def test_a_token_in_use_is_verified_again_in_the_background_before_its_cache_period_ends() -> None:
+    known = tokens.TokenInfo(id=1, name="device", scopes=frozenset({"predict"}), revoked=False)
+    revoked = dataclasses.replace(known, revoked=True)
+    answers = [known]
+    calls: list[float] = []
+
+    def verify(value: str) -> tokens.TokenInfo | None:
+        calls.append(now[0])
+        time.sleep(0.05)  # a store round trip
+        return answers[0]
+
+    now = [0.0]
+    gate = TokenGate(verify, ttl_s=5.0, clock=lambda: now[0])
+
+    async def scenario() -> list[int | None]:
+        statuses = []
+
+        async def check() -> None:
+            started = time.perf_counter()
+            refused = await gate.check("cp_device", tokens.Scope.PREDICT)
+            statuses.append(None if refused is None else refused.status_code)
+            waited.append(time.perf_counter() - started)
+
+        await check()  # first sight: waits for the store
+        answers[0] = revoked
+        now[0] = 3.9
+        await check()  # before the last fifth of the period: the cache alone
+        now[0] = 4.2
+        await asyncio.gather(*(check() for _ in range(5)))  # the last fifth: cached answers, one query beside them
+        await asyncio.sleep(0.2)  # that query finishes
+        await check()  # still inside the first period, but the store's newer answer counts
+        return statuses
+
+    waited: list[float] = []
+    statuses = asyncio.run(scenario())
+    assert statuses == [None] * 7 + [401]
+    assert calls == [0.0, 4.2], "one query at first sight, one refresh ahead of expiry"
+    assert max(waited[1:7]) < 0.04, "a request waited for the background verification"
+
+
+def test_requests_waiting_for_the_same_token_share_one_store_query() -> None:
+    known = tokens.TokenInfo(id=1, name="device", scopes=frozenset({"predict"}), revoked=False)
+    calls: list[str] = []
+
+    def verify(value: str) -> tokens.TokenInfo | None:
+        calls.append(value)
+        time.sleep(0.05)
+        return known if value == "cp_device" else None
+
+    gate = TokenGate(verify, ttl_s=5.0)
+
+    async def scenario() -> list[int | None]:
+        refusals = await asyncio.gather(
+            *(gate.check(t, tokens.Scope.PREDICT) for t in ["cp_device"] * 20 + ["cp_unknown"] * 5)
+        )
+        return [None if r is None else r.status_code for r in refusals]
+
+    assert asyncio.run(scenario()) == [None] * 20 + [401] * 5
+    assert sorted(calls) == ["cp_device", "cp_unknown"]
 
 
 def test_a_store_outage_keeps_known_tokens_good_for_a_while_and_refuses_others_with_a_503() -> None:
