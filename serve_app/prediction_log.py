@@ -88,7 +88,9 @@ def insert_ignoring_duplicates(engine: Engine, records: list[dict[str, Any]]) ->
 
     The statement is compiled once per dialect and the values converted column by column by
     SQLAlchemy's own bind processors, then handed to the driver's ``executemany``: the same
-    rows as ``connection.execute(insert, records)`` for a third of the CPU per record.
+    rows as ``connection.execute(insert, records)`` for a third of the CPU per record. On
+    PostgreSQL the same values go by ``COPY`` first (:func:`_copy_into_table`); the statement
+    runs only for a batch ``COPY`` could not take whole.
     Features that are already JSON text are stored as they are, not decoded and encoded again.
     """
     if not records:
@@ -98,6 +100,8 @@ def insert_ignoring_duplicates(engine: Engine, records: list[dict[str, Any]]) ->
         raise ValueError(f"prediction logging does not support the {dialect.name!r} dialect")
     sql, columns, named = _insert_statement(dialect)
     values = [_column_values(records, column, process) for column, process in columns]
+    if dialect.name == "postgresql" and _copy_into_table(engine, [column for column, _ in columns], values):
+        return
     if named:
         names = [column for column, _ in columns]
         rows: list[Any] = [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
@@ -105,6 +109,33 @@ def insert_ignoring_duplicates(engine: Engine, records: list[dict[str, Any]]) ->
         rows = list(zip(*values, strict=True))
     with engine.begin() as connection:
         connection.exec_driver_sql(sql, rows)
+
+
+def _copy_into_table(engine: Engine, names: list[str], values: list[list[Any]]) -> bool:
+    """PostgreSQL: ``COPY`` the rows straight into ``prediction_log``, in one transaction.
+
+    Half the CPU per row of the ``INSERT`` (client and server together: ~28 µs against ~60 µs
+    here), which on two cores is a tenth of a 50-item request's budget. ``COPY`` cannot skip a
+    row; False when the server refused the batch (a ``prediction_id`` already stored, as in a
+    replay after a crash; a value it cannot hold) or the connection failed during it: nothing
+    was written, and the caller's ``INSERT .. ON CONFLICT DO NOTHING`` skips the duplicates,
+    or raises the refusal or outage as SQLAlchemy reports it.
+    """
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    try:
+        with engine.begin() as connection:
+            cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            with cursor.copy(_copy_statement(tuple(names))) as copy:
+                for row in zip(*values, strict=True):
+                    copy.write_row(row)
+    except dbapi_error:
+        return False
+    return True
+
+
+@functools.cache
+def _copy_statement(names: tuple[str, ...]) -> str:
+    return f"COPY {_TABLE.name} ({', '.join(names)}) FROM STDIN"
 
 
 @functools.cache

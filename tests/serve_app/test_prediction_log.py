@@ -9,11 +9,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conflict_core import db
 from conflict_core.store import PredictionLog, make_engine
+from serve_app import prediction_log
 from serve_app.prediction_log import PredictionLogWriter, insert_ignoring_duplicates, spooled_records
 
 
@@ -339,3 +341,40 @@ def test_postgresql_refuses_an_overlong_value_instead_of_truncating_it(postgres_
         versions = connection.exec_driver_sql("SELECT model_version FROM prediction_log").scalars().all()
     engine.dispose()
     assert len(versions) == 2 and all(len(v) <= 64 for v in versions)
+
+
+@pytest.mark.postgres
+def test_postgresql_takes_a_new_batch_by_copy_and_stores_what_the_insert_stores(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of new predictions goes by COPY (no INSERT statement runs), and every column reads back
+    as the INSERT path stores it; a batch with an id already stored falls back to the INSERT, which skips it."""
+    db.upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda _c, _cur, sql, *_: statements.append(sql))
+    mixed = [
+        _record(prediction_id=f"{i:032x}", features={"concurrent_editors": float(i)}, sync_id=None if i % 2 else "e1")
+        for i in range(40)
+    ]
+    mixed.append(_record(prediction_id="9" * 32, features=json.dumps({"concurrent_editors": 9.0}), fallback_reason="x"))
+    by_insert = [dict(r, prediction_id="i" + r["prediction_id"][1:]) for r in mixed]
+    with monkeypatch.context() as patched:  # the INSERT path alone, as the reference
+        patched.setattr(prediction_log, "_copy_into_table", lambda *_: False)
+        insert_ignoring_duplicates(engine, by_insert)
+    statements.clear()
+
+    insert_ignoring_duplicates(engine, mixed)
+    assert not [s for s in statements if s.lstrip().upper().startswith("INSERT")]
+
+    insert_ignoring_duplicates(engine, [mixed[0], _record(prediction_id="f" * 32)])  # one already stored
+    assert any(s.lstrip().upper().startswith("INSERT") for s in statements)
+
+    columns = [c for c in PredictionLog.__table__.c if c.name not in ("id", "prediction_id")]
+    with engine.connect() as connection:
+        rows = {r.prediction_id: r for r in connection.execute(select(PredictionLog.prediction_id, *columns))}
+    engine.dispose()
+    assert len(rows) == 2 * len(mixed) + 1
+    for record in mixed:
+        stored, reference = rows[record["prediction_id"]], rows["i" + record["prediction_id"][1:]]
+        assert stored[1:] == reference[1:]
